@@ -1,0 +1,274 @@
+//! Backups in a local directory. Writes are atomic: a temp file beside the destination, fsync,
+//! rename over the destination, fsync the directory. A crash or error at any point leaves the
+//! previous backup whole and no temp file behind (the temp file is removed on drop).
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use tempfile::NamedTempFile;
+
+use super::{Entry, PutMeta, Store, Stored, Upload};
+use crate::error::{Error, Kind, Result};
+
+/// Temp files we create start with this, so listings skip them and a human knows whose they are.
+pub const TEMP_PREFIX: &str = ".sqlite-backup-";
+
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    /// A store over an existing directory. A missing directory is an error, not created: a typo
+    /// in a cron line should fail loudly rather than back up somewhere unexpected.
+    pub fn open(dir: &Path) -> Result<FileStore> {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        match fs::metadata(dir) {
+            Ok(m) if m.is_dir() => Ok(FileStore {
+                dir: dir.to_path_buf(),
+            }),
+            Ok(_) => Err(Error::usage(format!(
+                "{} is not a directory",
+                dir.display()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::new(
+                Kind::NotFound,
+                format!(
+                    "directory {} does not exist: create it first",
+                    dir.display()
+                ),
+            )),
+            Err(e) => Err(Error::io(format!("cannot open {}", dir.display()), e)),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn entry(&self, name: &str, meta: &fs::Metadata) -> Entry {
+        let modified: DateTime<Utc> = meta
+            .modified()
+            .map(DateTime::<Utc>::from)
+            .unwrap_or_else(|_| DateTime::<Utc>::UNIX_EPOCH);
+        Entry {
+            name: name.to_string(),
+            url: self.url(name),
+            size: meta.len(),
+            modified,
+            sha256: None,
+        }
+    }
+}
+
+/// Creates a temp file in `dir` with our prefix; removed when dropped unless persisted.
+pub fn temp_file_in(dir: &Path, suffix: &str) -> Result<NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .suffix(suffix)
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("cannot create a file in {}", dir.display()), e))
+}
+
+/// fsync a directory so a rename in it survives a power cut.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("cannot sync directory {}", dir.display()), e))
+}
+
+/// Moves a finished temp file to `dest` atomically: replaces `dest` only when `overwrite`,
+/// otherwise fails with `Kind::Exists` and leaves both files as they were (temp removed on drop).
+pub fn persist(temp: NamedTempFile, dest: &Path, overwrite: bool) -> Result<()> {
+    temp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(format!("cannot sync {}", temp.path().display()), e))?;
+    let result = if overwrite {
+        temp.persist(dest)
+    } else {
+        temp.persist_noclobber(dest)
+    };
+    if let Err(e) = result {
+        if e.error.kind() == io::ErrorKind::AlreadyExists {
+            return Err(Error::new(
+                Kind::Exists,
+                format!("{} already exists", dest.display()),
+            ));
+        }
+        return Err(Error::io(
+            format!("cannot move the new file to {}", dest.display()),
+            e.error,
+        ));
+    }
+    sync_dir(dest.parent().unwrap_or(Path::new(".")))
+}
+
+struct FileUpload {
+    temp: NamedTempFile,
+    dest: PathBuf,
+    url: String,
+    meta: PutMeta,
+}
+
+impl Write for FileUpload {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.temp.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.temp.write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.temp.flush()
+    }
+}
+
+impl Upload for FileUpload {
+    fn commit(self: Box<Self>) -> Result<Stored> {
+        let FileUpload {
+            temp,
+            dest,
+            url,
+            meta,
+        } = *self;
+        // The file's mtime is the backup's time, so retention by age works on the same clock
+        // that named it (and an injected clock in tests gives made-up ages).
+        let _ = temp
+            .as_file()
+            .set_modified(std::time::SystemTime::from(meta.backup_time));
+        persist(temp, &dest, !meta.create_only)?;
+        Ok(Stored {
+            url,
+            etag: None,
+            parts: 1,
+        })
+    }
+
+    fn abort(self: Box<Self>) {
+        // Dropping the NamedTempFile removes it.
+    }
+}
+
+impl Store for FileStore {
+    fn url(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    fn put(&self, name: &str, meta: &PutMeta) -> Result<Box<dyn Upload + '_>> {
+        let dest = self.path(name);
+        if meta.create_only && dest.exists() {
+            return Err(Error::new(
+                Kind::Exists,
+                format!("{} already exists and create_only is set", dest.display()),
+            ));
+        }
+        let temp = temp_file_in(&self.dir, ".tmp")?;
+        Ok(Box::new(FileUpload {
+            temp,
+            url: self.url(name),
+            dest,
+            meta: meta.clone(),
+        }))
+    }
+
+    fn get(&self, name: &str) -> Result<Box<dyn Read + Send + '_>> {
+        let path = self.path(name);
+        let file = File::open(&path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(Error::usage(format!("{} is a directory", path.display())));
+        }
+        Ok(Box::new(io::BufReader::with_capacity(1 << 20, file)))
+    }
+
+    fn head(&self, name: &str) -> Result<Option<Entry>> {
+        match fs::metadata(self.path(name)) {
+            Ok(m) if m.is_file() => Ok(Some(self.entry(name, &m))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("cannot read {}", self.url(name)), e)),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<Entry>> {
+        let context = || format!("cannot list {}", self.dir.display());
+        let mut entries = Vec::new();
+        for item in fs::read_dir(&self.dir).map_err(|e| Error::io(context(), e))? {
+            let item = item.map_err(|e| Error::io(context(), e))?;
+            let Some(name) = item.file_name().to_str().map(str::to_string) else {
+                continue; // not UTF-8: not a name we could have written
+            };
+            // Hidden files include our own temp files and in-progress writes.
+            if name.starts_with('.') {
+                continue;
+            }
+            let meta = item.metadata().map_err(|e| Error::io(context(), e))?;
+            if meta.is_file() {
+                entries.push(self.entry(&name, &meta));
+            }
+        }
+        Ok(entries)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path(name);
+        fs::remove_file(&path)
+            .map_err(|e| Error::io(format!("cannot delete {}", path.display()), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(create_only: bool) -> PutMeta {
+        PutMeta {
+            sha256: "00".into(),
+            backup_time: Utc::now(),
+            create_only,
+        }
+    }
+
+    #[test]
+    fn upload_is_invisible_until_commit_and_abort_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        fs::write(dir.path().join("b.gz"), b"old").unwrap();
+
+        let mut up = store.put("b.gz", &meta(false)).unwrap();
+        up.write_all(b"new").unwrap();
+        assert_eq!(fs::read(dir.path().join("b.gz")).unwrap(), b"old");
+        up.abort();
+        assert_eq!(fs::read(dir.path().join("b.gz")).unwrap(), b"old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let mut up = store.put("b.gz", &meta(false)).unwrap();
+        up.write_all(b"new").unwrap();
+        let stored = up.commit().unwrap();
+        assert_eq!(stored.parts, 1);
+        assert_eq!(fs::read(dir.path().join("b.gz")).unwrap(), b"new");
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn create_only_refuses_existing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        fs::write(dir.path().join("b.gz"), b"old").unwrap();
+        let err = store.put("b.gz", &meta(true)).err().unwrap();
+        assert_eq!(err.kind, Kind::Exists);
+    }
+
+    #[test]
+    fn missing_directory_is_not_found() {
+        let err = FileStore::open(Path::new("/nonexistent/dir"))
+            .err()
+            .unwrap();
+        assert_eq!(err.kind, Kind::NotFound);
+        assert!(err.message.contains("create it first"));
+    }
+}

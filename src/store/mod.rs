@@ -1,0 +1,161 @@
+//! Where backups live. One small interface, one module per storage; nothing here knows SQLite,
+//! and nothing above it knows S3 or directories.
+
+pub mod file;
+pub mod s3;
+
+use std::io::{Read, Write};
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+
+/// One stored backup, as a listing sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Name relative to the store's location (a file name, or the key after the prefix).
+    pub name: String,
+    /// Full location of this backup (`/dir/name` or `s3://bucket/key`).
+    pub url: String,
+    /// Stored (compressed) size in bytes.
+    pub size: u64,
+    /// When the backup was taken: the recorded backup time when the store keeps one, else the
+    /// modification time.
+    pub modified: DateTime<Utc>,
+    /// sha256 of the uncompressed snapshot, when the store recorded it.
+    pub sha256: Option<String>,
+}
+
+/// What the pipeline knows about a backup before it stores it.
+#[derive(Debug, Clone)]
+pub struct PutMeta {
+    /// sha256 (hex) of the uncompressed snapshot.
+    pub sha256: String,
+    /// The backup's time (the clock used for its name).
+    pub backup_time: DateTime<Utc>,
+    /// Never replace an existing backup of the same name.
+    pub create_only: bool,
+}
+
+/// The result of a committed upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub url: String,
+    pub etag: Option<String>,
+    /// Number of requests the body went in: 1 for a single PUT or a file, N for multipart.
+    pub parts: u32,
+}
+
+/// A backup being written. Bytes written are not visible under the name until `commit`;
+/// `abort` (or dropping it) leaves any previous backup of that name untouched and nothing behind.
+pub trait Upload: Write + Send {
+    fn commit(self: Box<Self>) -> Result<Stored>;
+    fn abort(self: Box<Self>);
+}
+
+/// A place that holds backups: a directory or an S3 prefix.
+pub trait Store: Send + Sync {
+    /// Full location of `name`, for results and messages (never carries credentials).
+    fn url(&self, name: &str) -> String;
+    fn put(&self, name: &str, meta: &PutMeta) -> Result<Box<dyn Upload + '_>>;
+    /// Streams the stored bytes of `name`; memory stays bounded whatever its size.
+    fn get(&self, name: &str) -> Result<Box<dyn Read + Send + '_>>;
+    /// The entry for `name`, or `None` when it does not exist.
+    fn head(&self, name: &str) -> Result<Option<Entry>>;
+    /// Every backup below the location, in no particular order.
+    fn list(&self) -> Result<Vec<Entry>>;
+    fn delete(&self, name: &str) -> Result<()>;
+}
+
+/// A location given by the user: a local path or an `s3://bucket/key` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    File(std::path::PathBuf),
+    S3 { bucket: String, key: String },
+}
+
+impl Location {
+    pub fn parse(text: &str) -> Result<Location> {
+        if text.is_empty() {
+            return Err(Error::usage("the location is empty"));
+        }
+        if let Some(rest) = strip_prefix_ignore_case(text, "s3://") {
+            let (bucket, key) = match rest.split_once('/') {
+                Some((b, k)) => (b, k),
+                None => (rest, ""),
+            };
+            check_bucket_name(bucket)?;
+            return Ok(Location::S3 {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            });
+        }
+        if text.contains("://") {
+            return Err(Error::usage(format!(
+                "unsupported location '{text}': use a local path or s3://bucket/key"
+            )));
+        }
+        Ok(Location::File(std::path::PathBuf::from(text)))
+    }
+
+    pub fn is_s3(&self) -> bool {
+        matches!(self, Location::S3 { .. })
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+/// S3 bucket naming rules, checked up front so a typo is a clear error and not a 400 from the
+/// server (or, worse, a request to a different host in virtual-hosted style).
+pub fn check_bucket_name(bucket: &str) -> Result<()> {
+    let ok_chars = bucket
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let ok_ends = bucket
+        .chars()
+        .next()
+        .zip(bucket.chars().last())
+        .is_some_and(|(a, b)| a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric());
+    if (3..=63).contains(&bucket.len()) && ok_chars && ok_ends {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "invalid bucket name '{bucket}': 3 to 63 lowercase letters, digits, '-' or '.', \
+             starting and ending with a letter or digit"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_locations() {
+        assert_eq!(
+            Location::parse("s3://my-bucket/a/b.gz").unwrap(),
+            Location::S3 {
+                bucket: "my-bucket".into(),
+                key: "a/b.gz".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("S3://bkt").unwrap(),
+            Location::S3 {
+                bucket: "bkt".into(),
+                key: "".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("/var/b.gz").unwrap(),
+            Location::File("/var/b.gz".into())
+        );
+        assert!(Location::parse("http://x/y").is_err());
+        assert!(Location::parse("s3://Bad_Bucket/x").is_err());
+        assert!(Location::parse("").is_err());
+    }
+}

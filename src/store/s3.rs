@@ -1,0 +1,1 @@
+//! S3 storage: being written (issue 3).
