@@ -1,0 +1,195 @@
+//! One backup, start to end: snapshot → sha256 → (skip if unchanged) → compress → store.
+//! The same pipeline serves every store; the store decides how bytes land atomically.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::codec::{self, Codec};
+use crate::error::{Error, Result};
+use crate::ffi::Connection;
+use crate::snapshot::{self, Method};
+use crate::store::{PutMeta, Store};
+
+/// What to back up and how; the SQL layer fills it from the arguments and options.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub schema: String,
+    pub method: Option<Method>,
+    pub busy_timeout_ms: u64,
+    pub level: Option<i64>,
+    pub threads: usize,
+    pub temp_dir: PathBuf,
+    /// The backup's time: names it and is recorded with it.
+    pub time: DateTime<Utc>,
+    /// Skip storing when the newest backup matching `family` has the same sha256.
+    pub if_changed: bool,
+    pub create_only: bool,
+    /// Glob of the names that belong to this backup series (for `if_changed`).
+    pub family: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub destination: String,
+    pub method: &'static str,
+    pub compression: &'static str,
+    /// Size of the uncompressed snapshot.
+    pub bytes: u64,
+    /// Size as stored (0 when skipped).
+    pub stored_bytes: u64,
+    pub sha256: String,
+    pub page_size: u32,
+    pub page_count: u64,
+    pub elapsed_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    pub parts: u32,
+    pub skipped: bool,
+    /// When skipped: the backup that already holds this exact snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub same_as: Option<String>,
+}
+
+pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> Result<Report> {
+    let started = Instant::now();
+    let codec = Codec::for_name(name);
+    let level = codec.level(req.level)?;
+
+    let snap = snapshot::take(
+        conn,
+        &req.schema,
+        req.method,
+        req.busy_timeout_ms,
+        &req.temp_dir,
+    )?;
+    let mut file = snap
+        .file
+        .reopen()
+        .map_err(|e| Error::io("cannot read the snapshot", e))?;
+    // Hashed before storing: S3 takes metadata when an upload starts, and an unchanged
+    // database is skipped without compressing anything.
+    let sha256 = snapshot::sha256_file(&mut file)?;
+
+    let mut report = Report {
+        destination: store.url(name),
+        method: snap.method.name(),
+        compression: codec.name(),
+        bytes: snap.bytes,
+        stored_bytes: 0,
+        sha256: sha256.clone(),
+        page_size: snap.page_size,
+        page_count: snap.page_count,
+        elapsed_ms: 0,
+        etag: None,
+        parts: 0,
+        skipped: false,
+        same_as: None,
+    };
+
+    if req.if_changed {
+        if let Some(same) = newest_with_same_content(store, &req.family, &sha256)? {
+            report.skipped = true;
+            report.same_as = Some(same);
+            report.elapsed_ms = started.elapsed().as_millis() as u64;
+            return Ok(report);
+        }
+    }
+
+    let meta = PutMeta {
+        sha256,
+        backup_time: req.time,
+        create_only: req.create_only,
+    };
+    let upload = store.put(name, &meta)?;
+    let mut counted = CountingWriter {
+        inner: upload,
+        count: 0,
+    };
+    let compressed = codec::compress(&mut file, &mut counted, codec, level, req.threads);
+    let CountingWriter {
+        inner: upload,
+        count,
+    } = counted;
+    if let Err(e) = compressed {
+        upload.abort();
+        return Err(e);
+    }
+    let stored = upload.commit()?;
+    report.destination = stored.url;
+    report.stored_bytes = count;
+    report.etag = stored.etag;
+    report.parts = stored.parts;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// The newest backup in the series, if its content equals `sha256`. Stores that record the
+/// hash (S3 metadata) answer at once; for the others the newest backup is decompressed and
+/// hashed, which costs a read but never a wrong skip.
+fn newest_with_same_content(
+    store: &dyn Store,
+    family: &str,
+    sha256: &str,
+) -> Result<Option<String>> {
+    let pattern = glob::Pattern::new(family)
+        .map_err(|e| Error::usage(format!("invalid match glob '{family}': {e}")))?;
+    let newest = store
+        .list()?
+        .into_iter()
+        .filter(|e| pattern.matches(&e.name))
+        .max_by(|a, b| {
+            a.modified
+                .cmp(&b.modified)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+    let Some(newest) = newest else {
+        return Ok(None);
+    };
+    let stored_sha = match newest.sha256.clone() {
+        Some(s) => s,
+        None => match content_sha256(store, &newest.name) {
+            Ok(s) => s,
+            // An unreadable previous backup is no reason to skip this one.
+            Err(_) => return Ok(None),
+        },
+    };
+    Ok((stored_sha == sha256).then_some(newest.url))
+}
+
+/// sha256 of a stored backup's decompressed content.
+pub fn content_sha256(store: &dyn Store, name: &str) -> Result<String> {
+    let (_, mut reader) = codec::decoder(store.get(name)?)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("cannot read {}", store.url(name)), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(snapshot::hex(&hasher.finalize()))
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,360 @@
+//! The raw SQLite calls that sqlite-loadable does not wrap (open_v2, exec, busy_timeout,
+//! db_filename, backup_*, prepare/step), behind safe wrappers. This is the only module with
+//! `unsafe` SQLite calls outside the SQL layer's function plumbing.
+//!
+//! Every call goes through the host's `sqlite3_api_routines`, never a second linked SQLite:
+//! two SQLite copies in one process break each other's POSIX locks. Only routines that exist
+//! in SQLite 3.27 are used, since the struct a host hands us ends where its version ends.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::path::{Path, PathBuf};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlite3ext_sys::{sqlite3, sqlite3_api_routines, sqlite3_backup, sqlite3_stmt};
+
+use crate::error::{Error, Kind, Result};
+
+const SQLITE_OK: c_int = 0;
+const SQLITE_BUSY: c_int = 5;
+const SQLITE_LOCKED: c_int = 6;
+const SQLITE_ROW: c_int = 100;
+const SQLITE_DONE: c_int = 101;
+const SQLITE_OPEN_READONLY: c_int = 0x1;
+const SQLITE_OPEN_READWRITE: c_int = 0x2;
+const SQLITE_OPEN_CREATE: c_int = 0x4;
+const SQLITE_VTAB_DIRECTONLY: c_int = 3;
+
+static API: AtomicPtr<sqlite3_api_routines> = AtomicPtr::new(ptr::null_mut());
+
+/// Remembers the host's routines; called once from the entry point.
+pub fn init(api: *mut sqlite3_api_routines) {
+    if !api.is_null() {
+        API.store(api, Ordering::Release);
+    }
+}
+
+fn api() -> Result<&'static sqlite3_api_routines> {
+    let p = API.load(Ordering::Acquire);
+    // SAFETY: the host keeps its routines alive for the life of the process.
+    unsafe { p.as_ref() }.ok_or_else(|| Error::new(Kind::Sqlite, "extension not initialised"))
+}
+
+/// Looks up one routine, failing cleanly if the host's table lacks it.
+macro_rules! routine {
+    ($name:ident) => {
+        api()?.$name.ok_or_else(|| {
+            Error::new(
+                Kind::Sqlite,
+                concat!("this SQLite lacks sqlite3_", stringify!($name)),
+            )
+        })?
+    };
+}
+
+fn cstring(text: &str, what: &str) -> Result<CString> {
+    CString::new(text).map_err(|_| Error::usage(format!("{what} contains a NUL character")))
+}
+
+fn path_cstring(path: &Path) -> Result<CString> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| Error::usage(format!("path {} is not UTF-8", path.display())))?;
+    cstring(text, "path")
+}
+
+/// Text the host owns (errmsg, libversion), copied out.
+unsafe fn owned_text(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+/// The host SQLite's version, e.g. "3.46.1".
+pub fn libversion() -> String {
+    match api().ok().and_then(|a| a.libversion) {
+        // SAFETY: libversion returns a static string.
+        Some(f) => unsafe { owned_text(f()) },
+        None => String::from("unknown"),
+    }
+}
+
+/// Marks a virtual table as callable only from top-level SQL (not from triggers or views in
+/// a database file someone else wrote). Call from xConnect.
+///
+/// # Safety
+/// `db` must be the connection handed to xConnect.
+pub unsafe fn vtab_directonly(db: *mut sqlite3) -> Result<()> {
+    let f = routine!(vtab_config);
+    f(db, SQLITE_VTAB_DIRECTONLY);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    ReadOnly,
+    ReadWriteCreate,
+}
+
+/// A database connection: one we opened (closed on drop) or the caller's (left alone).
+pub struct Connection {
+    db: *mut sqlite3,
+    owned: bool,
+}
+
+impl Connection {
+    /// Wraps the connection a SQL function was called on.
+    ///
+    /// # Safety
+    /// `db` must be a live connection that outlives the returned value.
+    pub unsafe fn borrowed(db: *mut sqlite3) -> Connection {
+        Connection { db, owned: false }
+    }
+
+    pub fn open(path: &Path, mode: OpenMode) -> Result<Connection> {
+        let open_v2 = routine!(open_v2);
+        let name = path_cstring(path)?;
+        let flags = match mode {
+            OpenMode::ReadOnly => SQLITE_OPEN_READONLY,
+            OpenMode::ReadWriteCreate => SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+        };
+        let mut db: *mut sqlite3 = ptr::null_mut();
+        // SAFETY: valid C string, out-pointer to a local; default VFS.
+        let rc = unsafe { open_v2(name.as_ptr(), &mut db, flags, ptr::null()) };
+        // Even on failure SQLite may hand back a handle that must be closed.
+        let conn = Connection { db, owned: true };
+        if rc != SQLITE_OK {
+            let msg = if db.is_null() {
+                format!("error code {rc}")
+            } else {
+                conn.errmsg()
+            };
+            return Err(Error::new(
+                Kind::Sqlite,
+                format!("cannot open {}: {msg}", path.display()),
+            ));
+        }
+        Ok(conn)
+    }
+
+    pub fn errmsg(&self) -> String {
+        match api().ok().and_then(|a| a.errmsg) {
+            // SAFETY: db is live; errmsg returns text owned by the connection.
+            Some(f) => unsafe { owned_text(f(self.db)) },
+            None => String::from("unknown error"),
+        }
+    }
+
+    pub fn busy_timeout(&self, ms: u64) -> Result<()> {
+        let f = routine!(busy_timeout);
+        let ms = c_int::try_from(ms).unwrap_or(c_int::MAX);
+        // SAFETY: db is live.
+        unsafe { f(self.db, ms) };
+        Ok(())
+    }
+
+    /// Runs SQL that returns no rows.
+    pub fn exec(&self, sql: &str) -> Result<()> {
+        let exec = routine!(exec);
+        let free = routine!(free);
+        let text = cstring(sql, "SQL")?;
+        let mut err: *mut c_char = ptr::null_mut();
+        // SAFETY: no callback; err is freed with sqlite3_free as documented.
+        let rc = unsafe { exec(self.db, text.as_ptr(), None, ptr::null_mut(), &mut err) };
+        if rc == SQLITE_OK {
+            return Ok(());
+        }
+        let msg = if err.is_null() {
+            self.errmsg()
+        } else {
+            // SAFETY: err came from sqlite3_exec and is freed exactly once.
+            unsafe {
+                let m = owned_text(err);
+                free(err.cast());
+                m
+            }
+        };
+        Err(Error::new(sqlite_kind(rc), msg))
+    }
+
+    /// Runs a query and returns every row as text columns (NULL as None).
+    pub fn query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        let prepare = routine!(prepare_v2);
+        let step = routine!(step);
+        let finalize = routine!(finalize);
+        let column_count = routine!(column_count);
+        let column_text = routine!(column_text);
+        let text = cstring(sql, "SQL")?;
+        let mut stmt: *mut sqlite3_stmt = ptr::null_mut();
+        // SAFETY: -1 length reads to the NUL; stmt is finalized below on every path.
+        let rc = unsafe { prepare(self.db, text.as_ptr(), -1, &mut stmt, ptr::null_mut()) };
+        if rc != SQLITE_OK {
+            return Err(Error::new(sqlite_kind(rc), self.errmsg()));
+        }
+        let mut rows = Vec::new();
+        let result = loop {
+            // SAFETY: stmt is a live prepared statement.
+            match unsafe { step(stmt) } {
+                SQLITE_ROW => {
+                    let n = unsafe { column_count(stmt) };
+                    let row = (0..n)
+                        .map(|i| {
+                            // SAFETY: i < column_count; text is valid until the next step.
+                            let p = unsafe { column_text(stmt, i) };
+                            (!p.is_null()).then(|| unsafe { owned_text(p.cast()) })
+                        })
+                        .collect();
+                    rows.push(row);
+                }
+                SQLITE_DONE => break Ok(rows),
+                rc => break Err(Error::new(sqlite_kind(rc), self.errmsg())),
+            }
+        };
+        // SAFETY: finalize exactly once.
+        unsafe { finalize(stmt) };
+        result
+    }
+
+    /// The first column of the first row, as text.
+    pub fn query_value(&self, sql: &str) -> Result<Option<String>> {
+        Ok(self
+            .query(sql)?
+            .into_iter()
+            .next()
+            .and_then(|row| row.into_iter().next().flatten()))
+    }
+
+    /// The file behind `schema`: `Ok(None)` for an in-memory or temp database, an error when
+    /// there is no such schema.
+    pub fn filename(&self, schema: &str) -> Result<Option<PathBuf>> {
+        let f = routine!(db_filename);
+        let name = cstring(schema, "schema")?;
+        // SAFETY: db is live; the returned string is owned by the connection.
+        let p = unsafe { f(self.db, name.as_ptr()) };
+        if p.is_null() {
+            return Err(Error::usage(format!(
+                "there is no attached database named '{schema}'"
+            )));
+        }
+        let path = unsafe { owned_text(p) };
+        Ok((!path.is_empty()).then(|| PathBuf::from(path)))
+    }
+
+    /// True when no transaction is open on this connection.
+    pub fn autocommit(&self) -> Result<bool> {
+        let f = routine!(get_autocommit);
+        // SAFETY: db is live.
+        Ok(unsafe { f(self.db) } != 0)
+    }
+
+    /// Copies `from_schema` of `from` over `to_schema` of `self` with the online backup API,
+    /// in one step, so the copy is one read transaction on the source. A busy source or
+    /// destination is retried until `busy_ms` has passed.
+    pub fn backup_from(
+        &self,
+        to_schema: &str,
+        from: &Connection,
+        from_schema: &str,
+        busy_ms: u64,
+    ) -> Result<()> {
+        let init = routine!(backup_init);
+        let step = routine!(backup_step);
+        let finish = routine!(backup_finish);
+        let to_name = cstring(to_schema, "schema")?;
+        let from_name = cstring(from_schema, "schema")?;
+        // SAFETY: both connections are live; the backup object is finished on every path.
+        let backup: *mut sqlite3_backup =
+            unsafe { init(self.db, to_name.as_ptr(), from.db, from_name.as_ptr()) };
+        if backup.is_null() {
+            return Err(Error::new(Kind::Sqlite, self.errmsg()));
+        }
+        let started = Instant::now();
+        let mut busy = false;
+        let rc = loop {
+            // SAFETY: backup is live until finish below.
+            match unsafe { step(backup, -1) } {
+                SQLITE_DONE => break SQLITE_OK,
+                SQLITE_OK => continue,
+                SQLITE_BUSY | SQLITE_LOCKED
+                    if started.elapsed() < Duration::from_millis(busy_ms) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                rc @ (SQLITE_BUSY | SQLITE_LOCKED) => {
+                    busy = true;
+                    break rc;
+                }
+                rc => break rc,
+            }
+        };
+        // SAFETY: finish exactly once; it reports the step's error if any.
+        let finish_rc = unsafe { finish(backup) };
+        if busy {
+            return Err(busy_error(busy_ms));
+        }
+        if rc != SQLITE_OK || finish_rc != SQLITE_OK {
+            let code = if rc != SQLITE_OK { rc } else { finish_rc };
+            return Err(Error::new(sqlite_kind(code), self.errmsg()));
+        }
+        Ok(())
+    }
+}
+
+/// The message for a database that stayed locked past the caller's patience.
+pub fn busy_error(busy_ms: u64) -> Error {
+    Error::new(
+        Kind::Sqlite,
+        format!(
+            "the database stayed locked for {busy_ms} ms (another connection is writing): \
+             retry, or raise busy_timeout_ms"
+        ),
+    )
+}
+
+fn sqlite_kind(rc: c_int) -> Kind {
+    match rc & 0xff {
+        11 | 26 => Kind::Corrupt, // SQLITE_CORRUPT, SQLITE_NOTADB
+        _ => Kind::Sqlite,
+    }
+}
+
+/// True when an error from this module came from a locked database.
+pub fn is_busy_message(message: &str) -> bool {
+    message.contains("database is locked") || message.contains("database table is locked")
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.owned && !self.db.is_null() {
+            if let Ok(api) = api() {
+                // close_v2 defers the close if a statement leaked, rather than failing.
+                if let Some(close) = api.close_v2 {
+                    // SAFETY: we own this handle and close it once.
+                    unsafe { close(self.db) };
+                }
+            }
+        }
+    }
+}
+
+/// Hands an error message back to `sqlite3_load_extension` (it frees it with sqlite3_free).
+///
+/// # Safety
+/// `out` is the entry point's `pzErrMsg` (may be null).
+pub unsafe fn set_load_error(out: *mut *mut c_char, message: &str) {
+    let Ok(api) = api() else { return };
+    let (Some(malloc), false) = (api.malloc, out.is_null()) else {
+        return;
+    };
+    let bytes = message.as_bytes();
+    let p = malloc((bytes.len() + 1) as c_int) as *mut u8;
+    if p.is_null() {
+        return;
+    }
+    ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+    *p.add(bytes.len()) = 0;
+    *out = p.cast();
+}

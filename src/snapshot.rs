@@ -1,0 +1,159 @@
+//! A transactionally consistent copy of one database of a connection, in a temp file.
+//!
+//! `vacuum` runs `VACUUM INTO` on a second connection to the same file, because VACUUM on the
+//! calling connection fails while its own SELECT is running. `pages` uses the online backup
+//! API from the calling connection; it is the only way to copy `:memory:` and temp databases.
+//! Both read the source in a single read transaction, so the copy is consistent while other
+//! processes write (WAL and rollback journal alike).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tempfile::NamedTempFile;
+
+use crate::error::{Error, Kind, Result};
+use crate::ffi::{self, Connection, OpenMode};
+use crate::store::file::temp_file_in;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Vacuum,
+    Pages,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Vacuum => "vacuum",
+            Method::Pages => "pages",
+        }
+    }
+}
+
+pub struct Snapshot {
+    /// The copy; removed when this is dropped.
+    pub file: NamedTempFile,
+    pub method: Method,
+    pub bytes: u64,
+    pub page_size: u32,
+    pub page_count: u64,
+}
+
+/// Copies `schema` of `conn` into a new temp file in `temp_dir`. `method` None picks `vacuum`
+/// for a database file and `pages` for an in-memory or temp one.
+pub fn take(
+    conn: &Connection,
+    schema: &str,
+    method: Option<Method>,
+    busy_ms: u64,
+    temp_dir: &Path,
+) -> Result<Snapshot> {
+    let source = conn.filename(schema)?;
+    let method = match (method, &source) {
+        (Some(Method::Vacuum), None) => {
+            return Err(Error::usage(format!(
+                "method 'vacuum' needs a database file, and '{schema}' is in memory: \
+                 use method 'pages' or leave method unset"
+            )))
+        }
+        (Some(m), _) => m,
+        (None, Some(_)) => Method::Vacuum,
+        (None, None) => Method::Pages,
+    };
+    let file = temp_file_in(temp_dir, ".snapshot")?;
+    match (&method, &source) {
+        (Method::Vacuum, Some(path)) => vacuum_into(path, file.path(), busy_ms)?,
+        _ => {
+            let dest = Connection::open(file.path(), OpenMode::ReadWriteCreate)?;
+            dest.backup_from("main", conn, schema, busy_ms)
+                .map_err(|e| e.context("cannot copy the database pages"))?;
+        }
+    }
+    let (bytes, page_size) = read_header(file.path())?;
+    Ok(Snapshot {
+        file,
+        method,
+        bytes,
+        page_size,
+        page_count: if page_size == 0 {
+            0
+        } else {
+            bytes / page_size as u64
+        },
+    })
+}
+
+fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
+    // Read-only: the snapshot must never change the source, not even its journal mode.
+    let reader = Connection::open(source, OpenMode::ReadOnly)?;
+    reader.busy_timeout(busy_ms)?;
+    let target = dest
+        .to_str()
+        .ok_or_else(|| Error::usage("the temp directory's path is not UTF-8"))?;
+    let sql = format!("VACUUM INTO '{}'", target.replace('\'', "''"));
+    reader.exec(&sql).map_err(|e| {
+        if ffi::is_busy_message(&e.message) {
+            ffi::busy_error(busy_ms)
+        } else {
+            e.context(format!("VACUUM INTO from {} failed", source.display()))
+        }
+    })
+}
+
+/// File size and page size (header bytes 16-17; the value 1 means 65536).
+fn read_header(path: &Path) -> Result<(u64, u32)> {
+    let mut f = File::open(path).map_err(|e| Error::io("cannot read the snapshot", e))?;
+    let bytes = f
+        .metadata()
+        .map_err(|e| Error::io("cannot read the snapshot", e))?
+        .len();
+    if bytes == 0 {
+        return Ok((0, 0));
+    }
+    let mut header = [0u8; 100];
+    f.read_exact(&mut header)
+        .map_err(|e| Error::io("the snapshot is shorter than a database header", e))?;
+    if &header[..16] != SQLITE_MAGIC {
+        return Err(Error::new(
+            Kind::Corrupt,
+            "the snapshot is not a SQLite database",
+        ));
+    }
+    Ok((bytes, page_size(&header)))
+}
+
+pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+pub fn page_size(header: &[u8]) -> u32 {
+    match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65536,
+        n => n as u32,
+    }
+}
+
+/// sha256 (hex) of a whole file, reading it once from the start.
+pub fn sha256_file(file: &mut File) -> Result<String> {
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("cannot read the snapshot", e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| Error::io("cannot read the snapshot", e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("cannot read the snapshot", e))?;
+    Ok(hex(&hasher.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,102 @@
+//! verify_backup(location [, options]) and restore_backup(location [, dest_path [, options]]).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::backup::{temp_dir, DEFAULT_BUSY_TIMEOUT_MS};
+use super::{json, options, Call};
+use crate::error::{Error, Result};
+use crate::restore;
+use crate::store::file::FileStore;
+use crate::store::{Location, Store};
+use crate::verify;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyOptions {
+    quick: Option<bool>,
+    temp_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreOptions {
+    overwrite: Option<bool>,
+    quick: Option<bool>,
+    schema: Option<String>,
+    busy_timeout_ms: Option<u64>,
+    temp_dir: Option<String>,
+}
+
+/// The store holding one backup, and its name there.
+fn open_backup(location: &str) -> Result<(Box<dyn Store>, String)> {
+    match Location::parse(location)? {
+        Location::File(path) => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| Error::usage(format!("'{location}' names no file")))?
+                .to_string();
+            let store = FileStore::open(path.parent().unwrap_or(Path::new("")))?;
+            Ok((Box::new(store), name))
+        }
+        Location::S3 { .. } => Err(Error::usage("s3:// locations are not supported yet")),
+    }
+}
+
+pub fn verify(call: &Call) -> Result<String> {
+    call.arity(1, 2, "(location [, options])")?;
+    let location = call.text(0, "location")?;
+    let opts: VerifyOptions = options::decode(call.options(1)?)?;
+    let (store, name) = open_backup(&location)?;
+    let checked = verify::fetch_checked(
+        store.as_ref(),
+        &name,
+        &temp_dir(opts.temp_dir.as_deref()),
+        opts.quick.unwrap_or(false),
+    )?;
+    json(&checked.report)
+}
+
+pub fn restore(call: &Call) -> Result<String> {
+    call.arity(1, 3, "(location [, dest_path [, options]])")?;
+    let location = call.text(0, "location")?;
+    let dest = call.optional_text(1, "dest_path")?;
+    let opts: RestoreOptions = options::decode(call.options(2)?)?;
+    let (store, name) = open_backup(&location)?;
+    let quick = opts.quick.unwrap_or(false);
+    let report = match dest {
+        Some(dest) => {
+            if opts.schema.is_some() {
+                return Err(Error::usage(
+                    "option 'schema' applies when restoring into this connection (dest_path NULL)",
+                ));
+            }
+            restore::to_file(
+                store.as_ref(),
+                &name,
+                &PathBuf::from(dest),
+                opts.overwrite.unwrap_or(false),
+                quick,
+            )?
+        }
+        None => {
+            if opts.overwrite.is_some() {
+                return Err(Error::usage(
+                    "option 'overwrite' applies to a dest_path; restoring into this connection always replaces it",
+                ));
+            }
+            restore::into_connection(
+                &call.connection(),
+                opts.schema.as_deref().unwrap_or("main"),
+                store.as_ref(),
+                &name,
+                opts.busy_timeout_ms.unwrap_or(DEFAULT_BUSY_TIMEOUT_MS),
+                &temp_dir(opts.temp_dir.as_deref()),
+                quick,
+            )?
+        }
+    };
+    json(&report)
+}
