@@ -1,6 +1,8 @@
 //! Putting a backup back: into a file (atomically, never over an existing file unless asked)
 //! or into the calling connection with the online backup API.
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde::Serialize;
@@ -62,6 +64,13 @@ pub fn to_file(
         }
     }
     let checked = verify::fetch_checked(store, name, dir, quick)?;
+    // Temp files are private (0600); a restored database gets the mode of the file it
+    // replaces, or the usual 0644, so the application that opens it still can.
+    let mode = fs::metadata(dest)
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| fs::Permissions::from_mode(0o644));
+    fs::set_permissions(checked.file.path(), mode)
+        .map_err(|e| Error::io("cannot set the restored file's permissions", e))?;
     persist(checked.file, dest, overwrite).map_err(|e| {
         if e.kind == Kind::Exists {
             exists(dest)
