@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Kind, Result};
 use crate::ffi::{Connection, OpenMode};
-use crate::store::file::persist;
+use crate::store::file::{parent_dir, persist};
 use crate::store::Store;
 use crate::verify::{self, Report as VerifyReport};
 
@@ -28,10 +28,7 @@ pub fn to_file(
     overwrite: bool,
     quick: bool,
 ) -> Result<Report> {
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(dest);
     if !dir.is_dir() {
         return Err(Error::new(
             Kind::NotFound,

@@ -5,16 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The built extension (cargo test rebuilds it: crate-type has lib beside cdylib).
+/// The built extension. `cargo test` rebuilds the cdylib beside the test executables in
+/// target/debug/deps (crate-type has lib beside cdylib) but does not copy it up a level.
 fn extension() -> PathBuf {
     if let Some(p) = std::env::var_os("SQLITE_BACKUP_EXT") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("libsqlite_backup.so")
+    exe.parent().expect("deps dir").join("libsqlite_backup.so")
 }
 
 struct Statement {

@@ -105,7 +105,15 @@ pub fn persist(temp: NamedTempFile, dest: &Path, overwrite: bool) -> Result<()> 
             e.error,
         ));
     }
-    sync_dir(dest.parent().unwrap_or(Path::new(".")))
+    sync_dir(parent_dir(dest))
+}
+
+/// The directory holding `path` ("." for a bare file name, whose parent is "").
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 struct FileUpload {
