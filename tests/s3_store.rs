@@ -461,3 +461,29 @@ fn dropped_download_resumes_with_range() {
     );
     assert!(gets[1].header("if-match").is_some());
 }
+
+#[test]
+fn stalled_server_times_out_with_the_limit_in_the_message() {
+    let server = server();
+    let proxy = Proxy::start(upstream(&server));
+    let mut opts = server.options();
+    opts.endpoint = Some(proxy.endpoint());
+    opts.timeout_ms = Some(500);
+    opts.retries = Some(1);
+    let store = open(&server, "", opts);
+    proxy.fault(
+        "",
+        "",
+        usize::MAX,
+        Fault::Stall(Duration::from_millis(1500)),
+    );
+    let err = store.list().unwrap_err();
+    assert_eq!(err.kind, Kind::Transient);
+    assert_eq!(
+        err.message,
+        format!(
+            "timed out after 500 ms talking to {} (gave up after 2 attempts)",
+            proxy.endpoint()
+        )
+    );
+}

@@ -175,6 +175,22 @@ impl S3Store {
     }
 }
 
+/// (name, key) for each listed key that is a backup: "directory" markers (keys ending in '/')
+/// and keys no name could produce are skipped.
+fn names_under(prefix: &str, keys: impl Iterator<Item = String>) -> Vec<(String, String)> {
+    let strip = if prefix.is_empty() {
+        0
+    } else {
+        prefix.len() + 1
+    };
+    keys.filter(|key| !key.ends_with('/'))
+        .filter_map(|key| {
+            let name = key.get(strip..)?.to_string();
+            check_name(&name).is_ok().then_some((name, key))
+        })
+        .collect()
+}
+
 fn join_key(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
@@ -260,20 +276,10 @@ impl Store for S3Store {
     }
 
     fn list(&self) -> Result<Vec<Entry>> {
-        let strip = if self.prefix.is_empty() {
-            0
-        } else {
-            self.prefix.len() + 1
-        };
-        let keys: Vec<(String, String)> = self
-            .list_keys()?
-            .into_iter()
-            .filter(|(key, _, _)| !key.ends_with('/')) // "directory" markers
-            .filter_map(|(key, _, _)| {
-                let name = key.get(strip..)?.to_string();
-                (check_name(&name).is_ok()).then_some((name, key))
-            })
-            .collect();
+        let keys = names_under(
+            &self.prefix,
+            self.list_keys()?.into_iter().map(|(key, _, _)| key),
+        );
 
         // HEAD each key from a few threads: the listing has no user metadata.
         let next = AtomicUsize::new(0);
@@ -389,6 +395,16 @@ mod tests {
         let err = S3Store::open_with_env("bkt", "", &opts, &Environment::empty()).unwrap_err();
         assert_eq!(err.kind, Kind::Usage);
         assert!(err.message.contains("path_style"), "{err}");
+    }
+
+    #[test]
+    fn listing_skips_directory_markers() {
+        let keys = ["p/", "p/a.gz", "p/sub/", "p/sub/b.gz", "p/./c"].map(String::from);
+        let names: Vec<_> = names_under("p", keys.into_iter())
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, ["a.gz", "sub/b.gz"]);
     }
 
     #[test]

@@ -273,7 +273,9 @@ impl S3Upload {
         while self.buf.len() as u64 >= self.current_part_size() {
             let size = self.current_part_size() as usize;
             let rest = self.buf.split_off(size);
-            let part = std::mem::replace(&mut self.buf, rest);
+            let mut part = std::mem::replace(&mut self.buf, rest);
+            // The buffer may have grown to twice its length: keep memory at one part each.
+            part.shrink_to_fit();
             self.send_part(part)?;
         }
         Ok(())
