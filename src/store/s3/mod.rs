@@ -294,8 +294,8 @@ impl Store for S3Store {
                     };
                     let result = self.head_key(name, key);
                     let failed = result.is_err();
-                    if let Ok(mut slots) = results.lock() {
-                        slots[i] = Some(result);
+                    if let Some(slot) = results.lock().ok().as_mut().and_then(|s| s.get_mut(i)) {
+                        *slot = Some(result);
                     }
                     if failed {
                         next.store(keys.len(), Ordering::SeqCst); // stop the others early
