@@ -1,1 +1,0 @@
-//! S3 storage: being written (issue 3).

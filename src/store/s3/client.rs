@@ -1,0 +1,314 @@
+//! The transport: signs nothing itself (callers pass presigned URLs from rusty-s3), sends one
+//! request with ureq, reads S3 errors, and retries transient failures in one place
+//! (`with_retries`) with exponential backoff and full jitter.
+
+use std::io::Read;
+use std::time::Duration;
+
+use ureq::http::{HeaderMap, Response};
+use ureq::{Agent, Body};
+use url::Url;
+
+use super::config::{display_endpoint, Resolved};
+use super::errors::{self, Target, Timeouts};
+use crate::error::{Error, Kind, Result};
+
+/// How long a presigned URL stays valid; one request (with its retries) needs far less.
+pub const SIGN_FOR: Duration = Duration::from_secs(3600);
+
+/// Largest non-streamed response we read (a ListObjectsV2 page of 1000 keys is ~300 KiB).
+const MAX_SMALL_BODY: u64 = 16 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Put,
+    Post,
+    Delete,
+}
+
+/// One HTTP request: a presigned URL, extra headers, and an in-memory body (so retries can
+/// resend it, and so ureq sends `Content-Length`, never `Transfer-Encoding: chunked`).
+pub struct Request<'a> {
+    pub method: Method,
+    pub url: Url,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    pub fn new(method: Method, url: Url) -> Request<'a> {
+        Request {
+            method,
+            url,
+            headers: Vec::new(),
+            body: &[],
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Request<'a> {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: &'a [u8]) -> Request<'a> {
+        self.body = body;
+        self
+    }
+}
+
+/// A fully read answer.
+pub struct Reply {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+pub fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub struct Client {
+    agent: Agent,
+    pub bucket: rusty_s3::Bucket,
+    pub credentials: rusty_s3::Credentials,
+    /// For messages: scheme, host, port, path; never credentials.
+    pub endpoint: String,
+    timeouts: Timeouts,
+    pub retries: u32,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+}
+
+impl Client {
+    pub fn new(bucket_name: &str, cfg: &Resolved) -> Result<Client> {
+        let style = if cfg.path_style {
+            rusty_s3::UrlStyle::Path
+        } else {
+            rusty_s3::UrlStyle::VirtualHost
+        };
+        let endpoint = display_endpoint(&cfg.endpoint);
+        let bucket = rusty_s3::Bucket::new(
+            cfg.endpoint.clone(),
+            style,
+            bucket_name.to_string(),
+            cfg.region.clone(),
+        )
+        .map_err(|_| {
+            Error::usage(format!(
+                "cannot address bucket '{bucket_name}' at {endpoint}{}",
+                if cfg.path_style {
+                    ""
+                } else {
+                    ": try the option path_style = true"
+                }
+            ))
+        })?;
+        let s = &cfg.secrets;
+        let credentials = match &s.session_token {
+            Some(token) => {
+                rusty_s3::Credentials::new_with_token(&s.access_key_id, &s.secret_access_key, token)
+            }
+            None => rusty_s3::Credentials::new(&s.access_key_id, &s.secret_access_key),
+        };
+        let config = Agent::config_builder()
+            // 4xx/5xx are answers to read (S3's XML error), not transport errors.
+            .http_status_as_error(false)
+            // A redirect from S3 means a wrong region or endpoint: report it, don't follow it
+            // (following would resend a signed PUT somewhere else).
+            .max_redirects(0)
+            .timeout_connect(Some(cfg.connect_timeout))
+            .timeout_resolve(Some(cfg.connect_timeout))
+            .timeout_per_read(Some(cfg.timeout))
+            .timeout_per_write(Some(cfg.timeout))
+            // Byte offsets for resumed downloads must be offsets of the stored bytes.
+            .accept_encoding("identity")
+            .user_agent(concat!("sqlite-backup/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Client {
+            agent: config.new_agent(),
+            bucket,
+            credentials,
+            endpoint,
+            timeouts: Timeouts {
+                connect: cfg.connect_timeout,
+                request: cfg.timeout,
+            },
+            retries: cfg.retries,
+            backoff_base: cfg.backoff_base,
+            backoff_cap: cfg.backoff_base * 25,
+        })
+    }
+
+    /// Sends `req` (with retries) and reads the whole answer.
+    pub fn call(&self, req: &Request<'_>, target: &Target) -> Result<Reply> {
+        self.with_retries(|| {
+            let response = self.send_once(req, target)?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .into_with_config()
+                .limit(MAX_SMALL_BODY)
+                .read_to_vec()
+                .map_err(|e| errors::from_transport(e, &self.endpoint, &self.timeouts))?;
+            // CompleteMultipartUpload may answer 200 and then fail in the body.
+            if req.method == Method::Post && body_is_error(&body) {
+                let code = errors::error_code(&body);
+                let status = match code.as_deref() {
+                    Some("InternalError" | "SlowDown" | "ServiceUnavailable") | None => 500,
+                    Some("PreconditionFailed") => 412,
+                    Some(_) => 400,
+                };
+                return Err(errors::from_status(status, code.as_deref(), None, target));
+            }
+            Ok(Reply {
+                headers: parts.headers,
+                body,
+            })
+        })
+    }
+
+    /// Sends `req` (with retries) and returns the successful response with its body unread,
+    /// for streaming downloads.
+    pub fn open(&self, req: &Request<'_>, target: &Target) -> Result<Response<Body>> {
+        self.with_retries(|| self.send_once(req, target))
+    }
+
+    /// The one retry loop: `attempt` is tried up to `1 + retries` times while it fails with
+    /// `Kind::Transient`; other errors return at once.
+    pub fn with_retries<T>(&self, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match attempt() {
+                Err(e) if e.kind == Kind::Transient && tries <= self.retries => {
+                    self.backoff(tries);
+                }
+                Err(e) if e.kind == Kind::Transient && tries > 1 => {
+                    return Err(Error::new(
+                        e.kind,
+                        format!("{} (gave up after {tries} attempts)", e.message),
+                    ));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sleeps before retry number `retry` (1-based): uniform in [0, min(cap, base·2^(retry-1))].
+    pub fn backoff(&self, retry: u32) {
+        std::thread::sleep(backoff_delay(
+            self.backoff_base,
+            self.backoff_cap,
+            retry,
+            fastrand::f64(),
+        ));
+    }
+
+    pub fn transport_error(&self, err: ureq::Error) -> Error {
+        errors::from_transport(err, &self.endpoint, &self.timeouts)
+    }
+
+    pub fn io_error(&self, err: std::io::Error) -> Error {
+        errors::from_io(err, &self.endpoint, &self.timeouts)
+    }
+
+    /// One attempt: a 2xx response, or the error for whatever happened instead.
+    fn send_once(&self, req: &Request<'_>, target: &Target) -> Result<Response<Body>> {
+        let url = req.url.as_str();
+        let result = match req.method {
+            Method::Get | Method::Head | Method::Delete => {
+                let mut builder = match req.method {
+                    Method::Get => self.agent.get(url),
+                    Method::Head => self.agent.head(url),
+                    _ => self.agent.delete(url),
+                };
+                for (name, value) in &req.headers {
+                    builder = builder.header(*name, value.as_str());
+                }
+                builder.call()
+            }
+            Method::Put | Method::Post => {
+                let mut builder = match req.method {
+                    Method::Put => self.agent.put(url),
+                    _ => self.agent.post(url),
+                };
+                for (name, value) in &req.headers {
+                    builder = builder.header(*name, value.as_str());
+                }
+                // A byte slice has a known length: ureq sends Content-Length.
+                builder.send(req.body)
+            }
+        };
+        let mut response = result.map_err(|e| self.transport_error(e))?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(response);
+        }
+        let body = if req.method == Method::Head {
+            Vec::new()
+        } else {
+            // Best effort: a broken error body still leaves the status to report.
+            let mut body = Vec::new();
+            let _ = response
+                .body_mut()
+                .as_reader()
+                .take(64 << 10)
+                .read_to_end(&mut body);
+            body
+        };
+        let code = errors::error_code(&body);
+        let region = header(response.headers(), "x-amz-bucket-region");
+        Err(errors::from_status(status, code.as_deref(), region, target))
+    }
+}
+
+fn body_is_error(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+    let text = text.trim_start();
+    let text = match text.strip_prefix("<?xml") {
+        Some(rest) => rest
+            .split_once("?>")
+            .map(|(_, r)| r.trim_start())
+            .unwrap_or(""),
+        None => text,
+    };
+    text.starts_with("<Error>")
+}
+
+/// Full jitter: `random` in [0, 1) scales the capped exponential delay.
+pub fn backoff_delay(base: Duration, cap: Duration, retry: u32, random: f64) -> Duration {
+    let exp = base.saturating_mul(1u32 << retry.saturating_sub(1).min(20));
+    exp.min(cap).mul_f64(random.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(200);
+        let cap = Duration::from_secs(5);
+        assert_eq!(backoff_delay(base, cap, 1, 1.0), base);
+        assert_eq!(backoff_delay(base, cap, 3, 1.0), Duration::from_millis(800));
+        assert_eq!(backoff_delay(base, cap, 30, 1.0), cap);
+        assert_eq!(backoff_delay(base, cap, 3, 0.0), Duration::ZERO);
+        assert!(backoff_delay(base, cap, 3, 0.5) <= Duration::from_millis(400));
+    }
+
+    #[test]
+    fn error_in_200_body_is_detected() {
+        assert!(body_is_error(
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code></Error>"
+        ));
+        assert!(!body_is_error(
+            b"<?xml version=\"1.0\"?><CompleteMultipartUploadResult></CompleteMultipartUploadResult>"
+        ));
+    }
+}

@@ -1,0 +1,741 @@
+//! S3 options and where their values come from: options > environment > shared AWS files >
+//! defaults, as every AWS tool does it. `resolve` is a pure function of the options and an
+//! `Environment` (variables plus file contents), so the precedence rules are unit-tested without
+//! touching the real environment or home directory.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::error::{Error, Kind, Result};
+
+/// S3 options a user may pass as JSON. Every field is optional; `None` means "from the
+/// environment, the shared AWS files, or the default".
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Options {
+    /// `http(s)://host[:port][/path]`; default AWS (`https://s3.<region>.amazonaws.com`).
+    pub endpoint: Option<String>,
+    /// Signing region; default `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style (`endpoint/bucket/key`) instead of virtual-hosted (`bucket.endpoint/key`);
+    /// default: path-style when the endpoint host is an IP address or `localhost`.
+    pub path_style: Option<bool>,
+    /// Profile of `~/.aws/credentials` and `~/.aws/config`; default `AWS_PROFILE` or `default`.
+    pub profile: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// TCP (and TLS) connect timeout; default 10 s.
+    pub connect_timeout_ms: Option<u64>,
+    /// Longest wait for any single read or write of a request; default 60 s.
+    pub timeout_ms: Option<u64>,
+    /// Size of multipart parts in bytes; default 8 MiB. AWS needs at least 5 MiB (every part but
+    /// the last); smaller sizes are allowed for servers that accept them (and for tests).
+    pub part_size: Option<u64>,
+    /// Streams longer than this go multipart; default = part size.
+    pub multipart_threshold: Option<u64>,
+    /// Parts uploaded in parallel; default 4.
+    pub concurrency: Option<u32>,
+    /// Retries of each request on transient failures; default 5.
+    pub retries: Option<u32>,
+}
+
+/// Exactly the keys of `S3Options`: the SQL layer splits a user's JSON options with it.
+pub const OPTION_KEYS: &[&str] = &[
+    "endpoint",
+    "region",
+    "path_style",
+    "profile",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "connect_timeout_ms",
+    "timeout_ms",
+    "part_size",
+    "multipart_threshold",
+    "concurrency",
+    "retries",
+];
+
+/// Hand-written so the secret key and session token never reach a log or an error message.
+impl fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("profile", &self.profile)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("session_token", &hidden(&self.session_token))
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("part_size", &self.part_size)
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("concurrency", &self.concurrency)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+pub const DEFAULT_REGION: &str = "us-east-1";
+pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
+/// AWS refuses parts (other than the last) below this.
+pub const AWS_MIN_PART_SIZE: u64 = 5 << 20;
+/// AWS limit for one part and for one PutObject.
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+pub const DEFAULT_CONCURRENCY: u32 = 4;
+pub const DEFAULT_RETRIES: u32 = 5;
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+const DEFAULT_BACKOFF_MS: u64 = 200;
+
+/// Not an S3 option: a knob for tests (and impatient operators) that sets the base of the retry
+/// backoff in milliseconds. The cap is 25 × the base.
+pub const BACKOFF_ENV: &str = "SQLITE_BACKUP_S3_BACKOFF_MS";
+
+/// The environment `resolve` reads: variables and the two shared AWS files' contents.
+#[derive(Clone, Default)]
+pub struct Environment {
+    vars: HashMap<String, String>,
+    credentials_file: Option<String>,
+    config_file: Option<String>,
+}
+
+/// Variables we read; nothing else from the process environment is looked at.
+const VARS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    BACKOFF_ENV,
+];
+
+impl Environment {
+    /// Nothing set: only options and defaults apply. Tests start from here.
+    pub fn empty() -> Environment {
+        Environment::default()
+    }
+
+    /// The process environment and the shared files it points at (missing files are fine).
+    pub fn from_process() -> Result<Environment> {
+        let mut env = Environment::empty();
+        for name in VARS {
+            if let Ok(value) = std::env::var(name) {
+                env.vars.insert(name.to_string(), value);
+            }
+        }
+        let home = std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE"));
+        let path = |var: &str, file: &str| {
+            env.var(var).map(std::path::PathBuf::from).or_else(|| {
+                home.as_ref()
+                    .map(|h| std::path::Path::new(h).join(".aws").join(file))
+            })
+        };
+        let read = |path: Option<std::path::PathBuf>| -> Result<Option<String>> {
+            let Some(path) = path else { return Ok(None) };
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+            }
+        };
+        let credentials_file = read(path("AWS_SHARED_CREDENTIALS_FILE", "credentials"))?;
+        let config_file = read(path("AWS_CONFIG_FILE", "config"))?;
+        env.credentials_file = credentials_file;
+        env.config_file = config_file;
+        Ok(env)
+    }
+
+    pub fn with_var(mut self, name: &str, value: &str) -> Environment {
+        self.vars.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    pub fn with_credentials_file(mut self, text: &str) -> Environment {
+        self.credentials_file = Some(text.to_string());
+        self
+    }
+
+    pub fn with_config_file(mut self, text: &str) -> Environment {
+        self.config_file = Some(text.to_string());
+        self
+    }
+
+    /// A variable, with empty or blank values treated as unset (as the AWS SDKs do).
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    }
+}
+
+/// Access key, secret and optional session token. No Debug: it would print the secret.
+#[derive(Clone, PartialEq)]
+pub struct Secrets {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+/// Everything the client needs, with every default applied and every value checked.
+#[derive(Clone)]
+pub struct Resolved {
+    pub endpoint: Url,
+    pub region: String,
+    pub path_style: bool,
+    pub secrets: Secrets,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub part_size: u64,
+    pub multipart_threshold: u64,
+    pub concurrency: u32,
+    pub retries: u32,
+    pub backoff_base: Duration,
+}
+
+impl fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolved")
+            .field("endpoint", &display_endpoint(&self.endpoint))
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.secrets.access_key_id)
+            .field("part_size", &self.part_size)
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("concurrency", &self.concurrency)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The endpoint as messages show it: scheme, host, port and path; never user info or a query.
+pub fn display_endpoint(url: &Url) -> String {
+    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    let path = url.path();
+    if path != "/" {
+        shown.push_str(path);
+    }
+    shown
+}
+
+pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Resolved> {
+    let explicit_profile = opts.profile.clone().or_else(|| env.var("AWS_PROFILE"));
+    let profile_name = explicit_profile
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
+    let credentials_file = env
+        .credentials_file
+        .as_deref()
+        .map(|t| ini_section(t, &profile_name, false))
+        .unwrap_or_default();
+    let config_file = env
+        .config_file
+        .as_deref()
+        .map(|t| ini_section(t, &profile_name, true))
+        .unwrap_or_default();
+    let profile = |key: &str| {
+        credentials_file
+            .as_ref()
+            .and_then(|s| s.get(key))
+            .or_else(|| config_file.as_ref().and_then(|s| s.get(key)))
+            .map(|v| v.to_string())
+    };
+
+    let secrets = resolve_secrets(opts, env, &|k| profile(k))?;
+    if secrets.is_none()
+        && explicit_profile.is_some()
+        && credentials_file.is_none()
+        && config_file.is_none()
+    {
+        return Err(Error::usage(format!(
+            "profile '{profile_name}' not found in ~/.aws/credentials or ~/.aws/config"
+        )));
+    }
+    let secrets = secrets.ok_or_else(|| {
+        Error::new(
+            Kind::Auth,
+            "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the \
+             access_key_id/secret_access_key options, or a profile in ~/.aws/credentials",
+        )
+    })?;
+
+    let region = non_empty(&opts.region)
+        .or_else(|| env.var("AWS_REGION"))
+        .or_else(|| env.var("AWS_DEFAULT_REGION"))
+        .or_else(|| config_file.as_ref().and_then(|s| s.get("region")).cloned())
+        .unwrap_or_else(|| DEFAULT_REGION.to_string());
+    if !region
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Error::usage(format!("invalid region '{region}'")));
+    }
+
+    let endpoint_text = non_empty(&opts.endpoint)
+        .or_else(|| env.var("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env.var("AWS_ENDPOINT_URL"))
+        .or_else(|| {
+            config_file
+                .as_ref()
+                .and_then(|s| s.get("endpoint_url"))
+                .cloned()
+        })
+        .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+    let endpoint = parse_endpoint(&endpoint_text)?;
+    let path_style = opts
+        .path_style
+        .unwrap_or_else(|| auto_path_style(&endpoint, bucket));
+
+    let connect_timeout_ms = positive(
+        "connect_timeout_ms",
+        opts.connect_timeout_ms,
+        DEFAULT_CONNECT_TIMEOUT_MS,
+    )?;
+    let timeout_ms = positive("timeout_ms", opts.timeout_ms, DEFAULT_TIMEOUT_MS)?;
+    let part_size = opts.part_size.unwrap_or(DEFAULT_PART_SIZE);
+    if !(1..=MAX_PART_SIZE).contains(&part_size) {
+        return Err(Error::usage(format!(
+            "part_size must be between 1 and {MAX_PART_SIZE} bytes (AWS needs at least \
+             {AWS_MIN_PART_SIZE}), not {part_size}"
+        )));
+    }
+    let multipart_threshold = opts.multipart_threshold.unwrap_or(part_size);
+    if multipart_threshold > MAX_PART_SIZE {
+        return Err(Error::usage(format!(
+            "multipart_threshold must be at most {MAX_PART_SIZE} bytes (the largest single PUT)"
+        )));
+    }
+    let concurrency = opts.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+    if !(1..=64).contains(&concurrency) {
+        return Err(Error::usage(format!(
+            "concurrency must be between 1 and 64, not {concurrency}"
+        )));
+    }
+    let retries = opts.retries.unwrap_or(DEFAULT_RETRIES);
+    if retries > 30 {
+        return Err(Error::usage(format!(
+            "retries must be at most 30, not {retries}"
+        )));
+    }
+    let backoff_ms = match env.var(BACKOFF_ENV) {
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| Error::usage(format!("{BACKOFF_ENV} must be a number of milliseconds")))?,
+        None => DEFAULT_BACKOFF_MS,
+    };
+
+    Ok(Resolved {
+        endpoint,
+        region,
+        path_style,
+        secrets,
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+        timeout: Duration::from_millis(timeout_ms),
+        part_size,
+        multipart_threshold,
+        concurrency,
+        retries,
+        backoff_base: Duration::from_millis(backoff_ms),
+    })
+}
+
+/// One credential set from one source: mixing a key from the options with a secret from the
+/// environment would only ever produce a confusing signature error.
+fn resolve_secrets(
+    opts: &S3Options,
+    env: &Environment,
+    profile: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secrets>> {
+    match (
+        non_empty(&opts.access_key_id),
+        non_empty(&opts.secret_access_key),
+    ) {
+        (Some(access_key_id), Some(secret_access_key)) => {
+            return Ok(Some(Secrets {
+                access_key_id,
+                secret_access_key,
+                session_token: non_empty(&opts.session_token),
+            }))
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(Error::usage(
+                "access_key_id and secret_access_key must be given together",
+            ))
+        }
+        (None, None) => {}
+    }
+    // An explicit profile option beats the environment's keys (like `aws --profile`).
+    if opts.profile.is_none() {
+        if let (Some(access_key_id), Some(secret_access_key)) = (
+            env.var("AWS_ACCESS_KEY_ID"),
+            env.var("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            return Ok(Some(Secrets {
+                access_key_id,
+                secret_access_key,
+                session_token: env.var("AWS_SESSION_TOKEN"),
+            }));
+        }
+    }
+    match (
+        profile("aws_access_key_id"),
+        profile("aws_secret_access_key"),
+    ) {
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(Secrets {
+            access_key_id,
+            secret_access_key,
+            session_token: profile("aws_session_token"),
+        })),
+        _ => Ok(None),
+    }
+}
+
+fn non_empty(value: &Option<String>) -> Option<String> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+fn positive(name: &str, value: Option<u64>, default: u64) -> Result<u64> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(Error::usage(format!("{name} must be more than 0"))),
+        Some(v) => Ok(v),
+    }
+}
+
+fn parse_endpoint(text: &str) -> Result<Url> {
+    let bad = |why: &str| Error::usage(format!("invalid endpoint: {why}"));
+    let url = Url::parse(text).map_err(|_| bad("not a URL like https://host[:port]"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("it must start with http:// or https://"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "credentials do not belong in the endpoint URL; use the options or environment",
+        ));
+    }
+    if url.query().is_some() {
+        return Err(bad("it must not have a query string"));
+    }
+    Ok(url)
+}
+
+/// Virtual-hosted style needs DNS for `<bucket>.<host>`: impossible for an IP address, and
+/// `*.localhost` does not resolve everywhere. Bucket names with dots break TLS certificate
+/// matching of AWS over https. Everything else gets AWS's preferred virtual-hosted style.
+pub fn auto_path_style(endpoint: &Url, bucket: &str) -> bool {
+    let host = endpoint.host_str().unwrap_or("");
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>().is_ok()
+        || host.eq_ignore_ascii_case("localhost")
+        || (endpoint.scheme() == "https" && bucket.contains('.'))
+}
+
+/// The `key = value` pairs of one profile's section, or `None` when the file has no such section.
+/// The config file names sections `[profile name]` (and `[default]`); the credentials file
+/// `[name]`. Nested blocks (`s3 =` followed by indented lines) are skipped.
+fn ini_section(text: &str, profile: &str, config_style: bool) -> Option<HashMap<String, String>> {
+    let mut found: Option<HashMap<String, String>> = None;
+    let mut in_section = false;
+    let mut in_nested = false;
+    for raw in text.lines() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim();
+            let matches = if config_style {
+                (profile == "default" && name == "default")
+                    || name
+                        .strip_prefix("profile")
+                        .filter(|rest| rest.starts_with(char::is_whitespace))
+                        .is_some_and(|rest| rest.trim() == profile)
+            } else {
+                name == profile
+            };
+            in_section = matches;
+            in_nested = false;
+            if matches && found.is_none() {
+                found = Some(HashMap::new());
+            }
+            continue;
+        }
+        let indented = raw.starts_with(char::is_whitespace);
+        if in_nested && indented {
+            continue;
+        }
+        in_nested = false;
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if value.is_empty() {
+            in_nested = true;
+            continue;
+        }
+        if in_section {
+            if let Some(section) = found.as_mut() {
+                section.insert(key.to_string(), value.to_string());
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> S3Options {
+        S3Options::default()
+    }
+
+    fn keys(opts: &S3Options, env: &Environment) -> (String, String, Option<String>) {
+        let r = resolve(opts, env, "bkt").unwrap();
+        (
+            r.secrets.access_key_id,
+            r.secrets.secret_access_key,
+            r.secrets.session_token,
+        )
+    }
+
+    const CREDENTIALS: &str = "\
+# comment
+[default]
+aws_access_key_id = FILEKEY
+aws_secret_access_key = FILESECRET
+
+[work]
+aws_access_key_id=WORKKEY
+aws_secret_access_key=WORKSECRET
+aws_session_token=WORKTOKEN
+";
+
+    const CONFIG: &str = "\
+[default]
+region = eu-west-1
+
+[profile work]
+region = ap-south-1
+endpoint_url = http://10.0.0.1:9000
+s3 =
+  addressing_style = path
+[work]
+region = not-this-one
+";
+
+    #[test]
+    fn option_keys_match_the_struct() {
+        let mut json = serde_json::Map::new();
+        for key in OPTION_KEYS {
+            json.insert(key.to_string(), serde_json::Value::Null);
+        }
+        let parsed: S3Options = serde_json::from_value(serde_json::Value::Object(json)).unwrap();
+        assert_eq!(parsed, S3Options::default());
+        let err = serde_json::from_str::<S3Options>(r#"{"bucket":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"));
+        // Every field of the struct is in the list (Debug prints them all).
+        let debug = format!("{:?}", S3Options::default());
+        assert_eq!(debug.matches(':').count(), OPTION_KEYS.len());
+    }
+
+    #[test]
+    fn options_beat_environment_beat_files() {
+        let env = Environment::empty()
+            .with_var("AWS_ACCESS_KEY_ID", "ENVKEY")
+            .with_var("AWS_SECRET_ACCESS_KEY", "ENVSECRET")
+            .with_var("AWS_SESSION_TOKEN", "ENVTOKEN")
+            .with_credentials_file(CREDENTIALS);
+        let mut o = opts();
+        o.access_key_id = Some("OPTKEY".into());
+        o.secret_access_key = Some("OPTSECRET".into());
+        assert_eq!(
+            keys(&o, &env),
+            ("OPTKEY".into(), "OPTSECRET".into(), None),
+            "option keys never pick up the environment's token"
+        );
+        assert_eq!(
+            keys(&opts(), &env),
+            ("ENVKEY".into(), "ENVSECRET".into(), Some("ENVTOKEN".into()))
+        );
+        let files_only = Environment::empty().with_credentials_file(CREDENTIALS);
+        assert_eq!(
+            keys(&opts(), &files_only),
+            ("FILEKEY".into(), "FILESECRET".into(), None)
+        );
+    }
+
+    #[test]
+    fn profile_selection() {
+        let env = Environment::empty()
+            .with_credentials_file(CREDENTIALS)
+            .with_config_file(CONFIG);
+        let by_env = env.clone().with_var("AWS_PROFILE", "work");
+        let r = resolve(&opts(), &by_env, "bkt").unwrap();
+        assert_eq!(r.secrets.access_key_id, "WORKKEY");
+        assert_eq!(r.secrets.session_token.as_deref(), Some("WORKTOKEN"));
+        assert_eq!(r.region, "ap-south-1", "[work] in config is not a profile");
+        assert_eq!(r.endpoint.as_str(), "http://10.0.0.1:9000/");
+        assert!(r.path_style);
+
+        // The profile option beats AWS_PROFILE and the environment's keys.
+        let mut o = opts();
+        o.profile = Some("default".into());
+        let noisy = by_env
+            .clone()
+            .with_var("AWS_ACCESS_KEY_ID", "ENVKEY")
+            .with_var("AWS_SECRET_ACCESS_KEY", "ENVSECRET");
+        let r = resolve(&o, &noisy, "bkt").unwrap();
+        assert_eq!(r.secrets.access_key_id, "FILEKEY");
+        assert_eq!(r.region, "eu-west-1");
+        // Without the option, environment keys beat AWS_PROFILE's.
+        assert_eq!(keys(&opts(), &noisy).0, "ENVKEY");
+
+        o.profile = Some("nope".into());
+        let err = resolve(&o, &env, "bkt").unwrap_err();
+        assert_eq!(err.kind, Kind::Usage);
+        assert!(err.message.contains("profile 'nope' not found"), "{err}");
+    }
+
+    #[test]
+    fn region_order() {
+        let env = Environment::empty()
+            .with_var("AWS_ACCESS_KEY_ID", "k")
+            .with_var("AWS_SECRET_ACCESS_KEY", "s")
+            .with_config_file(CONFIG);
+        assert_eq!(resolve(&opts(), &env, "b").unwrap().region, "eu-west-1");
+        let env = env.with_var("AWS_DEFAULT_REGION", "us-west-1");
+        assert_eq!(resolve(&opts(), &env, "b").unwrap().region, "us-west-1");
+        let env = env.with_var("AWS_REGION", "us-west-2");
+        assert_eq!(resolve(&opts(), &env, "b").unwrap().region, "us-west-2");
+        let mut o = opts();
+        o.region = Some("eu-central-1".into());
+        assert_eq!(resolve(&o, &env, "b").unwrap().region, "eu-central-1");
+        let bare = Environment::empty()
+            .with_var("AWS_ACCESS_KEY_ID", "k")
+            .with_var("AWS_SECRET_ACCESS_KEY", "s");
+        let r = resolve(&opts(), &bare, "b").unwrap();
+        assert_eq!(r.region, DEFAULT_REGION);
+        assert_eq!(r.endpoint.as_str(), "https://s3.us-east-1.amazonaws.com/");
+        assert!(!r.path_style, "AWS is virtual-hosted");
+    }
+
+    #[test]
+    fn endpoint_order_and_path_style() {
+        let env = Environment::empty()
+            .with_var("AWS_ACCESS_KEY_ID", "k")
+            .with_var("AWS_SECRET_ACCESS_KEY", "s")
+            .with_var("AWS_ENDPOINT_URL", "https://generic.example.com");
+        let r = resolve(&opts(), &env, "b").unwrap();
+        assert_eq!(r.endpoint.as_str(), "https://generic.example.com/");
+        assert!(!r.path_style);
+        let env = env.with_var("AWS_ENDPOINT_URL_S3", "http://localhost:9000");
+        let r = resolve(&opts(), &env, "b").unwrap();
+        assert_eq!(r.endpoint.as_str(), "http://localhost:9000/");
+        assert!(r.path_style);
+        for (endpoint, path) in [
+            ("http://127.0.0.1:9000", true),
+            ("http://[::1]:9000", true),
+            ("http://LOCALHOST", true),
+            ("https://minio.internal", false),
+        ] {
+            let mut o = opts();
+            o.endpoint = Some(endpoint.into());
+            assert_eq!(
+                resolve(&o, &env, "b").unwrap().path_style,
+                path,
+                "{endpoint}"
+            );
+            o.path_style = Some(!path);
+            assert_eq!(resolve(&o, &env, "b").unwrap().path_style, !path);
+        }
+        // Dotted bucket names cannot be virtual-hosted over https.
+        let mut o = opts();
+        o.endpoint = Some("https://s3.example.com".into());
+        assert!(resolve(&o, &env, "my.bucket").unwrap().path_style);
+
+        o.endpoint = Some("ftp://x".into());
+        assert_eq!(resolve(&o, &env, "b").unwrap_err().kind, Kind::Usage);
+        o.endpoint = Some("https://user:pw@host".into());
+        let err = resolve(&o, &env, "b").unwrap_err();
+        assert!(!err.message.contains("pw"));
+    }
+
+    #[test]
+    fn missing_credentials_say_what_to_set() {
+        let err = resolve(&opts(), &Environment::empty(), "b").unwrap_err();
+        assert_eq!(err.kind, Kind::Auth);
+        assert!(err.message.contains("AWS_ACCESS_KEY_ID"), "{err}");
+        assert!(err.message.contains("~/.aws/credentials"), "{err}");
+        let mut o = opts();
+        o.access_key_id = Some("k".into());
+        assert_eq!(
+            resolve(&o, &Environment::empty(), "b").unwrap_err().kind,
+            Kind::Usage
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let mut o = opts();
+        o.access_key_id = Some("AKIDVISIBLE".into());
+        o.secret_access_key = Some("TOPSECRETVALUE".into());
+        o.session_token = Some("SESSIONTOKENVALUE".into());
+        let text = format!("{o:?}");
+        assert!(text.contains("AKIDVISIBLE"));
+        assert!(!text.contains("TOPSECRETVALUE") && !text.contains("SESSIONTOKENVALUE"));
+        let r = resolve(&o, &Environment::empty(), "b").unwrap();
+        let text = format!("{r:?}");
+        assert!(!text.contains("TOPSECRETVALUE") && !text.contains("SESSIONTOKENVALUE"));
+    }
+
+    #[test]
+    fn defaults_and_limits() {
+        let mut o = opts();
+        o.access_key_id = Some("k".into());
+        o.secret_access_key = Some("s".into());
+        let r = resolve(&o, &Environment::empty(), "b").unwrap();
+        assert_eq!(r.part_size, DEFAULT_PART_SIZE);
+        assert_eq!(r.multipart_threshold, DEFAULT_PART_SIZE);
+        assert_eq!(r.concurrency, 4);
+        assert_eq!(r.retries, 5);
+        o.part_size = Some(0);
+        assert_eq!(
+            resolve(&o, &Environment::empty(), "b").unwrap_err().kind,
+            Kind::Usage
+        );
+        o.part_size = Some(1000);
+        let r = resolve(&o, &Environment::empty(), "b").unwrap();
+        assert_eq!(
+            r.multipart_threshold, 1000,
+            "threshold defaults to the part size"
+        );
+        o.concurrency = Some(0);
+        assert!(resolve(&o, &Environment::empty(), "b").is_err());
+    }
+}
