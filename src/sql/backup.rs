@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 use crate::naming;
 use crate::snapshot::Method;
 use crate::store::file::FileStore;
+use crate::store::s3::S3Store;
+use crate::store::Location;
 
 /// Options shared by backup_to_file and backup_to_s3.
 #[derive(Debug, Default, Deserialize)]
@@ -76,7 +78,9 @@ fn request(opts: &BackupOptions, pattern_name: &str) -> Result<Request> {
 pub fn to_file(call: &Call) -> Result<String> {
     call.arity(1, 2, "(pattern [, options])")?;
     let pattern = call.text(0, "pattern")?;
-    let opts: BackupOptions = options::decode(call.options(1)?)?;
+    let mut map = call.options(1)?;
+    options::take_s3(&mut map, false)?;
+    let opts: BackupOptions = options::decode(map)?;
     let pattern_name = Path::new(&pattern)
         .file_name()
         .and_then(|n| n.to_str())
@@ -101,6 +105,41 @@ pub fn to_file(call: &Call) -> Result<String> {
     let conn = call.connection();
     refuse_source(&conn, &req.schema, &path)?;
     json(&backup::run(&conn, &store, &name, &req)?)
+}
+
+pub fn to_s3(call: &Call) -> Result<String> {
+    call.arity(2, 3, "(bucket, pattern [, options])")?;
+    let bucket = call.text(0, "bucket")?;
+    let pattern = call.text(1, "pattern")?;
+    let mut map = call.options(2)?;
+    let s3 = options::take_s3(&mut map, true)?;
+    let opts: BackupOptions = options::decode(map)?;
+    let req = request(&opts, &pattern)?;
+
+    // `mybucket`, `s3://mybucket` or `s3://mybucket/some/prefix`.
+    let url = if bucket.contains("://") {
+        bucket.clone()
+    } else {
+        format!("s3://{bucket}")
+    };
+    let (bucket, prefix) = match Location::parse(&url)? {
+        Location::S3 { bucket, key } => (bucket, key),
+        Location::File(_) => unreachable_location(&bucket)?,
+    };
+    let name = naming::expand(&pattern, req.time, opts.utc.unwrap_or(true))?;
+    if name.starts_with('/') || name.ends_with('/') {
+        return Err(Error::usage(format!(
+            "pattern '{pattern}' must name an object below the bucket, like 'db-%d.gz' (no leading or trailing '/')"
+        )));
+    }
+    let store = S3Store::open(&bucket, &prefix, &s3)?;
+    json(&backup::run(&call.connection(), &store, &name, &req)?)
+}
+
+fn unreachable_location<T>(bucket: &str) -> Result<T> {
+    Err(Error::usage(format!(
+        "bucket '{bucket}' is not an S3 bucket: use mybucket, s3://mybucket or s3://mybucket/prefix"
+    )))
 }
 
 /// Writing a backup over the live database would replace it under its own connections.

@@ -1,6 +1,6 @@
 //! verify_backup(location [, options]) and restore_backup(location [, dest_path [, options]]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -8,8 +8,7 @@ use super::backup::{temp_dir, DEFAULT_BUSY_TIMEOUT_MS};
 use super::{json, options, Call};
 use crate::error::{Error, Result};
 use crate::restore;
-use crate::store::file::FileStore;
-use crate::store::{Location, Store};
+use crate::store::{open_backup, Location};
 use crate::verify;
 
 #[derive(Debug, Default, Deserialize)]
@@ -29,27 +28,13 @@ struct RestoreOptions {
     temp_dir: Option<String>,
 }
 
-/// The store holding one backup, and its name there.
-fn open_backup(location: &str) -> Result<(Box<dyn Store>, String)> {
-    match Location::parse(location)? {
-        Location::File(path) => {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| Error::usage(format!("'{location}' names no file")))?
-                .to_string();
-            let store = FileStore::open(path.parent().unwrap_or(Path::new("")))?;
-            Ok((Box::new(store), name))
-        }
-        Location::S3 { .. } => Err(Error::usage("s3:// locations are not supported yet")),
-    }
-}
-
 pub fn verify(call: &Call) -> Result<String> {
     call.arity(1, 2, "(location [, options])")?;
     let location = call.text(0, "location")?;
-    let opts: VerifyOptions = options::decode(call.options(1)?)?;
-    let (store, name) = open_backup(&location)?;
+    let mut map = call.options(1)?;
+    let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
+    let opts: VerifyOptions = options::decode(map)?;
+    let (store, name) = open_backup(&location, &s3)?;
     let checked = verify::fetch_checked(
         store.as_ref(),
         &name,
@@ -63,8 +48,10 @@ pub fn restore(call: &Call) -> Result<String> {
     call.arity(1, 3, "(location [, dest_path [, options]])")?;
     let location = call.text(0, "location")?;
     let dest = call.optional_text(1, "dest_path")?;
-    let opts: RestoreOptions = options::decode(call.options(2)?)?;
-    let (store, name) = open_backup(&location)?;
+    let mut map = call.options(2)?;
+    let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
+    let opts: RestoreOptions = options::decode(map)?;
+    let (store, name) = open_backup(&location, &s3)?;
     let quick = opts.quick.unwrap_or(false);
     let report = match dest {
         Some(dest) => {

@@ -25,6 +25,7 @@ pub fn register(db: *mut sqlite3) -> Result<()> {
     define(db, "backup_version", pure, meta::version)?;
     define(db, "backup_debug", pure, meta::debug)?;
     define(db, "backup_to_file", direct, backup::to_file)?;
+    define(db, "backup_to_s3", direct, backup::to_s3)?;
     define(db, "verify_backup", direct, check::verify)?;
     define(db, "restore_backup", direct, check::restore)?;
     Ok(())

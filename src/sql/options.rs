@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::store::s3::{S3Options, OPTION_KEYS as S3_KEYS};
 
 /// Parses the options text (None or SQL NULL: no options) into an object.
 pub fn object(text: Option<&str>) -> Result<Map<String, Value>> {
@@ -18,6 +19,23 @@ pub fn object(text: Option<&str>) -> Result<Map<String, Value>> {
         )),
         Err(e) => Err(Error::usage(format!("options are not valid JSON: {e}"))),
     }
+}
+
+/// Splits the S3 keys (endpoint, region, credentials, transfer settings) out of `map`.
+/// `s3` says whether the location is an S3 one; for a local one any S3 key is an error.
+pub fn take_s3(map: &mut Map<String, Value>, s3: bool) -> Result<S3Options> {
+    let taken: Map<String, Value> = S3_KEYS
+        .iter()
+        .filter_map(|k| map.remove(*k).map(|v| (k.to_string(), v)))
+        .collect();
+    if !s3 {
+        if let Some(key) = taken.keys().next() {
+            return Err(Error::usage(format!(
+                "option '{key}' applies only to s3:// locations"
+            )));
+        }
+    }
+    decode(taken)
 }
 
 /// Decodes an object into `T` (which denies unknown fields), naming the key on any error.

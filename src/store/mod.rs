@@ -130,6 +130,40 @@ pub fn check_bucket_name(bucket: &str) -> Result<()> {
     }
 }
 
+/// The store holding one backup (`/dir/name` or `s3://bucket/key`), and its name there.
+pub fn open_backup(location: &str, s3: &s3::S3Options) -> Result<(Box<dyn Store>, String)> {
+    match Location::parse(location)? {
+        Location::File(path) => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|_| !location.ends_with('/'))
+                .ok_or_else(|| Error::usage(format!("'{location}' names no file")))?
+                .to_string();
+            Ok((
+                Box::new(file::FileStore::open(file::parent_dir(&path))?),
+                name,
+            ))
+        }
+        Location::S3 { bucket, key } => {
+            if key.is_empty() || key.ends_with('/') {
+                return Err(Error::usage(format!(
+                    "'{location}' names no object: use s3://bucket/path/to/backup.gz"
+                )));
+            }
+            Ok((Box::new(s3::S3Store::open(&bucket, "", s3)?), key))
+        }
+    }
+}
+
+/// The store for a directory or an S3 prefix (`s3://bucket/prefix`), for listing and pruning.
+pub fn open_location(location: &str, s3: &s3::S3Options) -> Result<Box<dyn Store>> {
+    match Location::parse(location)? {
+        Location::File(path) => Ok(Box::new(file::FileStore::open(&path)?)),
+        Location::S3 { bucket, key } => Ok(Box::new(s3::S3Store::open(&bucket, &key, s3)?)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
