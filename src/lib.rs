@@ -5,4 +5,5 @@
 //! them directly; they are not a stable Rust API.
 
 pub mod error;
+pub mod retention;
 pub mod store;
