@@ -5,5 +5,6 @@
 //! them directly; they are not a stable Rust API.
 
 pub mod error;
+pub mod notify;
 pub mod retention;
 pub mod store;
