@@ -1,0 +1,813 @@
+#!/usr/bin/python3
+"""make bench: sqlite-backup against the cron pipeline it replaces. See bench/README.md.
+
+Per database size, several rounds of (in an order that rotates each round):
+  seed          sqlite3 db "VACUUM INTO snap" ; gzip -6 -c snap > snap.gz ; aws s3 cp snap.gz s3://
+  s3_gz         sqlite3 -cmd ".load ext" db "SELECT backup_to_s3('s3://bench', 'db.gz')"
+  s3_zst        ... backup_to_s3('s3://bench', 'db.zst')
+  file_gz       ... backup_to_file('<tmp>/db.gz')
+  verify        ... verify_backup('s3://bench/verify.db.gz')
+  verify_seed   aws s3 cp s3://bench/verify.db.gz . ; gunzip ; sqlite3 v.db "PRAGMA integrity_check"
+  floor         sqlite3 db "VACUUM INTO snap" (plus, timed apart: zstd -3 -T1 and sha256sum of it)
+  idle          sqlite3 -cmd ".load ext" db "SELECT 1" (the RSS baseline)
+Each command is a child process reaped with os.wait4: wall time and ru_maxrss (its peak RSS).
+Medians over rounds; ratios against the seed pipeline and the floor formula
+(snapshot + single-core compression time / cores). Results: <out>/results.{json,md}.
+
+Standard library only; runs with Debian's /usr/bin/python3.
+"""
+
+import argparse
+import ctypes
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MiB = 1 << 20
+GiB = 1 << 30
+DEFAULT_SIZES = "64M,256M,1G"
+BUCKET = "bench"
+
+# Contenders in the order of round 1; later rounds rotate it.
+CONTENDERS = ["seed", "s3_gz", "s3_zst", "file_gz", "verify", "verify_seed", "floor", "idle"]
+LABELS = {
+    "seed": "seed: VACUUM INTO + gzip -6 + aws s3 cp",
+    "s3_gz": "backup_to_s3 .gz",
+    "s3_zst": "backup_to_s3 .zst",
+    "file_gz": "backup_to_file .gz",
+    "verify": "verify_backup (s3 .gz)",
+    "verify_seed": "aws s3 cp + gunzip + integrity_check",
+    "floor": "snapshot alone (VACUUM INTO)",
+    "idle": "sqlite3 + .load, idle (SELECT 1)",
+}
+BACKUPS = ["s3_gz", "s3_zst", "file_gz"]
+RSS_TARGET_MIB = 64
+
+
+def parse_size(text):
+    """'64M', '1G', '1GiB', '512k', '1048576' -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 64M, 1G)")
+    mult = {"": 1, "k": 1 << 10, "m": MiB, "g": GiB, "t": 1 << 40}[m.group(2).lower()]
+    n = int(float(m.group(1)) * mult)
+    if n < MiB:
+        raise argparse.ArgumentTypeError(f"size {text!r} is below 1 MiB")
+    return n
+
+
+def size_label(n):
+    for unit, mult in (("G", GiB), ("M", MiB)):
+        if n % mult == 0:
+            return f"{n // mult}{unit}"
+    return f"{n / MiB:.1f}M"
+
+
+def log(msg=""):
+    print(msg, flush=True)
+
+
+class CommandFailed(Exception):
+    pass
+
+
+class Runner:
+    """Runs measured commands one at a time, each as a grandchild of this process.
+
+    Why not a plain child: Linux's ru_maxrss survives exec and starts from the RSS of the
+    process that forked (or vforked) the child, so every child of this Python process would
+    report at least Python's own peak RSS (tens of MiB) and gzip would look as big as we are.
+    Instead a small /bin/sh forks the command and exits at once; this process is a child
+    subreaper (prctl PR_SET_CHILD_SUBREAPER), so the orphaned command becomes our child and
+    os.wait4 gives its own peak RSS (from a ~1 MiB shell floor). The command waits on a pipe
+    until it has been adopted; the clock starts when it is released.
+    """
+
+    SCRIPT = '{{ read go <&{go} || exit 1; exec "$@" {go}<&- {pid}>&-; }} & echo $! >&{pid}'
+
+    def __init__(self, env, tmp):
+        self.env = env
+        self.tmp = tmp
+        self.pid = None
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+            raise RuntimeError(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+
+    def run(self, argv, stdout_path=None, check=True):
+        """Runs argv; returns {wall_s, rss_kib, rc, stdout, stderr}. stdout goes to
+        stdout_path when given (the output file of gzip -c and the like)."""
+        out_path = stdout_path or os.path.join(self.tmp, ".stdout")
+        err_path = os.path.join(self.tmp, ".stderr")
+        pid_r, pid_w = os.pipe()
+        go_r, go_w = os.pipe()
+        try:
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                sh = subprocess.Popen(
+                    ["/bin/sh", "-c", self.SCRIPT.format(go=go_r, pid=pid_w), "sh"] + argv,
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env, cwd=ROOT,
+                    pass_fds=(go_r, pid_w))
+            os.close(pid_w)
+            pid_w = None
+            os.close(go_r)
+            go_r = None
+            text = b""
+            while chunk := os.read(pid_r, 64):
+                text += chunk
+            if sh.wait() != 0 or not text.strip().isdigit():
+                raise CommandFailed(f"cannot start {argv[0]} through /bin/sh")
+            self.pid = int(text)  # adopted: the shell has exited
+            t0 = time.monotonic()
+            os.write(go_w, b"go\n")
+            os.close(go_w)
+            go_w = None
+            _, status, ru = os.wait4(self.pid, 0)
+            wall = time.monotonic() - t0
+            self.pid = None
+        finally:
+            for fd in (pid_r, pid_w, go_r, go_w):
+                if fd is not None:
+                    os.close(fd)
+            self.kill()
+        rc = os.waitstatus_to_exitcode(status)
+        with open(err_path, "rb") as f:
+            stderr = f.read().decode(errors="replace")
+        stdout = ""
+        if stdout_path is None:
+            with open(out_path, "rb") as f:
+                stdout = f.read().decode(errors="replace")
+        if check and rc != 0:
+            raise CommandFailed(f"{' '.join(argv)} exited with {rc}: "
+                                f"{(stderr or stdout).strip()[:2000]}")
+        return {"wall_s": wall, "rss_kib": ru.ru_maxrss, "rc": rc,
+                "stdout": stdout, "stderr": stderr}
+
+    def kill(self):
+        """Kills and reaps the command still running (after Ctrl-C or an error)."""
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.pid = None
+
+
+class S3Server:
+    """s3s-fs on 127.0.0.1, a free port, random credentials, a data root under out/."""
+
+    def __init__(self, binary, root):
+        self.binary = binary
+        self.root = root
+        self.proc = None
+        self.port = None
+        self.access_key = "AKID" + secrets.token_hex(8).upper()
+        self.secret_key = secrets.token_urlsafe(30)
+
+    def start(self):
+        shutil.rmtree(self.root, ignore_errors=True)
+        os.makedirs(os.path.join(self.root, BUCKET))
+        last = ""
+        for _ in range(5):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+            self.log_path = os.path.join(os.path.dirname(self.root), "s3s-fs.log")
+            logf = open(self.log_path, "wb")
+            self.proc = subprocess.Popen(
+                [self.binary, "--host", "127.0.0.1", "--port", str(self.port),
+                 "--access-key", self.access_key, "--secret-key", self.secret_key, self.root],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
+            logf.close()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    last = f"s3s-fs exited with {self.proc.returncode} (log: {self.log_path})"
+                    break
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                    return
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                last = "s3s-fs did not listen within 20 s"
+            self.stop()
+        raise RuntimeError(f"cannot start s3s-fs: {last}")
+
+    def stop(self):
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.proc = None
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def object_path(self, key):
+        return os.path.join(self.root, BUCKET, key)
+
+    def delete(self, key):
+        """Removes an object by its files (s3s-fs keeps an object as a file plus small JSON
+        sidecars), so cleanup costs no S3 requests and no timed work."""
+        try:
+            os.remove(self.object_path(key))
+        except FileNotFoundError:
+            pass
+        for name in os.listdir(self.root):
+            if name.startswith(".upload"):  # a multipart upload left by a failed run
+                os.remove(os.path.join(self.root, name))
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def rm(*paths):
+    for p in paths:
+        try:
+            os.remove(p)
+        except FileNotFoundError:
+            pass
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.out = os.path.abspath(args.out)
+        self.tmp = os.path.join(self.out, "tmp")
+        self.ext = os.path.join(ROOT, "dist", "release", "sqlite_backup")
+        self.aws = os.path.join(ROOT, ".tools", "venv", "bin", "aws")
+        self.s3s = os.path.join(ROOT, ".tools", "bin", "s3s-fs")
+        self.cores = os.cpu_count() or 1
+        self.server = S3Server(self.s3s, os.path.join(self.out, "s3root"))
+        self.runner = None
+        self.results = None
+
+    # ---------------------------------------------------------------- setup
+
+    def check_tools(self):
+        missing = []
+        for what, path in (("extension", self.ext + ".so"), ("aws CLI", self.aws),
+                           ("s3s-fs", self.s3s)):
+            if not os.path.exists(path):
+                missing.append(f"{what} ({path})")
+        for tool in ("sqlite3", "gzip", "gunzip", "zstd", "sha256sum"):
+            if shutil.which(tool) is None:
+                missing.append(tool)
+        if missing:
+            sys.exit("bench: missing " + ", ".join(missing) +
+                     "; `make bench` builds the extension and the tools (make deps for the rest)")
+
+    def make_env(self):
+        env = dict(os.environ)
+        for k in list(env):
+            if k.startswith("AWS_"):
+                del env[k]
+        env.update({
+            "AWS_ENDPOINT_URL": self.server.endpoint,
+            "AWS_ACCESS_KEY_ID": self.server.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.server.secret_key,
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            # Nothing from ~/.aws: a profile there must not change the measured pipeline.
+            "AWS_CONFIG_FILE": os.path.join(self.tmp, "aws-config-none"),
+            "AWS_SHARED_CREDENTIALS_FILE": os.path.join(self.tmp, "aws-credentials-none"),
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+            "AWS_PAGER": "",
+            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+            # The extension's snapshot and verify's decompressed copy go here.
+            "TMPDIR": self.tmp,
+            "LC_ALL": "C",
+        })
+        return env
+
+    def database(self, size):
+        """The cached generated database for `size` (generated on first use)."""
+        sys.path.insert(0, HERE)
+        import gendb
+        path = os.path.join(self.out, f"db-{size_label(size)}-v{gendb.GENERATOR_VERSION}.sqlite")
+        if os.path.exists(path):
+            log(f"database: {path} (cached, {os.path.getsize(path) / MiB:.0f} MiB)")
+            return path
+        log(f"database: generating {path} ({size_label(size)}) ...")
+        t = time.monotonic()
+        n = gendb.generate(path, size, log=log)
+        log(f"database: {n / MiB:.0f} MiB in {time.monotonic() - t:.0f} s")
+        return path
+
+    def versions(self):
+        def first_line(argv):
+            try:
+                r = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=60)
+                return (r.stdout or r.stderr).strip().splitlines()[0]
+            except Exception as e:  # informational only
+                return f"unknown ({e})"
+        return {
+            "sqlite3": first_line(["sqlite3", "--version"]),
+            "gzip": first_line(["gzip", "--version"]),
+            "zstd": first_line(["zstd", "--version"]),
+            "aws": first_line([self.aws, "--version"]),
+            "extension": first_line(["sqlite3", "-cmd", f".load {self.ext}", ":memory:",
+                                     "SELECT backup_version()"]),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+        }
+
+    # ---------------------------------------------------------- contenders
+
+    def sql(self, db, query):
+        return ["sqlite3", "-bail", "-cmd", f".load {self.ext}", db, query]
+
+    def ext_call(self, db, query):
+        r = self.runner.run(self.sql(db, query))
+        try:
+            r["report"] = json.loads(r["stdout"].strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise CommandFailed(f"unexpected output from {query}: {r['stdout'][:500]!r}")
+        return r
+
+    @staticmethod
+    def step(name, r):
+        return {"step": name, "wall_s": r["wall_s"], "rss_kib": r["rss_kib"]}
+
+    def c_seed(self, db):
+        snap = os.path.join(self.tmp, "seed.db")
+        gz = snap + ".gz"
+        rm(snap, gz)
+        try:
+            s1 = self.runner.run(["sqlite3", db, f"VACUUM INTO '{snap}'"])
+            s2 = self.runner.run(["gzip", "-6", "-c", snap], stdout_path=gz)
+            s3 = self.runner.run([self.aws, "--endpoint-url", self.server.endpoint, "s3", "cp",
+                                  "--no-progress", "--only-show-errors", gz,
+                                  f"s3://{BUCKET}/seed.db.gz"])
+            stored = os.path.getsize(gz)
+        finally:
+            rm(snap, gz)
+            self.server.delete("seed.db.gz")
+        steps = [self.step("VACUUM INTO", s1), self.step("gzip -6", s2),
+                 self.step("aws s3 cp", s3)]
+        return {"wall_s": sum(s["wall_s"] for s in steps),
+                "rss_kib": max(s["rss_kib"] for s in steps),
+                "stored_bytes": stored, "steps": steps}
+
+    def c_backup_s3(self, db, key):
+        try:
+            r = self.ext_call(db, f"SELECT backup_to_s3('s3://{BUCKET}', '{key}')")
+            on_server = os.path.getsize(self.server.object_path(key))
+        finally:
+            self.server.delete(key)
+        rep = r["report"]
+        res = {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"],
+               "stored_bytes": rep.get("stored_bytes"), "elapsed_ms": rep.get("elapsed_ms"),
+               "parts": rep.get("parts")}
+        if on_server != rep.get("stored_bytes"):
+            res["warning"] = f"stored_bytes {rep.get('stored_bytes')} but the server holds {on_server}"
+        return res
+
+    def c_file_gz(self, db):
+        dest = os.path.join(self.tmp, "file.db.gz")
+        rm(dest)
+        try:
+            r = self.ext_call(db, f"SELECT backup_to_file('{dest}')")
+            stored = os.path.getsize(dest)
+        finally:
+            rm(dest)
+        rep = r["report"]
+        return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"], "stored_bytes": stored,
+                "elapsed_ms": rep.get("elapsed_ms")}
+
+    def c_verify(self, db):
+        r = self.ext_call(db, f"SELECT verify_backup('s3://{BUCKET}/verify.db.gz')")
+        rep = r["report"]
+        if not rep.get("ok"):
+            raise CommandFailed(f"verify_backup did not report ok: {rep}")
+        return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"],
+                "stored_bytes": rep.get("stored_bytes"), "elapsed_ms": rep.get("elapsed_ms")}
+
+    def c_verify_seed(self, db):
+        gz = os.path.join(self.tmp, "v.db.gz")
+        plain = os.path.join(self.tmp, "v.db")
+        rm(gz, plain)
+        try:
+            s1 = self.runner.run([self.aws, "--endpoint-url", self.server.endpoint, "s3", "cp",
+                                  "--no-progress", "--only-show-errors",
+                                  f"s3://{BUCKET}/verify.db.gz", gz])
+            stored = os.path.getsize(gz)
+            s2 = self.runner.run(["gunzip", gz])
+            s3 = self.runner.run(["sqlite3", plain, "PRAGMA integrity_check"])
+            if s3["stdout"].strip() != "ok":
+                raise CommandFailed(f"integrity_check said {s3['stdout'][:300]!r}")
+        finally:
+            rm(gz, plain)
+        steps = [self.step("aws s3 cp (download)", s1), self.step("gunzip", s2),
+                 self.step("PRAGMA integrity_check", s3)]
+        return {"wall_s": sum(s["wall_s"] for s in steps),
+                "rss_kib": max(s["rss_kib"] for s in steps),
+                "stored_bytes": stored, "steps": steps}
+
+    def c_floor(self, db):
+        snap = os.path.join(self.tmp, "floor.db")
+        zst = snap + ".zst"
+        rm(snap, zst)
+        try:
+            s1 = self.runner.run(["sqlite3", db, f"VACUUM INTO '{snap}'"])
+            snap_bytes = os.path.getsize(snap)
+            os.sync()  # the compressors below are timed apart from the snapshot
+            z = self.runner.run(["zstd", "-3", "-T1", "-q", "-c", snap], stdout_path=zst)
+            zst_bytes = os.path.getsize(zst)
+            h = self.runner.run(["sha256sum", snap])
+        finally:
+            rm(snap, zst)
+        return {"wall_s": s1["wall_s"], "rss_kib": s1["rss_kib"], "snapshot_bytes": snap_bytes,
+                "zstd3_t1_s": z["wall_s"], "zstd3_bytes": zst_bytes,
+                "sha256sum_s": h["wall_s"]}
+
+    def c_idle(self, db):
+        r = self.runner.run(self.sql(db, "SELECT 1"))
+        return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"]}
+
+    def contender(self, name, db):
+        return {
+            "seed": lambda: self.c_seed(db),
+            "s3_gz": lambda: self.c_backup_s3(db, "db.gz"),
+            "s3_zst": lambda: self.c_backup_s3(db, "db.zst"),
+            "file_gz": lambda: self.c_file_gz(db),
+            "verify": lambda: self.c_verify(db),
+            "verify_seed": lambda: self.c_verify_seed(db),
+            "floor": lambda: self.c_floor(db),
+            "idle": lambda: self.c_idle(db),
+        }[name]()
+
+    # ----------------------------------------------------------------- a size
+
+    def run_size(self, size):
+        db = self.database(size)
+        db_bytes = os.path.getsize(db)
+        # Warm the page cache once (nothing is ever dropped from it): read the database, and
+        # upload the object that verify and verify_seed download in every round.
+        log("warm-up: reading the database, uploading verify.db.gz with backup_to_s3 ...")
+        with open(db, "rb") as f:
+            while f.read(8 * MiB):
+                pass
+        self.server.delete("verify.db.gz")
+        warm = self.ext_call(db, f"SELECT backup_to_s3('s3://{BUCKET}', 'verify.db.gz')")
+        os.sync()
+
+        rounds = []
+        for rnd in range(self.args.rounds):
+            k = rnd % len(CONTENDERS)
+            order = CONTENDERS[k:] + CONTENDERS[:k]
+            log(f"[{size_label(size)}] round {rnd + 1}/{self.args.rounds}: {' '.join(order)}")
+            this = {}
+            for name in order:
+                try:
+                    res = self.contender(name, db)
+                except CommandFailed as e:
+                    res = {"error": str(e)}
+                    log(f"  {name:<12} ERROR: {e}")
+                else:
+                    extra = f"  (steps: " + ", ".join(
+                        f"{s['step']} {s['wall_s']:.2f}" for s in res["steps"]) + ")" \
+                        if "steps" in res else ""
+                    log(f"  {name:<12} {res['wall_s']:8.2f} s  {res['rss_kib'] / 1024:7.1f} MiB"
+                        + extra)
+                    if res.get("warning"):
+                        log(f"  {name:<12} WARNING: {res['warning']}")
+                this[name] = res
+                os.sync()  # each contender starts with no dirty pages of the previous one
+            rounds.append({"order": order, "results": this})
+        self.server.delete("verify.db.gz")
+        summary = self.summarize(rounds)
+        entry = {"size": size_label(size), "target_bytes": size, "db_bytes": db_bytes,
+                 "db_path": db, "rounds": rounds, "summary": summary,
+                 "warmup_report": warm["report"]}
+        entry["targets"] = self.targets(entry)
+        return entry
+
+    # -------------------------------------------------------------- analysis
+
+    def summarize(self, rounds):
+        def vals(name, key):
+            return [r["results"][name].get(key) for r in rounds
+                    if name in r["results"] and "error" not in r["results"][name]]
+
+        s = {}
+        for name in CONTENDERS:
+            walls = vals(name, "wall_s")
+            errors = [r["results"][name]["error"] for r in rounds
+                      if "error" in r["results"].get(name, {})]
+            s[name] = {
+                "label": LABELS[name], "ok_rounds": len(walls), "errors": errors,
+                "wall_s": median(walls), "wall_min_s": min(walls) if walls else None,
+                "wall_max_s": max(walls) if walls else None,
+                "rss_mib": (median(vals(name, "rss_kib")) or 0) / 1024 or None,
+                "stored_bytes": median(vals(name, "stored_bytes")),
+            }
+            if name in ("seed", "verify_seed"):
+                steps = {}
+                for r in rounds:
+                    for st in r["results"].get(name, {}).get("steps", []):
+                        steps.setdefault(st["step"], []).append(st)
+                s[name]["steps"] = [
+                    {"step": k, "wall_s": median([x["wall_s"] for x in v]),
+                     "rss_mib": median([x["rss_kib"] for x in v]) / 1024}
+                    for k, v in steps.items()]
+            if name in BACKUPS + ["verify"]:
+                em = median(vals(name, "elapsed_ms"))
+                s[name]["reported_elapsed_s"] = em / 1000 if em is not None else None
+        fl = s["floor"]
+        fl["zstd3_t1_s"] = median(vals("floor", "zstd3_t1_s"))
+        fl["zstd3_bytes"] = median(vals("floor", "zstd3_bytes"))
+        fl["sha256sum_s"] = median(vals("floor", "sha256sum_s"))
+        fl["snapshot_bytes"] = median(vals("floor", "snapshot_bytes"))
+
+        seed = s["seed"]
+        gzip_s = next((st["wall_s"] for st in seed.get("steps", []) if st["step"] == "gzip -6"),
+                      None)
+        snap_s = fl["wall_s"]
+        floors = {}
+        if snap_s is not None and gzip_s is not None:
+            floors["gzip"] = snap_s + gzip_s / self.cores
+        if snap_s is not None and fl["zstd3_t1_s"] is not None:
+            floors["zstd"] = snap_s + fl["zstd3_t1_s"] / self.cores
+        s["_floor"] = {"cores": self.cores, "snapshot_s": snap_s, "gzip6_s": gzip_s,
+                       "zstd3_t1_s": fl["zstd3_t1_s"], "floor_gzip_s": floors.get("gzip"),
+                       "floor_zstd_s": floors.get("zstd")}
+        idle = s["idle"]["rss_mib"]
+        gz6 = seed["stored_bytes"]
+        for name in CONTENDERS:
+            c = s[name]
+            w = c["wall_s"]
+            base = s["verify_seed"]["wall_s"] if name in ("verify", "verify_seed") \
+                else seed["wall_s"]
+            c["x_baseline"] = w / base if w is not None and base else None
+            fkey = {"s3_gz": "gzip", "file_gz": "gzip", "s3_zst": "zstd", "seed": "gzip"}.get(name)
+            f = floors.get(fkey) if fkey else (snap_s if name == "floor" else None)
+            c["x_floor"] = w / f if w is not None and f else None
+            c["rss_over_idle_mib"] = c["rss_mib"] - idle \
+                if c["rss_mib"] is not None and idle is not None and name != "idle" else None
+            c["x_gzip6_size"] = c["stored_bytes"] / gz6 \
+                if c["stored_bytes"] and gz6 and name in ("seed", "s3_gz", "file_gz", "s3_zst") \
+                else None
+        return s
+
+    def targets(self, entry):
+        """The issue's targets. Binding at 1 GiB (RSS: at every size); indicative elsewhere."""
+        s = entry["summary"]
+        at_1g = entry["target_bytes"] >= GiB
+        t = []
+
+        def add(what, value, limit, binding, unit="×"):
+            ok = None if value is None else value <= limit
+            t.append({"target": what, "value": value, "limit": limit, "unit": unit,
+                      "binding": binding, "pass": ok})
+
+        add("backup_to_s3 .gz wall ≤ 0.35 × seed pipeline", s["s3_gz"]["x_baseline"], 0.35, at_1g)
+        add("backup_to_s3 .gz stored size ≤ 1.03 × gzip -6", s["s3_gz"]["x_gzip6_size"], 1.03,
+            at_1g)
+        add("backup_to_s3 .zst wall ≤ 0.20 × seed pipeline", s["s3_zst"]["x_baseline"], 0.20,
+            at_1g)
+        add("backup_to_s3 .gz wall ≤ 1.3 × (snapshot + gzip -6 time / cores)",
+            s["s3_gz"]["x_floor"], 1.3, at_1g)
+        add("backup_to_s3 .zst wall ≤ 1.3 × (snapshot + zstd -3 time / cores)",
+            s["s3_zst"]["x_floor"], 1.3, at_1g)
+        for name in BACKUPS:
+            add(f"{LABELS[name]} peak RSS ≤ idle + {RSS_TARGET_MIB} MiB",
+                s[name]["rss_over_idle_mib"], RSS_TARGET_MIB, True, "MiB")
+        add("verify_backup wall ≤ 1.0 × download + gunzip + integrity_check",
+            s["verify"]["x_baseline"], 1.0, at_1g)
+        return t
+
+    # --------------------------------------------------------------- output
+
+    @staticmethod
+    def fmt(x, spec=".2f", none="–"):
+        return none if x is None else format(x, spec)
+
+    def table_md(self, entry):
+        s = entry["summary"]
+        f = s["_floor"]
+        L = []
+        L.append(f"### {entry['size']} database ({entry['db_bytes'] / MiB:.0f} MiB file, "
+                 f"{(s['floor'].get('snapshot_bytes') or 0) / MiB:.0f} MiB snapshot), "
+                 f"{self.args.rounds} rounds, {self.cores} cores")
+        L.append("")
+        L.append("| contender | wall s (median) | min–max | × seed | × floor | peak RSS MiB "
+                 "| RSS − idle MiB | stored MiB | ÷ gzip -6 size |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        fm = self.fmt
+
+        def row(name, label=None):
+            c = s[name]
+            err = f" **ERROR ×{len(c['errors'])}**" if c["errors"] else ""
+            stored = c["stored_bytes"] / MiB if c["stored_bytes"] else None
+            xb = c["x_baseline"]
+            xb_txt = fm(xb) if name not in ("verify", "verify_seed") else \
+                (fm(xb) + " (vs download)" if xb is not None else "–")
+            L.append(f"| {label or c['label']}{err} | {fm(c['wall_s'])} | "
+                     f"{fm(c['wall_min_s'])}–{fm(c['wall_max_s'])} | {xb_txt} | "
+                     f"{fm(c['x_floor'])} | {fm(c['rss_mib'], '.1f')} | "
+                     f"{fm(c['rss_over_idle_mib'], '+.1f')} | {fm(stored, '.1f')} | "
+                     f"{fm(c['x_gzip6_size'], '.3f')} |")
+
+        row("seed")
+        for st in s["seed"].get("steps", []):
+            L.append(f"| &nbsp;&nbsp;↳ {st['step']} | {fm(st['wall_s'])} | | | | "
+                     f"{fm(st['rss_mib'], '.1f')} | | | |")
+        for name in ("s3_gz", "s3_zst", "file_gz", "floor"):
+            row(name)
+        row("verify")
+        row("verify_seed")
+        for st in s["verify_seed"].get("steps", []):
+            L.append(f"| &nbsp;&nbsp;↳ {st['step']} | {fm(st['wall_s'])} | | | | "
+                     f"{fm(st['rss_mib'], '.1f')} | | | |")
+        row("idle")
+        L.append("")
+        L.append(f"Floor formula: snapshot {fm(f['snapshot_s'])} s + single-core compression / "
+                 f"{f['cores']} cores → gzip: {fm(f['snapshot_s'])} + {fm(f['gzip6_s'])}/"
+                 f"{f['cores']} = **{fm(f['floor_gzip_s'])} s**; zstd: {fm(f['snapshot_s'])} + "
+                 f"{fm(f['zstd3_t1_s'])}/{f['cores']} = **{fm(f['floor_zstd_s'])} s** "
+                 f"(`gzip -6` timed in the seed pipeline, `zstd -3 -T1` on the floor's snapshot; "
+                 f"zstd -3 size {fm((s['floor']['zstd3_bytes'] or 0) / MiB, '.1f')} MiB). "
+                 f"`sha256sum` of the snapshot: {fm(s['floor']['sha256sum_s'])} s. "
+                 f"In-process time reported by the extension (elapsed_ms): "
+                 + ", ".join(f"{n} {fm(s[n].get('reported_elapsed_s'))} s"
+                             for n in BACKUPS + ["verify"]) + ".")
+        L.append("")
+        L.append("| target | value | limit | result |")
+        L.append("|---|---:|---:|---|")
+        for t in entry["targets"]:
+            v = "–" if t["value"] is None else (
+                f"{t['value']:.3f}×" if t["unit"] == "×" else f"{t['value']:+.1f} MiB")
+            lim = f"{t['limit']}×" if t["unit"] == "×" else f"{t['limit']} MiB"
+            res = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
+            if not t["binding"]:
+                res += " (indicative: targets are set at 1 GiB)"
+            L.append(f"| {t['target']} | {v} | {lim} | {res} |")
+        errs = [(n, e) for n in CONTENDERS for e in s[n]["errors"]]
+        if errs:
+            L.append("")
+            L.append("Errors:")
+            for n, e in errs:
+                L.append(f"- {n}: `{e[:500]}`")
+        return "\n".join(L)
+
+    def scaling_md(self, entries):
+        if len(entries) < 2:
+            return ""
+        L = ["### How cost grows: median wall seconds (and seconds per GiB of database)", ""]
+        L.append("| contender | " + " | ".join(e["size"] for e in entries) + " |")
+        L.append("|---|" + "---:|" * len(entries))
+        for name in CONTENDERS:
+            cells = []
+            for e in entries:
+                w = e["summary"][name]["wall_s"]
+                cells.append("–" if w is None else
+                             f"{w:.2f} ({w / (e['db_bytes'] / GiB):.1f}/GiB)")
+            L.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+        L.append("")
+        L.append("Peak RSS over idle (MiB): " + "; ".join(
+            f"{e['size']}: " + ", ".join(
+                f"{n} {self.fmt(e['summary'][n]['rss_over_idle_mib'], '+.1f')}"
+                for n in BACKUPS + ["verify"]) for e in entries))
+        return "\n".join(L)
+
+    def write(self, entries, meta):
+        self.results = {"meta": meta, "sizes": entries}
+        os.makedirs(self.out, exist_ok=True)
+        tmp = os.path.join(self.out, "results.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.results, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, os.path.join(self.out, "results.json"))
+        md = [f"## sqlite-backup benchmark ({meta['started']})", "",
+              f"{meta['cores']} cores, {meta['rounds']} rounds per size, medians; load average "
+              f"{meta['loadavg_start']} at start. Versions: " +
+              ", ".join(f"{k} `{v}`" for k, v in meta["versions"].items()) + ".",
+              "Page cache warmed once, never dropped; `sync` between contenders; contender "
+              "order rotates each round. See bench/README.md for how to read this.", ""]
+        for e in entries:
+            md += [self.table_md(e), ""]
+        sc = self.scaling_md(entries)
+        if sc:
+            md += [sc, ""]
+        with open(os.path.join(self.out, "results.md"), "w") as f:
+            f.write("\n".join(md))
+        return "\n".join(md)
+
+    # ------------------------------------------------------------------ main
+
+    def cleanup(self):
+        if self.runner is not None:
+            self.runner.kill()
+        self.server.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.server.root, ignore_errors=True)
+
+    def main(self):
+        self.check_tools()
+        os.makedirs(self.out, exist_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        os.makedirs(self.tmp)
+        sizes = self.args.sizes
+        # Space: the database, a snapshot, and a few compressed copies at once.
+        need = max(sizes) * 2.5
+        free = shutil.disk_usage(self.out).free
+        if free < need:
+            log(f"WARNING: {free / GiB:.1f} GiB free in {self.out}; a {size_label(max(sizes))} "
+                f"run needs about {need / GiB:.1f} GiB besides the cached databases")
+        try:
+            self.server.start()
+            self.env = self.make_env()
+            self.runner = Runner(self.env, self.tmp)
+            meta = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                    "cores": self.cores, "rounds": self.args.rounds,
+                    "sizes": [size_label(x) for x in sizes],
+                    "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+                    "versions": self.versions(), "host": platform.node()}
+            log(f"cores: {self.cores}; load average: {meta['loadavg_start']}; "
+                f"s3s-fs at {self.server.endpoint}")
+            entries = []
+            for size in sizes:
+                entries.append(self.run_size(size))
+                meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+                md = self.write(entries, meta)
+            log("")
+            log(md)
+            log(f"written: {os.path.join(self.out, 'results.md')}, "
+                f"{os.path.join(self.out, 'results.json')}")
+            failed = [t["target"] for e in entries for t in e["targets"]
+                      if t["binding"] and t["pass"] is False]
+            errors = [n for e in entries for n in CONTENDERS if e["summary"][n]["errors"]]
+            if errors:
+                log(f"bench: some runs failed: {sorted(set(errors))}")
+                return 2
+            if failed:
+                log("bench: targets missed: " + "; ".join(failed))
+            return 0
+        finally:
+            self.cleanup()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", type=parse_size, help="one database size, e.g. 1G or 64M")
+    p.add_argument("--sizes", help=f"comma-separated sizes (default {DEFAULT_SIZES})")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per size (default 3)")
+    p.add_argument("--out", default=os.path.join(HERE, "out"),
+                   help="output directory: cached databases, results (default bench/out)")
+    args = p.parse_args()
+    if args.size and args.sizes:
+        p.error("give --size or --sizes, not both")
+    if args.size:
+        args.sizes = [args.size]
+    else:
+        try:
+            args.sizes = [parse_size(x) for x in (args.sizes or DEFAULT_SIZES).split(",")]
+        except argparse.ArgumentTypeError as e:
+            p.error(str(e))
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return Bench(args).main()
+    except KeyboardInterrupt:
+        log("bench: interrupted; temp files removed, s3s-fs stopped")
+        return 130
+    except RuntimeError as e:
+        log(f"bench: {e}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
