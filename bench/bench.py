@@ -30,6 +30,7 @@ import shutil
 import signal
 import socket
 import statistics
+import threading
 import subprocess
 import sys
 import time
@@ -96,12 +97,14 @@ class Runner:
     until it has been adopted; the clock starts when it is released.
     """
 
-    SCRIPT = '{{ read go <&{go} || exit 1; exec "$@" {go}<&- {pid}>&-; }} & echo $! >&{pid}'
+    SCRIPT = '{{ exec {pid}>&-; read go <&{go} || exit 1; exec "$@" {go}<&-; }} & echo $! >&{pid}'
 
-    def __init__(self, env, tmp):
+    def __init__(self, env, tmp, timeout):
         self.env = env
         self.tmp = tmp
+        self.timeout = timeout
         self.pid = None
+        self.expired = None
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
             raise RuntimeError(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
@@ -133,9 +136,18 @@ class Runner:
             os.write(go_w, b"go\n")
             os.close(go_w)
             go_w = None
-            _, status, ru = os.wait4(self.pid, 0)
+            pid = self.pid
+            timer = threading.Timer(self.timeout, self._timed_out, (pid,))
+            timer.daemon = True
+            timer.start()
+            try:
+                _, status, ru = os.wait4(pid, 0)
+            finally:
+                timer.cancel()
             wall = time.monotonic() - t0
             self.pid = None
+            if self.expired == pid:
+                raise CommandFailed(f"{' '.join(argv)} took over {self.timeout:.0f} s: killed")
         finally:
             for fd in (pid_r, pid_w, go_r, go_w):
                 if fd is not None:
@@ -153,6 +165,13 @@ class Runner:
                                 f"{(stderr or stdout).strip()[:2000]}")
         return {"wall_s": wall, "rss_kib": ru.ru_maxrss, "rc": rc,
                 "stdout": stdout, "stderr": stderr}
+
+    def _timed_out(self, pid):
+        self.expired = pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def kill(self):
         """Kills and reaps the command still running (after Ctrl-C or an error)."""
@@ -572,8 +591,11 @@ class Bench:
             fkey = {"s3_gz": "gzip", "file_gz": "gzip", "s3_zst": "zstd", "seed": "gzip"}.get(name)
             f = floors.get(fkey) if fkey else (snap_s if name == "floor" else None)
             c["x_floor"] = w / f if w is not None and f else None
+            # The idle baseline is the same sqlite3 + .load process doing nothing: only the
+            # extension's calls compare with it (the seed steps are other programs).
             c["rss_over_idle_mib"] = c["rss_mib"] - idle \
-                if c["rss_mib"] is not None and idle is not None and name != "idle" else None
+                if c["rss_mib"] is not None and idle is not None \
+                and name in BACKUPS + ["verify"] else None
             c["x_gzip6_size"] = c["stored_bytes"] / gz6 \
                 if c["stored_bytes"] and gz6 and name in ("seed", "s3_gz", "file_gz", "s3_zst") \
                 else None
@@ -746,7 +768,7 @@ class Bench:
         try:
             self.server.start()
             self.env = self.make_env()
-            self.runner = Runner(self.env, self.tmp)
+            self.runner = Runner(self.env, self.tmp, self.args.timeout)
             meta = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                     "cores": self.cores, "rounds": self.args.rounds,
                     "sizes": [size_label(x) for x in sizes],
@@ -781,6 +803,8 @@ def main():
     p.add_argument("--size", type=parse_size, help="one database size, e.g. 1G or 64M")
     p.add_argument("--sizes", help=f"comma-separated sizes (default {DEFAULT_SIZES})")
     p.add_argument("--rounds", type=int, default=3, help="rounds per size (default 3)")
+    p.add_argument("--timeout", type=float, default=3600,
+                   help="seconds after which one command is killed and counted as failed")
     p.add_argument("--out", default=os.path.join(HERE, "out"),
                    help="output directory: cached databases, results (default bench/out)")
     args = p.parse_args()
