@@ -236,6 +236,16 @@ class S3Server:
                     self.proc.wait()
             self.proc = None
 
+    def cpu_s(self):
+        """CPU seconds (user + system) s3s-fs has used so far: it shares the machine's cores
+        with the contenders, which a real S3 would not."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, AttributeError, IndexError, ValueError):
+            return None
+
     @property
     def endpoint(self):
         return f"http://127.0.0.1:{self.port}"
@@ -498,17 +508,23 @@ class Bench:
                 pass
         self.server.delete("verify.db.gz")
         warm = self.ext_call(db, f"SELECT backup_to_s3('s3://{BUCKET}', 'verify.db.gz')")
+        self.runner.run(self.sql(db, "SELECT 1"))  # the first load of the extension
         os.sync()
 
         rounds = []
         for rnd in range(self.args.rounds):
-            k = rnd % len(CONTENDERS)
-            order = CONTENDERS[k:] + CONTENDERS[:k]
+            chosen = [c for c in CONTENDERS if c in self.args.only]
+            k = rnd % len(chosen)
+            order = chosen[k:] + chosen[:k]
             log(f"[{size_label(size)}] round {rnd + 1}/{self.args.rounds}: {' '.join(order)}")
             this = {}
             for name in order:
+                cpu0 = self.server.cpu_s()
                 try:
                     res = self.contender(name, db)
+                    cpu1 = self.server.cpu_s()
+                    if cpu0 is not None and cpu1 is not None:
+                        res["server_cpu_s"] = cpu1 - cpu0
                 except CommandFailed as e:
                     res = {"error": str(e)}
                     log(f"  {name:<12} ERROR: {e}")
@@ -549,6 +565,7 @@ class Bench:
                 "wall_max_s": max(walls) if walls else None,
                 "rss_mib": (median(vals(name, "rss_kib")) or 0) / 1024 or None,
                 "stored_bytes": median(vals(name, "stored_bytes")),
+                "server_cpu_s": median(vals(name, "server_cpu_s")),
             }
             if name in ("seed", "verify_seed"):
                 steps = {}
@@ -639,12 +656,13 @@ class Bench:
         f = s["_floor"]
         L = []
         L.append(f"### {entry['size']} database ({entry['db_bytes'] / MiB:.0f} MiB file, "
-                 f"{(s['floor'].get('snapshot_bytes') or 0) / MiB:.0f} MiB snapshot), "
-                 f"{self.args.rounds} rounds, {self.cores} cores")
+                 + (f"{s['floor']['snapshot_bytes'] / MiB:.0f} MiB snapshot), "
+                    if s['floor'].get('snapshot_bytes') else "snapshot not measured), ")
+                 + f"{self.args.rounds} rounds, {self.cores} cores")
         L.append("")
         L.append("| contender | wall s (median) | min–max | × seed | × floor | peak RSS MiB "
-                 "| RSS − idle MiB | stored MiB | ÷ gzip -6 size |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "| RSS − idle MiB | stored MiB | ÷ gzip -6 size | s3s-fs CPU s |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         fm = self.fmt
 
         def row(name, label=None):
@@ -654,23 +672,27 @@ class Bench:
             xb = c["x_baseline"]
             xb_txt = fm(xb) if name not in ("verify", "verify_seed") else \
                 (fm(xb) + " (vs download)" if xb is not None else "–")
+            spread = "–" if c["wall_min_s"] is None else \
+                f"{fm(c['wall_min_s'])}–{fm(c['wall_max_s'])}"
+            cpu = c["server_cpu_s"] if name in ("seed", "s3_gz", "s3_zst", "verify",
+                                                "verify_seed") else None
             L.append(f"| {label or c['label']}{err} | {fm(c['wall_s'])} | "
-                     f"{fm(c['wall_min_s'])}–{fm(c['wall_max_s'])} | {xb_txt} | "
+                     f"{spread} | {xb_txt} | "
                      f"{fm(c['x_floor'])} | {fm(c['rss_mib'], '.1f')} | "
                      f"{fm(c['rss_over_idle_mib'], '+.1f')} | {fm(stored, '.1f')} | "
-                     f"{fm(c['x_gzip6_size'], '.3f')} |")
+                     f"{fm(c['x_gzip6_size'], '.3f')} | {fm(cpu)} |")
 
         row("seed")
         for st in s["seed"].get("steps", []):
             L.append(f"| &nbsp;&nbsp;↳ {st['step']} | {fm(st['wall_s'])} | | | | "
-                     f"{fm(st['rss_mib'], '.1f')} | | | |")
+                     f"{fm(st['rss_mib'], '.1f')} | | | | |")
         for name in ("s3_gz", "s3_zst", "file_gz", "floor"):
             row(name)
         row("verify")
         row("verify_seed")
         for st in s["verify_seed"].get("steps", []):
             L.append(f"| &nbsp;&nbsp;↳ {st['step']} | {fm(st['wall_s'])} | | | | "
-                     f"{fm(st['rss_mib'], '.1f')} | | | |")
+                     f"{fm(st['rss_mib'], '.1f')} | | | | |")
         row("idle")
         L.append("")
         L.append(f"Floor formula: snapshot {fm(f['snapshot_s'])} s + single-core compression / "
@@ -771,6 +793,7 @@ class Bench:
             self.runner = Runner(self.env, self.tmp, self.args.timeout)
             meta = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                     "cores": self.cores, "rounds": self.args.rounds,
+                    "contenders": [c for c in CONTENDERS if c in self.args.only],
                     "sizes": [size_label(x) for x in sizes],
                     "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
                     "versions": self.versions(), "host": platform.node()}
@@ -807,7 +830,14 @@ def main():
                    help="seconds after which one command is killed and counted as failed")
     p.add_argument("--out", default=os.path.join(HERE, "out"),
                    help="output directory: cached databases, results (default bench/out)")
+    p.add_argument("--only", default=",".join(CONTENDERS),
+                   help="comma-separated subset of contenders, for diagnosis (default all: "
+                        + ",".join(CONTENDERS) + "); ratios need seed, floor and idle")
     args = p.parse_args()
+    args.only = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = sorted(set(args.only) - set(CONTENDERS))
+    if unknown or not args.only:
+        p.error(f"unknown contenders {unknown}: choose from {','.join(CONTENDERS)}")
     if args.size and args.sizes:
         p.error("give --size or --sizes, not both")
     if args.size:
