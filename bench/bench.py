@@ -852,7 +852,9 @@ def main():
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
+    # Explicitly: a shell starting us in the background leaves SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_term)
     try:
         return Bench(args).main()
     except KeyboardInterrupt:
