@@ -3,6 +3,7 @@
 
 mod backup;
 mod check;
+mod list;
 mod meta;
 pub mod options;
 
@@ -28,6 +29,15 @@ pub fn register(db: *mut sqlite3) -> Result<()> {
     define(db, "backup_to_s3", direct, backup::to_s3)?;
     define(db, "verify_backup", direct, check::verify)?;
     define(db, "restore_backup", direct, check::restore)?;
+    define(db, "backup_prune", direct, list::prune)?;
+    sqlite_loadable::define_table_function::<list::ListTable>(db, "backup_list", None).map_err(
+        |e| {
+            Error::new(
+                crate::error::Kind::Sqlite,
+                format!("cannot register backup_list: {}", e.result_error_message()),
+            )
+        },
+    )?;
     Ok(())
 }
 
