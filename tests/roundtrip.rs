@@ -445,26 +445,3 @@ fn pages_method_on_wal_file_db() {
 fn pages_method_on_rollback_file_db() {
     pages_on_file(Journal::Rollback);
 }
-
-/// A program that opens a WAL database, makes a backup and closes leaves the directory as
-/// SQLite would without the backup: no -wal or -shm file (the last connection to close
-/// removes them; a read-only connection cannot).
-#[test]
-fn vacuum_backup_leaves_no_wal_or_shm_beside_the_source() {
-    let dir = tempdir();
-    let src_dir = dir.path().join("src");
-    fs::create_dir(&src_dir).unwrap();
-    let src = src_dir.join("app.db");
-    make_sample_db(&src, Journal::Wal, 100);
-    assert_eq!(list(&src_dir), ["app.db"]);
-    let conn = open(&src);
-    call_json(
-        &conn,
-        &format!(
-            "SELECT backup_to_file({})",
-            path_lit(dir.path().join("app.db.gz"))
-        ),
-    );
-    drop(conn);
-    assert_eq!(list(&src_dir), ["app.db"], "left beside the source");
-}
