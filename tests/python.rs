@@ -93,7 +93,9 @@ attempt(conn, "SELECT backup_version()")
     // The connection survived every error.
     assert_eq!(lines[10]["result"], "v0.1.0");
     assert!(!dir.path().join("y.db.gz").exists());
-    assert_no_temp_files(dir.path());
+    // src.db's own -wal/-shm: python exits without closing it (the WAL leftover bug has its
+    // own test below).
+    assert_no_temp_files_except(dir.path(), &["src.db-wal", "src.db-shm"]);
 }
 
 /// A thread that loads the extension on its own connection, makes a backup, closes the
