@@ -190,7 +190,6 @@ conn.execute("ROLLBACK")
 
 struct Locked {
     dir: tempfile::TempDir,
-    src: std::path::PathBuf,
     locker: std::process::Child,
 }
 
@@ -223,7 +222,7 @@ fn locked_bank(journal: Journal, seconds: &str) -> (Locked, rusqlite::Connection
         .unwrap();
     let mut lines = BufReader::new(locker.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "locked");
-    (Locked { dir, src, locker }, conn)
+    (Locked { dir, locker }, conn)
 }
 
 /// Rollback journal: a writer holds an EXCLUSIVE lock longer than busy_timeout_ms. The

@@ -341,13 +341,13 @@ pub fn digest(path: &Path) -> String {
 pub fn integrity(path: &Path) -> String {
     let conn =
         Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let mut stmt = conn.prepare("PRAGMA integrity_check").unwrap();
-    let lines: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    lines.join("; ")
+    let lines: rusqlite::Result<Vec<String>> = conn
+        .prepare("PRAGMA integrity_check")
+        .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect());
+    match lines {
+        Ok(lines) => lines.join("; "),
+        Err(e) => format!("error: {e}"),
+    }
 }
 
 pub fn hex(bytes: &[u8]) -> String {
