@@ -444,3 +444,55 @@ pub fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// `sqlite3 [flags] -cmd ".load EXT" DB` with `script` on stdin, in a clean environment: only
+/// `PATH`, `HOME` = `home` (an empty directory, so no `~/.aws` is found) and `vars`. For the
+/// tests of where S3 credentials come from (nothing of the host's environment leaks in).
+pub fn sqlite3_cli_clean_env(
+    db: &Path,
+    flags: &[&str],
+    script: &str,
+    home: &Path,
+    vars: &[(&str, &str)],
+) -> Output {
+    let mut cmd = Command::new(SQLITE3);
+    cmd.args(flags)
+        .arg("-cmd")
+        .arg(format!(".load {}", ext_load_name()))
+        .arg(db)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home);
+    for (name, value) in vars {
+        cmd.env(name, value);
+    }
+    run(cmd, script)
+}
+
+/// The Python venv with boto3 and the aws CLI: `$SQLITE_BACKUP_VENV`, else
+/// `<crate>/.tools/venv`; panics saying how to install it.
+pub fn venv() -> PathBuf {
+    let path = match std::env::var_os("SQLITE_BACKUP_VENV") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv"),
+    };
+    assert!(
+        path.join("bin/python").is_file(),
+        "the Python venv (boto3, aws CLI) is missing at {}: run `make tools` (or set \
+         SQLITE_BACKUP_VENV)",
+        path.display()
+    );
+    path
+}
+
+/// The venv's python running `script` (on stdin) with `args`, in a clean environment (`PATH`
+/// and an empty `HOME` only), so no AWS setting of the host reaches boto3.
+pub fn venv_python(script: &str, args: &[&str], home: &Path) -> Output {
+    let mut cmd = Command::new(venv().join("bin/python"));
+    cmd.arg("-")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home);
+    run(cmd, script)
+}
