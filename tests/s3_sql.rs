@@ -89,7 +89,7 @@ fn assert_no_secret(message: &str, secrets: &[&str]) {
 fn small_backup_round_trip_with_every_bucket_form() {
     let server = server();
     let dir = tempdir();
-    let (conn, digest) = small_db(dir.path());
+    let (conn, expected) = small_db(dir.path());
     let page_count: u64 = conn
         .query_row("PRAGMA page_count", [], |r| r.get(0))
         .unwrap();
@@ -109,6 +109,13 @@ fn small_backup_round_trip_with_every_bucket_form() {
             "db.zst",
             json!({"path_style": true}),
             "a/b/db.zst",
+        ),
+        // localhost: path-style automatically too.
+        (
+            "bkt",
+            "lh.gz",
+            json!({"endpoint": format!("http://localhost:{}", server.port())}),
+            "lh.gz",
         ),
     ];
     for (bucket, pattern, extra, key) in cases {
@@ -168,7 +175,7 @@ fn small_backup_round_trip_with_every_bucket_form() {
             ),
         );
         assert_eq!(rr["sha256"], sha, "{rr}");
-        assert_eq!(digest(&dest), digest, "{url}");
+        assert_eq!(digest(&dest), expected, "{url}");
         assert_eq!(integrity(&dest), "ok");
     }
     assert_no_temp_files_except(dir.path(), &["src.db-wal", "src.db-shm"]);
@@ -186,14 +193,14 @@ fn small_backup_round_trip_with_every_bucket_form() {
         ),
     );
     assert_eq!(rr["ok"], true, "{rr}");
-    assert_eq!(digest_conn(&target, "main"), digest);
+    assert_eq!(digest_conn(&target, "main"), expected);
 }
 
 #[test]
 fn multipart_backup_round_trip() {
     let server = server();
     let dir = tempdir();
-    let (conn, digest) = big_db(dir.path());
+    let (conn, expected) = big_db(dir.path());
     for key in ["big.zst", "big.gz"] {
         let r = call_json(
             &conn,
@@ -236,7 +243,7 @@ fn multipart_backup_round_trip() {
             ),
         );
         assert_eq!(rr["sha256"], sha, "{rr}");
-        assert_eq!(digest(&dest), digest);
+        assert_eq!(digest(&dest), expected);
     }
 }
 
@@ -264,7 +271,7 @@ print(json.dumps({"metadata": head["Metadata"], "length": head["ContentLength"],
 fn boto3_reads_the_backup_and_its_metadata() {
     let server = server();
     let dir = tempdir();
-    let (conn, digest) = small_db(dir.path());
+    let (conn, expected) = small_db(dir.path());
     let r = call_json(
         &conn,
         &format!(
@@ -310,7 +317,7 @@ fn boto3_reads_the_backup_and_its_metadata() {
     assert_eq!(sha256_hex(&bytes), r["sha256"].as_str().unwrap());
     assert_eq!(bytes.len() as u64, r["bytes"].as_u64().unwrap());
     assert_eq!(integrity(&db), "ok");
-    assert_eq!(digest(&db), digest);
+    assert_eq!(digest(&db), expected);
 }
 
 // ---- what goes over the wire, and faults ----
@@ -651,14 +658,13 @@ fn credentials_from_env_and_profile_file_and_options_win() {
     let wrong = "WRONGSECRETfromtheenvironment123";
 
     // From the environment (endpoint too).
-    let out = cli.run(
-        "SELECT backup_to_s3('bkt', 'env.gz');",
-        &[
-            ("AWS_ACCESS_KEY_ID", &server.access_key),
-            ("AWS_SECRET_ACCESS_KEY", &server.secret_key),
-            ("AWS_ENDPOINT_URL", &endpoint),
-        ],
-    );
+    let env_right = [
+        ("AWS_ACCESS_KEY_ID", server.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", server.secret_key.as_str()),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+    ];
+    let before = digest(&cli.db);
+    let out = cli.run("SELECT backup_to_s3('bkt', 'env.gz');", &env_right);
     out.assert_ok();
     let r: Value = serde_json::from_str(out.stdout.trim()).expect(&out.stdout);
     assert_eq!(r["destination"], "s3://bkt/env.gz");
@@ -666,6 +672,16 @@ fn credentials_from_env_and_profile_file_and_options_win() {
         stored_sha256(&server, "bkt", "env.gz"),
         r["sha256"].as_str().unwrap()
     );
+    // restore_backup(location) with no options: into the CLI's own connection.
+    let out = cli.run(
+        "DELETE FROM orders WHERE id % 2 = 0;
+         SELECT restore_backup('s3://bkt/env.gz');
+         SELECT count(*) FROM orders;",
+        &env_right,
+    );
+    out.assert_ok();
+    assert!(out.stdout.trim_end().ends_with("\n50"), "{}", out.stdout);
+    assert_eq!(digest(&cli.db), before);
 
     // A wrong secret in the environment fails (it is read)...
     let env_wrong = [
@@ -963,5 +979,44 @@ fn s3_options_are_refused_for_local_locations() {
     assert_eq!(
         err,
         "restore_backup: option 'endpoint' applies only to s3:// locations"
+    );
+}
+
+#[test]
+fn path_style_false_with_an_ip_endpoint_says_what_to_set() {
+    let server = server();
+    let proxy = Proxy::start(upstream(&server));
+    let dir = tempdir();
+    let (conn, _) = small_db(dir.path());
+    // `bkt.127.0.0.1` is no host: a clear error saying what to do, and no request.
+    let err = call_err(
+        &conn,
+        &format!(
+            "SELECT backup_to_s3('bkt', 'db.gz', {})",
+            proxy_opts(&server, &proxy, json!({"path_style": false, "retries": 0}))
+        ),
+    );
+    assert_eq!(
+        err,
+        format!(
+            "backup_to_s3: cannot address bucket 'bkt' at {}: try the option path_style = true",
+            proxy.endpoint()
+        )
+    );
+    assert!(proxy.requests().is_empty(), "{:#?}", proxy.requests());
+    // The same with path_style true reaches it, bucket in the path.
+    call_json(
+        &conn,
+        &format!(
+            "SELECT backup_to_s3('bkt', 'db.gz', {})",
+            proxy_opts(&server, &proxy, json!({"path_style": true}))
+        ),
+    );
+    let requests = proxy.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(requests[0].path, "/bkt/db.gz");
+    assert_eq!(
+        requests[0].header("host"),
+        Some(proxy.endpoint().trim_start_matches("http://"))
     );
 }
