@@ -180,6 +180,32 @@ fn small_backup_round_trip_with_every_bucket_form() {
     }
     assert_no_temp_files_except(dir.path(), &["src.db-wal", "src.db-shm"]);
 
+    // create_only refuses an existing key; if_changed skips an unchanged snapshot.
+    let err = call_err(
+        &conn,
+        &format!(
+            "SELECT backup_to_s3('bkt', 'db.gz', {})",
+            opts(&server, json!({"create_only": true}))
+        ),
+    );
+    assert_eq!(
+        err,
+        "backup_to_s3: s3://bkt/db.gz already exists and create_only is set"
+    );
+    let r = call_json(
+        &conn,
+        &format!(
+            "SELECT backup_to_s3('s3://bkt/a/b', 'db-%Y%m%d.gz', {})",
+            opts(
+                &server,
+                json!({"if_changed": true, "now": "2024-05-07T00:00:00Z"})
+            )
+        ),
+    );
+    assert_eq!(r["skipped"], true, "{r}");
+    assert_eq!(r["same_as"], "s3://bkt/a/b/db-20240506.gz", "{r}");
+    assert!(!server.object_path("bkt", "a/b/db-20240507.gz").exists());
+
     // Restore into a connection (dest_path NULL).
     let target = open_memory();
     target
@@ -426,13 +452,20 @@ fn transient_faults_are_retried_from_sql() {
     proxy.fault("PUT", "", 1, Fault::Status(503));
     proxy.fault("PUT", "", 1, Fault::Status(500));
     proxy.fault("PUT", "", 1, Fault::DropRequest(1000));
-    proxy.fault("PUT", "", 1, Fault::Stall(Duration::from_millis(2500)));
+    // The stall outlasts the test: only timeout_ms (1 s) can end that attempt in time.
+    proxy.fault("PUT", "", 1, Fault::Stall(Duration::from_secs(30)));
+    let started = std::time::Instant::now();
     let r = call_json(
         &small,
         &format!(
             "SELECT backup_to_s3('bkt', 'small.gz', {})",
             proxy_opts(&server, &proxy, json!({}))
         ),
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "timeout_ms ignored: {took:?}"
     );
     let faulted = proxy
         .requests()
