@@ -105,9 +105,11 @@ pub fn to_file(call: &Call) -> Result<String> {
         )?);
         let name = match path.file_name().and_then(|n| n.to_str()) {
             Some(n) if !pattern.ends_with('/') => n.to_string(),
-            _ => return Err(Error::usage(format!(
+            _ => {
+                return Err(Error::usage(format!(
                 "pattern '{pattern}' names no file: give a file name, like /var/backups/db-%d.gz"
-            ))),
+            )))
+            }
         };
         let store = FileStore::open(parent_dir(&path))?;
         let conn = call.connection();

@@ -13,7 +13,7 @@ use sqlite_loadable::table::{
 };
 
 use super::backup::clock;
-use super::{json, options, Call};
+use super::{json, options, text_value, Call};
 use crate::error::{Error, Result};
 use crate::prune::{self, iso};
 use crate::retention::Policy;
@@ -147,16 +147,6 @@ pub struct ListCursor {
     at: usize,
     location: String,
     options: Option<String>,
-}
-
-fn text_value(value: &*mut sqlite3_value, what: &str) -> Result<Option<String>> {
-    match api::value_type(value) {
-        api::ValueType::Null => Ok(None),
-        api::ValueType::Text => api::value_text(value)
-            .map(|s| Some(s.to_string()))
-            .map_err(|_| Error::usage(format!("{what} is not valid UTF-8"))),
-        _ => Err(Error::usage(format!("{what} must be text"))),
-    }
 }
 
 impl ListCursor {

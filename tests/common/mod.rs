@@ -91,32 +91,12 @@ pub fn open_memory() -> Connection {
 }
 
 pub fn load(conn: &Connection) {
-    pin_extension();
     // SAFETY: loading our own extension, which is what the tests are about.
     unsafe {
         conn.load_extension_enable().unwrap();
         conn.load_extension(ext(), None::<&str>).unwrap();
         conn.load_extension_disable().unwrap();
     }
-}
-
-/// Keeps the extension mapped for the life of the test process by leaking one connection that
-/// loaded it. SQLite dlcloses an extension when the last connection that loaded it closes,
-/// and a test thread that used the extension then crashes (SIGSEGV in a thread-local
-/// destructor) when it exits: an extension bug, tested on its own in `tests/python.rs`
-/// (`thread_that_closed_its_connection_exits_cleanly`). Pinning keeps that one bug from
-/// killing every other test in the binary.
-fn pin_extension() {
-    static PINNED: OnceLock<()> = OnceLock::new();
-    PINNED.get_or_init(|| {
-        let conn = Connection::open_in_memory().unwrap();
-        // SAFETY: loading our own extension.
-        unsafe {
-            conn.load_extension_enable().unwrap();
-            conn.load_extension(ext(), None::<&str>).unwrap();
-        }
-        std::mem::forget(conn);
-    });
 }
 
 /// Runs a SQL function call that returns JSON text; panics with the SQL error otherwise.
