@@ -484,15 +484,22 @@ fn directonly_blocks_triggers_and_views() {
                SELECT backup_to_file({target});
              END;
              CREATE VIEW v AS SELECT backup_to_file({target}) AS r;
-             CREATE VIEW w AS SELECT verify_backup({previous}) AS r;",
+             CREATE VIEW w AS SELECT verify_backup({previous}) AS r;
+             CREATE VIEW p AS SELECT backup_prune({dir}, '{{\"keep_last\": 1}}') AS r;
+             CREATE VIEW l AS SELECT name FROM backup_list({dir});",
             target = path_lit(&target),
             previous = path_lit(&f.previous),
+            dir = path_lit(&f.backups),
         ))
         .unwrap();
+    let files_before = std::fs::read_dir(&f.backups).unwrap().count();
     for (sql, function) in [
-        ("INSERT INTO t VALUES (1)", "backup_to_file"),
-        ("SELECT r FROM v", "backup_to_file"),
-        ("SELECT r FROM w", "verify_backup"),
+        ("INSERT INTO t VALUES (1)", "backup_to_file()"),
+        ("SELECT r FROM v", "backup_to_file()"),
+        ("SELECT r FROM w", "verify_backup()"),
+        ("SELECT r FROM p", "backup_prune()"),
+        // A table-valued function is marked with SQLITE_VTAB_DIRECTONLY instead.
+        ("SELECT name FROM l", "virtual table \"backup_list\""),
     ] {
         let err = match f.conn.execute_batch(sql) {
             Ok(()) => panic!("{sql}: allowed"),
@@ -500,11 +507,13 @@ fn directonly_blocks_triggers_and_views() {
             Err(e) => e.to_string(),
         };
         assert!(
-            err.contains(&format!("unsafe use of {function}()")),
+            err.contains(&format!("unsafe use of {function}")),
             "{sql}: {err}"
         );
         assert!(!target.exists());
     }
+    // backup_prune in the view deleted nothing.
+    assert_eq!(std::fs::read_dir(&f.backups).unwrap().count(), files_before);
     let n: i64 = f
         .conn
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
