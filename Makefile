@@ -44,7 +44,8 @@ loadable-release: deps
 	cp target/release/libsqlite_backup.so dist/release/$(EXT)
 
 test: deps tools
-	S3S_FS_BIN=$(S3S_FS) SQLITE_BACKUP_VENV=$(VENV) $(CARGO) test
+	# Tests only talk to loopback: never through a proxy the host may have configured.
+	NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost S3S_FS_BIN=$(S3S_FS) SQLITE_BACKUP_VENV=$(VENV) $(CARGO) test
 
 # Builds, makes a sample database, backs it up to ./backups/, verifies it, prints the results.
 demo: loadable-release

@@ -13,6 +13,10 @@ fn main() {
     println!("cargo:rustc-env=SQLITE_BACKUP_COMMIT={commit}");
     let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".to_string());
     println!("cargo:rustc-env=SQLITE_BACKUP_TARGET={target}");
+    // Never unmapped once loaded: SQLite dlcloses an extension when the last connection that
+    // loaded it closes, and Rust's thread-local destructors registered by our code would then
+    // run on unmapped code when the thread exits (SIGSEGV in multi-threaded hosts).
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
 }

@@ -136,12 +136,8 @@ fn newest_with_same_content(
     family: &str,
     sha256: &str,
 ) -> Result<Option<String>> {
-    let pattern = glob::Pattern::new(family)
-        .map_err(|e| Error::usage(format!("invalid match glob '{family}': {e}")))?;
-    let newest = store
-        .list()?
+    let newest = crate::retention::select(store.list()?, Some(family))?
         .into_iter()
-        .filter(|e| pattern.matches(&e.name))
         .max_by(|a, b| {
             a.modified
                 .cmp(&b.modified)

@@ -96,6 +96,9 @@ pub unsafe fn vtab_directonly(db: *mut sqlite3) -> Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
     ReadOnly,
+    /// For our own temp copies: a read-write connection removes the -wal and -shm files it
+    /// creates when it closes; a read-only one cannot, and would leave them behind.
+    ReadWrite,
     ReadWriteCreate,
 }
 
@@ -119,6 +122,7 @@ impl Connection {
         let name = path_cstring(path)?;
         let flags = match mode {
             OpenMode::ReadOnly => SQLITE_OPEN_READONLY,
+            OpenMode::ReadWrite => SQLITE_OPEN_READWRITE,
             OpenMode::ReadWriteCreate => SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
         };
         let mut db: *mut sqlite3 = ptr::null_mut();

@@ -10,6 +10,7 @@ pub mod error;
 pub mod ffi;
 pub mod naming;
 pub mod notify;
+pub mod prune;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;

@@ -66,31 +66,42 @@ fn first_bad_specifier(pattern: &str) -> String {
     String::from("(unknown)")
 }
 
-/// A glob matching every name `pattern` can produce (`db-%d.gz` → `db-*.gz`): the backups of
-/// one series, as `if_changed` and `keep` see them when no `match` is given.
+/// A glob matching every name `pattern` can produce (`db-%d.gz` → `db-??.gz`): the backups of
+/// one series, as `if_changed` and `keep` see them when no `match` is given. Fixed-width
+/// numeric specifiers become that many `?`, so `app-%d` and `app-%d%H` are different series;
+/// the others become `*`.
 pub fn to_glob(pattern: &str) -> String {
     let mut out = String::new();
     let mut chars = pattern.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '%' => match chars.peek() {
-                Some('%') => {
+            '%' if chars.peek() == Some(&'%') => {
+                chars.next();
+                out.push('%');
+            }
+            '%' => {
+                // The specifier with its flags and modifiers, e.g. %d, %-d, %.3f, %:z.
+                let mut spec = String::new();
+                while let Some(&n) = chars.peek() {
                     chars.next();
-                    out.push('%');
-                }
-                _ => {
-                    // Skip the specifier with its flags and modifiers, e.g. %-d, %.3f, %:z.
-                    while let Some(&n) = chars.peek() {
-                        chars.next();
-                        if n.is_ascii_alphabetic() {
-                            break;
-                        }
-                    }
-                    if !out.ends_with('*') {
-                        out.push('*');
+                    spec.push(n);
+                    if n.is_ascii_alphabetic() {
+                        break;
                     }
                 }
-            },
+                let width = match spec.as_str() {
+                    "Y" | "G" => 4,
+                    "j" => 3,
+                    "m" | "d" | "H" | "M" | "S" | "y" | "g" | "U" | "W" | "V" | "I" => 2,
+                    "u" | "w" => 1,
+                    _ => 0,
+                };
+                if width > 0 {
+                    out.extend(std::iter::repeat_n('?', width));
+                } else if !out.ends_with('*') {
+                    out.push('*');
+                }
+            }
             '*' | '?' | '[' | ']' => {
                 out.push('[');
                 out.push(c);
@@ -126,12 +137,17 @@ mod tests {
 
     #[test]
     fn globs_match_what_the_pattern_names() {
-        assert_eq!(to_glob("db-%d.gz"), "db-*.gz");
-        assert_eq!(to_glob("db-%Y%m%d-%H.db.zst"), "db-*-*.db.zst");
+        assert_eq!(to_glob("db-%d.gz"), "db-??.gz");
+        assert_eq!(to_glob("db-%Y%m%d-%H.db.zst"), "db-????????-??.db.zst");
         assert_eq!(to_glob("a%%b-%-d[1].gz"), "a%b-*[[]1[]].gz");
+        assert_eq!(to_glob("x-%s-%a.gz"), "x-*-*.gz");
         let g = glob::Pattern::new(&to_glob("db-%d%H.gz")).unwrap();
         assert!(g.matches(&expand("db-%d%H.gz", at(), true).unwrap()));
         assert!(!g.matches("other-0714.gz"));
+        assert!(
+            !g.matches("db-07.gz"),
+            "the %d series is not the %d%H series"
+        );
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub fn into_connection(
     // Fails early, before any download, when the schema does not exist.
     conn.filename(schema)?;
     let checked = verify::fetch_checked(store, name, temp_dir, quick)?;
-    let source = Connection::open(checked.file.path(), OpenMode::ReadOnly)?;
+    let source = Connection::open(checked.file.path(), OpenMode::ReadWrite)?;
     conn.backup_from(schema, &source, "main", busy_ms)
         .map_err(|e| e.context(format!("cannot restore into '{schema}'")))?;
     Ok(Report {

@@ -51,7 +51,13 @@ pub fn take(
     busy_ms: u64,
     temp_dir: &Path,
 ) -> Result<Snapshot> {
-    let source = conn.filename(schema)?;
+    let source = conn.filename(schema).map_err(|e| {
+        if schema.eq_ignore_ascii_case("temp") {
+            Error::usage("the temp database is empty: no temporary table has been created yet")
+        } else {
+            e
+        }
+    })?;
     let method = match (method, &source) {
         (Some(Method::Vacuum), None) => {
             return Err(Error::usage(format!(
@@ -65,12 +71,20 @@ pub fn take(
     };
     let file = temp_file_in(temp_dir, ".snapshot")?;
     match (&method, &source) {
-        (Method::Vacuum, Some(path)) => vacuum_into(path, file.path(), busy_ms)?,
-        _ => {
-            let dest = Connection::open(file.path(), OpenMode::ReadWriteCreate)?;
-            dest.backup_from("main", conn, schema, busy_ms)
-                .map_err(|e| e.context("cannot copy the database pages"))?;
+        (Method::Vacuum, Some(path)) => {
+            // The caller's connection reads first, so it (not our short-lived read-only one)
+            // is the first to open a WAL: it then checkpoints and removes -wal/-shm when the
+            // program closes it, as if we had never been there. Best effort, without waiting:
+            // a locked database is VACUUM INTO's to wait for and report.
+            let _ = without_busy_handler(conn, || {
+                conn.query(&format!(
+                    "SELECT 1 FROM {}.sqlite_master LIMIT 1",
+                    quote_identifier(schema)
+                ))
+            });
+            vacuum_into(path, file.path(), busy_ms)?
         }
+        _ => copy_pages(conn, schema, file.path(), busy_ms)?,
     }
     let (bytes, page_size) = read_header(file.path())?;
     Ok(Snapshot {
@@ -84,6 +98,39 @@ pub fn take(
             bytes / page_size as u64
         },
     })
+}
+
+/// Runs `f` with the caller's busy timeout off, then puts it back. Our own waits are bounded
+/// by `busy_timeout_ms`; the caller's handler would wait for its own timeout instead.
+fn without_busy_handler<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let callers_timeout: u64 = conn
+        .query_value("PRAGMA busy_timeout")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if callers_timeout > 0 {
+        conn.busy_timeout(0)?;
+    }
+    let result = f();
+    if callers_timeout > 0 {
+        conn.busy_timeout(callers_timeout)?;
+    }
+    result
+}
+
+/// The online backup API from the caller's connection; backup_step would call the caller's
+/// busy handler when the source is locked, so it is off for the copy.
+fn copy_pages(conn: &Connection, schema: &str, dest_path: &Path, busy_ms: u64) -> Result<()> {
+    let dest = Connection::open(dest_path, OpenMode::ReadWriteCreate)?;
+    without_busy_handler(conn, || dest.backup_from("main", conn, schema, busy_ms))
+        .map_err(|e| e.context("cannot copy the database pages"))?;
+    // A copy of a WAL database is a WAL database; as a standalone file it is better in
+    // rollback mode (no -wal/-shm beside it when opened). Restoring keeps the target's mode.
+    dest.exec("PRAGMA journal_mode = DELETE")
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {

@@ -154,7 +154,7 @@ fn check_header(file: &mut File, url: &str, codec: Codec) -> Result<u32> {
 
 /// Runs integrity_check (or quick_check) on a database file; returns ("ok", table count).
 pub fn check_database(path: &Path, quick: bool, url: &str) -> Result<(String, u64)> {
-    let conn = Connection::open(path, OpenMode::ReadOnly)?;
+    let conn = Connection::open(path, OpenMode::ReadWrite)?;
     let pragma = if quick {
         "quick_check"
     } else {

@@ -1,18 +1,24 @@
 //! backup_to_file(pattern [, options]).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::{json, options, Call};
 use crate::backup::{self, Request};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
+use crate::ffi::Connection;
 use crate::naming;
+use crate::notify::{Notifier, Style};
+use crate::prune;
+use crate::retention::Policy;
 use crate::snapshot::Method;
-use crate::store::file::FileStore;
+use crate::store::file::{parent_dir, FileStore};
 use crate::store::s3::S3Store;
-use crate::store::Location;
+use crate::store::{Location, Store};
 
 /// Options shared by backup_to_file and backup_to_s3.
 #[derive(Debug, Default, Deserialize)]
@@ -30,6 +36,11 @@ struct BackupOptions {
     create_only: Option<bool>,
     #[serde(rename = "match")]
     match_glob: Option<String>,
+    /// Retention applied after a successful backup, to the series (`match`).
+    keep: Option<Policy>,
+    notify: Option<String>,
+    notify_style: Option<Style>,
+    notify_timeout_ms: Option<u64>,
 }
 
 pub const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5000;
@@ -81,30 +92,30 @@ pub fn to_file(call: &Call) -> Result<String> {
     let mut map = call.options(1)?;
     options::take_s3(&mut map, false)?;
     let opts: BackupOptions = options::decode(map)?;
-    let pattern_name = Path::new(&pattern)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_string();
-    let req = request(&opts, &pattern_name)?;
-
-    let path = PathBuf::from(naming::expand(
-        &pattern,
-        req.time,
-        opts.utc.unwrap_or(true),
-    )?);
-    let name = match path.file_name().and_then(|n| n.to_str()) {
-        Some(n) if !pattern.ends_with('/') => n.to_string(),
-        _ => {
-            return Err(Error::usage(format!(
+    monitored(&opts, || {
+        let pattern_name = Path::new(&pattern)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let req = request(&opts, pattern_name)?;
+        let path = PathBuf::from(naming::expand(
+            &pattern,
+            req.time,
+            opts.utc.unwrap_or(true),
+        )?);
+        let name = match path.file_name().and_then(|n| n.to_str()) {
+            Some(n) if !pattern.ends_with('/') => n.to_string(),
+            _ => {
+                return Err(Error::usage(format!(
                 "pattern '{pattern}' names no file: give a file name, like /var/backups/db-%d.gz"
             )))
-        }
-    };
-    let store = FileStore::open(path.parent().unwrap_or(Path::new("")))?;
-    let conn = call.connection();
-    refuse_source(&conn, &req.schema, &path)?;
-    json(&backup::run(&conn, &store, &name, &req)?)
+            }
+        };
+        let store = FileStore::open(parent_dir(&path))?;
+        let conn = call.connection();
+        refuse_source(&conn, &req.schema, &path)?;
+        backup_and_keep(&conn, &store, &name, &req, &opts)
+    })
 }
 
 pub fn to_s3(call: &Call) -> Result<String> {
@@ -114,36 +125,113 @@ pub fn to_s3(call: &Call) -> Result<String> {
     let mut map = call.options(2)?;
     let s3 = options::take_s3(&mut map, true)?;
     let opts: BackupOptions = options::decode(map)?;
-    let req = request(&opts, &pattern)?;
-
-    // `mybucket`, `s3://mybucket` or `s3://mybucket/some/prefix`.
-    let url = if bucket.contains("://") {
-        bucket.clone()
-    } else {
-        format!("s3://{bucket}")
-    };
-    let (bucket, prefix) = match Location::parse(&url)? {
-        Location::S3 { bucket, key } => (bucket, key),
-        Location::File(_) => unreachable_location(&bucket)?,
-    };
-    let name = naming::expand(&pattern, req.time, opts.utc.unwrap_or(true))?;
-    if name.starts_with('/') || name.ends_with('/') {
-        return Err(Error::usage(format!(
-            "pattern '{pattern}' must name an object below the bucket, like 'db-%d.gz' (no leading or trailing '/')"
-        )));
-    }
-    let store = S3Store::open(&bucket, &prefix, &s3)?;
-    json(&backup::run(&call.connection(), &store, &name, &req)?)
+    monitored(&opts, || {
+        let req = request(&opts, &pattern)?;
+        // `mybucket`, `s3://mybucket` or `s3://mybucket/some/prefix`.
+        let url = if bucket.contains("://") {
+            bucket.clone()
+        } else {
+            format!("s3://{bucket}")
+        };
+        let Location::S3 {
+            bucket,
+            key: prefix,
+        } = Location::parse(&url)?
+        else {
+            return Err(Error::usage(format!(
+                "bucket '{bucket}' is not an S3 bucket: use mybucket, s3://mybucket or s3://mybucket/prefix"
+            )));
+        };
+        let name = naming::expand(&pattern, req.time, opts.utc.unwrap_or(true))?;
+        if name.starts_with('/') || name.ends_with('/') {
+            return Err(Error::usage(format!(
+                "pattern '{pattern}' must name an object below the bucket, like 'db-%d.gz' \
+                 (no leading or trailing '/')"
+            )));
+        }
+        let store = S3Store::open(&bucket, &prefix, &s3)?;
+        backup_and_keep(&call.connection(), &store, &name, &req, &opts)
+    })
 }
 
-fn unreachable_location<T>(bucket: &str) -> Result<T> {
-    Err(Error::usage(format!(
-        "bucket '{bucket}' is not an S3 bucket: use mybucket, s3://mybucket or s3://mybucket/prefix"
-    )))
+/// The backup, then `keep` applied to its series. Returns the report and its JSON, with
+/// `pruned` added when a policy was given.
+fn backup_and_keep(
+    conn: &Connection,
+    store: &dyn Store,
+    name: &str,
+    req: &Request,
+    opts: &BackupOptions,
+) -> Result<(backup::Report, Value)> {
+    if let Some(policy) = &opts.keep {
+        // A bad policy fails before the backup, not after it.
+        policy.check().map_err(|e| e.context("option 'keep'"))?;
+    }
+    let report = backup::run(conn, store, name, req)?;
+    let mut value = to_value(&report)?;
+    if let Some(policy) = &opts.keep {
+        let request = prune::Request {
+            policy: policy.clone(),
+            match_glob: Some(req.family.clone()),
+            dry_run: false,
+            now: req.time,
+            utc: opts.utc.unwrap_or(true),
+        };
+        let pruned = prune::run(store, &request).map_err(|e| {
+            e.context(format!(
+                "the backup was stored at {}, but pruning failed",
+                report.destination
+            ))
+        })?;
+        value["pruned"] = to_value(&pruned)?;
+    }
+    Ok((report, value))
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v)
+        .map_err(|e| Error::new(Kind::Io, format!("cannot encode the result: {e}")))
+}
+
+/// Runs `body` between the monitoring pings (when `notify` is set): `/start` before,
+/// success or failure after. A failed ping never fails a good backup; it is reported in
+/// the result's `notify`. The backup's own error reaches SQL unchanged.
+fn monitored(
+    opts: &BackupOptions,
+    body: impl FnOnce() -> Result<(backup::Report, Value)>,
+) -> Result<String> {
+    let Some(url) = &opts.notify else {
+        return json(&body()?.1);
+    };
+    let timeout = Duration::from_millis(opts.notify_timeout_ms.unwrap_or(10_000));
+    let notifier = Notifier::new(url, opts.notify_style.unwrap_or_default(), timeout)?;
+    let started = notifier.start();
+    match body() {
+        Ok((report, mut value)) => {
+            let message = if report.skipped {
+                format!(
+                    "unchanged since {}: skipped",
+                    report.same_as.as_deref().unwrap_or("the last backup")
+                )
+            } else {
+                format!(
+                    "stored {} ({} bytes, {} stored) in {} ms",
+                    report.destination, report.bytes, report.stored_bytes, report.elapsed_ms
+                )
+            };
+            let done = notifier.success(&message);
+            value["notify"] = serde_json::json!({ "start": started, "result": done });
+            json(&value)
+        }
+        Err(e) => {
+            notifier.failure(&e.message);
+            Err(e)
+        }
+    }
 }
 
 /// Writing a backup over the live database would replace it under its own connections.
-fn refuse_source(conn: &crate::ffi::Connection, schema: &str, dest: &Path) -> Result<()> {
+fn refuse_source(conn: &Connection, schema: &str, dest: &Path) -> Result<()> {
     let Some(source) = conn.filename(schema)? else {
         return Ok(());
     };

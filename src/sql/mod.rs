@@ -3,6 +3,7 @@
 
 mod backup;
 mod check;
+mod list;
 mod meta;
 pub mod options;
 
@@ -28,6 +29,15 @@ pub fn register(db: *mut sqlite3) -> Result<()> {
     define(db, "backup_to_s3", direct, backup::to_s3)?;
     define(db, "verify_backup", direct, check::verify)?;
     define(db, "restore_backup", direct, check::restore)?;
+    define(db, "backup_prune", direct, list::prune)?;
+    sqlite_loadable::define_table_function::<list::ListTable>(db, "backup_list", None).map_err(
+        |e| {
+            Error::new(
+                crate::error::Kind::Sqlite,
+                format!("cannot register backup_list: {}", e.result_error_message()),
+            )
+        },
+    )?;
     Ok(())
 }
 
@@ -101,18 +111,9 @@ impl Call<'_> {
 
     /// A text argument that may be absent or NULL.
     pub fn optional_text(&self, index: usize, what: &str) -> Result<Option<String>> {
-        let Some(value) = self.values.get(index) else {
-            return Ok(None);
-        };
-        match api::value_type(value) {
-            ValueType::Null => Ok(None),
-            ValueType::Text => api::value_text(value)
-                .map(|s| Some(s.to_string()))
-                .map_err(|_| Error::usage(format!("{what} is not valid UTF-8"))),
-            other => Err(Error::usage(format!(
-                "{what} must be text, got {}",
-                type_name(other)
-            ))),
+        match self.values.get(index) {
+            Some(value) => text_value(value, what),
+            None => Ok(None),
         }
     }
 
@@ -125,6 +126,20 @@ impl Call<'_> {
     pub fn connection(&self) -> Connection {
         // SAFETY: the handle is live for the duration of the call.
         unsafe { Connection::borrowed(api::context_db_handle(self.ctx)) }
+    }
+}
+
+/// A text SQL value (NULL: None); any other type is an error naming `what`.
+pub fn text_value(value: &*mut sqlite3_value, what: &str) -> Result<Option<String>> {
+    match api::value_type(value) {
+        ValueType::Null => Ok(None),
+        ValueType::Text => api::value_text(value)
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| Error::usage(format!("{what} is not valid UTF-8"))),
+        other => Err(Error::usage(format!(
+            "{what} must be text, got {}",
+            type_name(other)
+        ))),
     }
 }
 

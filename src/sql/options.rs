@@ -21,13 +21,17 @@ pub fn object(text: Option<&str>) -> Result<Map<String, Value>> {
     }
 }
 
+/// Moves the entries whose keys are in `keys` out of `map` into a new object.
+pub fn take(map: &mut Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
+    keys.iter()
+        .filter_map(|k| map.remove(*k).map(|v| (k.to_string(), v)))
+        .collect()
+}
+
 /// Splits the S3 keys (endpoint, region, credentials, transfer settings) out of `map`.
 /// `s3` says whether the location is an S3 one; for a local one any S3 key is an error.
 pub fn take_s3(map: &mut Map<String, Value>, s3: bool) -> Result<S3Options> {
-    let taken: Map<String, Value> = S3_KEYS
-        .iter()
-        .filter_map(|k| map.remove(*k).map(|v| (k.to_string(), v)))
-        .collect();
+    let taken = take(map, S3_KEYS);
     if !s3 {
         if let Some(key) = taken.keys().next() {
             return Err(Error::usage(format!(

@@ -47,8 +47,14 @@ impl FileStore {
         }
     }
 
+    /// The path of `name`: bare (`app.db.gz`, not `./app.db.gz`) in the current directory,
+    /// so results show the path the user wrote.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        if self.dir == Path::new(".") {
+            PathBuf::from(name)
+        } else {
+            self.dir.join(name)
+        }
     }
 
     fn entry(&self, name: &str, meta: &fs::Metadata) -> Entry {

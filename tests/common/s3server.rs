@@ -43,6 +43,11 @@ fn random_token(len: usize) -> String {
 
 impl S3Server {
     pub fn start() -> S3Server {
+        S3Server::start_with_domain(None)
+    }
+
+    /// With `--domain`: the server also answers virtual-hosted requests (`Host: bkt.DOMAIN`).
+    pub fn start_with_domain(domain: Option<&str>) -> S3Server {
         let bin = s3s_fs_bin();
         let mut last_error = String::new();
         // A free port can be taken between probing and binding: try a few.
@@ -54,6 +59,7 @@ impl S3Server {
             let mut child = Command::new(&bin)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--access-key", &access_key, "--secret-key", &secret_key])
+                .args(domain.map(|d| ["--domain", d]).into_iter().flatten())
                 .arg(root.path())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -1,0 +1,257 @@
+//! backup_list(location [, options]) — a table-valued function — and
+//! backup_prune(location, policy).
+
+use std::mem;
+use std::os::raw::c_int;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use serde::Deserialize;
+use sqlite_loadable::api;
+use sqlite_loadable::prelude::*;
+use sqlite_loadable::table::{
+    BestIndexError, ConstraintOperator, IndexInfo, VTab, VTabArguments, VTabCursor,
+};
+
+use super::backup::clock;
+use super::{json, options, text_value, Call};
+use crate::error::{Error, Result};
+use crate::prune::{self, iso};
+use crate::retention::Policy;
+use crate::store::{open_location, Entry, Location};
+
+/// Options of backup_prune besides the policy's keep_* rules.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PruneOptions {
+    #[serde(rename = "match")]
+    match_glob: Option<String>,
+    dry_run: Option<bool>,
+    now: Option<String>,
+    utc: Option<bool>,
+}
+
+/// The keep_* keys, decoded into `retention::Policy`.
+pub const POLICY_KEYS: &[&str] = &[
+    "keep_last",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+    "keep_within",
+];
+
+pub fn prune(call: &Call) -> Result<String> {
+    call.arity(2, 2, "(location, policy)")?;
+    let location = call.text(0, "location")?;
+    let mut map = call.options(1)?;
+    let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
+    let policy: Policy = options::decode(options::take(&mut map, POLICY_KEYS))?;
+    let opts: PruneOptions = options::decode(map)?;
+    let store = open_location(&location, &s3)?;
+    let report = prune::run(
+        store.as_ref(),
+        &prune::Request {
+            policy,
+            match_glob: opts.match_glob,
+            dry_run: opts.dry_run.unwrap_or(false),
+            now: clock(opts.now.as_deref())?,
+            utc: opts.utc.unwrap_or(true),
+        },
+    )?;
+    json(&report)
+}
+
+const COLUMNS: &str =
+    "CREATE TABLE x(name TEXT, url TEXT, size INTEGER, modified TEXT, sha256 TEXT, location HIDDEN, options HIDDEN)";
+const COL_LOCATION: c_int = 5;
+const COL_OPTIONS: c_int = 6;
+/// idx_num bits: which hidden arguments filter receives.
+const HAS_LOCATION: c_int = 1;
+const HAS_OPTIONS: c_int = 2;
+
+#[repr(C)]
+pub struct ListTable {
+    /// Must be first: SQLite sees this struct as its sqlite3_vtab.
+    base: sqlite3_vtab,
+}
+
+impl<'vtab> VTab<'vtab> for ListTable {
+    type Aux = ();
+    type Cursor = ListCursor;
+
+    fn connect(
+        db: *mut sqlite3,
+        _aux: Option<&Self::Aux>,
+        _args: VTabArguments,
+    ) -> sqlite_loadable::Result<(String, ListTable)> {
+        // Listing reaches the network and the file system: not from triggers or views.
+        // SAFETY: db is the connection xConnect was called with.
+        unsafe { crate::ffi::vtab_directonly(db) }
+            .map_err(|e| sqlite_loadable::Error::new_message(e.message))?;
+        // SAFETY: sqlite3_vtab is plain C data; SQLite fills it in.
+        let base: sqlite3_vtab = unsafe { mem::zeroed() };
+        Ok((COLUMNS.to_owned(), ListTable { base }))
+    }
+
+    fn best_index(&self, mut info: IndexInfo) -> core::result::Result<(), BestIndexError> {
+        let mut flags = 0;
+        let mut location_at = None;
+        let mut options_at = None;
+        for (i, constraint) in info.constraints().iter().enumerate() {
+            let eq = constraint.usable() && constraint.op() == Some(ConstraintOperator::EQ);
+            match constraint.column_idx() {
+                COL_LOCATION if eq => location_at = Some(i),
+                COL_OPTIONS if eq => options_at = Some(i),
+                COL_LOCATION | COL_OPTIONS => return Err(BestIndexError::Constraint),
+                _ => {}
+            }
+        }
+        let mut argv = 1;
+        let mut constraints = info.constraints();
+        if let Some(i) = location_at {
+            constraints[i].set_argv_index(argv);
+            constraints[i].set_omit(true);
+            argv += 1;
+            flags |= HAS_LOCATION;
+        }
+        if let Some(i) = options_at {
+            constraints[i].set_argv_index(argv);
+            constraints[i].set_omit(true);
+            flags |= HAS_OPTIONS;
+        }
+        // A missing location is reported by filter with a message, not as "no query solution".
+        info.set_idxnum(flags);
+        info.set_estimated_cost(1000.0);
+        info.set_estimated_rows(100);
+        Ok(())
+    }
+
+    fn open(&mut self) -> sqlite_loadable::Result<ListCursor> {
+        Ok(ListCursor {
+            // SAFETY: plain C data; SQLite fills it in.
+            base: unsafe { mem::zeroed() },
+            rows: Vec::new(),
+            at: 0,
+            location: String::new(),
+            options: None,
+        })
+    }
+}
+
+#[repr(C)]
+pub struct ListCursor {
+    /// Must be first: SQLite sees this struct as its sqlite3_vtab_cursor.
+    base: sqlite3_vtab_cursor,
+    rows: Vec<Entry>,
+    at: usize,
+    location: String,
+    options: Option<String>,
+}
+
+impl ListCursor {
+    fn load(&mut self, flags: c_int, values: &[*mut sqlite3_value]) -> Result<()> {
+        let mut args = values.iter();
+        let location = if flags & HAS_LOCATION != 0 {
+            args.next()
+                .map(|v| text_value(v, "location"))
+                .transpose()?
+                .flatten()
+        } else {
+            None
+        };
+        let Some(location) = location else {
+            return Err(Error::usage(
+                "location is required: SELECT * FROM backup_list('/var/backups') or backup_list('s3://bucket/prefix')",
+            ));
+        };
+        let options = if flags & HAS_OPTIONS != 0 {
+            args.next()
+                .map(|v| text_value(v, "options"))
+                .transpose()?
+                .flatten()
+        } else {
+            None
+        };
+        let mut map = options::object(options.as_deref())?;
+        let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ListOptions {
+            #[serde(rename = "match")]
+            match_glob: Option<String>,
+        }
+        let opts: ListOptions = options::decode(map)?;
+        let store = open_location(&location, &s3)?;
+        let mut rows = crate::retention::select(store.list()?, opts.match_glob.as_deref())?;
+        // Newest first: the order a person looking for the latest backup wants.
+        rows.sort_by(|a, b| {
+            b.modified
+                .cmp(&a.modified)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        self.rows = rows;
+        self.at = 0;
+        self.location = location;
+        self.options = options;
+        Ok(())
+    }
+}
+
+impl VTabCursor for ListCursor {
+    fn filter(
+        &mut self,
+        idx_num: c_int,
+        _idx_str: Option<&str>,
+        values: &[*mut sqlite3_value],
+    ) -> sqlite_loadable::Result<()> {
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.load(idx_num, values)));
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(sqlite_loadable::Error::new_message(format!(
+                "backup_list: {}",
+                e.message
+            ))),
+            Err(_) => Err(sqlite_loadable::Error::new_message(
+                "backup_list: internal error (this is a bug, please report it)",
+            )),
+        }
+    }
+
+    fn next(&mut self) -> sqlite_loadable::Result<()> {
+        self.at += 1;
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        self.at >= self.rows.len()
+    }
+
+    fn column(&self, ctx: *mut sqlite3_context, i: c_int) -> sqlite_loadable::Result<()> {
+        let Some(row) = self.rows.get(self.at) else {
+            api::result_null(ctx);
+            return Ok(());
+        };
+        match i {
+            0 => api::result_text(ctx, &row.name)?,
+            1 => api::result_text(ctx, &row.url)?,
+            2 => api::result_int64(ctx, i64::try_from(row.size).unwrap_or(i64::MAX)),
+            3 => api::result_text(ctx, iso(row.modified))?,
+            4 => match &row.sha256 {
+                Some(s) => api::result_text(ctx, s)?,
+                None => api::result_null(ctx),
+            },
+            COL_LOCATION => api::result_text(ctx, &self.location)?,
+            COL_OPTIONS => match &self.options {
+                Some(s) => api::result_text(ctx, s)?,
+                None => api::result_null(ctx),
+            },
+            _ => api::result_null(ctx),
+        }
+        Ok(())
+    }
+
+    fn rowid(&self) -> sqlite_loadable::Result<i64> {
+        Ok(self.at as i64)
+    }
+}
