@@ -121,6 +121,7 @@ fn without_busy_handler<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> 
 /// busy handler when the source is locked, so it is off for the copy.
 fn copy_pages(conn: &Connection, schema: &str, dest_path: &Path, busy_ms: u64) -> Result<()> {
     let dest = Connection::open(dest_path, OpenMode::ReadWriteCreate)?;
+    dest.exec("PRAGMA synchronous = OFF")?;
     without_busy_handler(conn, || dest.backup_from("main", conn, schema, busy_ms))
         .map_err(|e| e.context("cannot copy the database pages"))?;
     // A copy of a WAL database is a WAL database; as a standalone file it is better in
@@ -137,6 +138,9 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
     // Read-only: the snapshot must never change the source, not even its journal mode.
     let reader = Connection::open(source, OpenMode::ReadOnly)?;
     reader.busy_timeout(busy_ms)?;
+    // The snapshot is a temp file we hash and compress at once: no fsync needed (a crash just
+    // means a new backup). VACUUM INTO honours the connection's synchronous setting.
+    reader.exec("PRAGMA synchronous = OFF")?;
     let target = dest
         .to_str()
         .ok_or_else(|| Error::usage("the temp directory's path is not UTF-8"))?;
