@@ -138,13 +138,15 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
     // Read-only: the snapshot must never change the source, not even its journal mode.
     let reader = Connection::open(source, OpenMode::ReadOnly)?;
     reader.busy_timeout(busy_ms)?;
-    // The snapshot is a temp file we hash and compress at once: no fsync needed (a crash just
-    // means a new backup). VACUUM INTO honours the connection's synchronous setting.
-    reader.exec("PRAGMA synchronous = OFF")?;
     let target = dest
         .to_str()
         .ok_or_else(|| Error::usage("the temp directory's path is not UTF-8"))?;
-    let sql = format!("VACUUM INTO '{}'", target.replace('\'', "''"));
+    // The snapshot is a temp file we hash and compress at once: no fsync needed (a crash just
+    // means a new backup), and VACUUM INTO honours the connection's synchronous setting.
+    let sql = format!(
+        "PRAGMA synchronous = OFF; VACUUM INTO '{}'",
+        target.replace('\'', "''")
+    );
     reader.exec(&sql).map_err(|e| {
         if ffi::is_busy_message(&e.message) {
             ffi::busy_error(busy_ms)
