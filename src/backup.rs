@@ -46,6 +46,8 @@ pub struct Report {
     pub page_size: u32,
     pub page_count: u64,
     pub elapsed_ms: u64,
+    /// Where the time went: snapshot, hash, compress (and upload, overlapped), commit.
+    pub timings_ms: Timings,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
     pub parts: u32,
@@ -53,6 +55,18 @@ pub struct Report {
     /// When skipped: the backup that already holds this exact snapshot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub same_as: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub snapshot: u64,
+    pub hash: u64,
+    pub compress: u64,
+    pub commit: u64,
+}
+
+fn ms_since(t: Instant) -> u64 {
+    t.elapsed().as_millis() as u64
 }
 
 pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> Result<Report> {
@@ -67,13 +81,19 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         req.busy_timeout_ms,
         &req.temp_dir,
     )?;
+    let mut timings = Timings {
+        snapshot: ms_since(started),
+        ..Timings::default()
+    };
     let mut file = snap
         .file
         .reopen()
         .map_err(|e| Error::io("cannot read the snapshot", e))?;
     // Hashed before storing: S3 takes metadata when an upload starts, and an unchanged
     // database is skipped without compressing anything.
+    let step = Instant::now();
     let sha256 = snapshot::sha256_file(&mut file)?;
+    timings.hash = ms_since(step);
 
     let mut report = Report {
         destination: store.url(name),
@@ -85,6 +105,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         page_size: snap.page_size,
         page_count: snap.page_count,
         elapsed_ms: 0,
+        timings_ms: Timings::default(),
         etag: None,
         parts: 0,
         skipped: false,
@@ -95,7 +116,8 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         if let Some(same) = newest_with_same_content(store, &req.family, &sha256)? {
             report.skipped = true;
             report.same_as = Some(same);
-            report.elapsed_ms = started.elapsed().as_millis() as u64;
+            report.elapsed_ms = ms_since(started);
+            report.timings_ms = timings;
             return Ok(report);
         }
     }
@@ -105,6 +127,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         backup_time: req.time,
         create_only: req.create_only,
     };
+    let step = Instant::now();
     let upload = store.put(name, &meta)?;
     let mut counted = CountingWriter {
         inner: upload,
@@ -119,12 +142,16 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         upload.abort();
         return Err(e);
     }
+    timings.compress = ms_since(step);
+    let step = Instant::now();
     let stored = upload.commit()?;
+    timings.commit = ms_since(step);
     report.destination = stored.url;
     report.stored_bytes = count;
     report.etag = stored.etag;
     report.parts = stored.parts;
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report.elapsed_ms = ms_since(started);
+    report.timings_ms = timings;
     Ok(report)
 }
 
