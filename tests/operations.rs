@@ -1675,3 +1675,83 @@ fn bug_a_ping_url_without_host_does_not_echo_its_token() {
         "token echoed: {text}"
     );
 }
+
+#[test]
+fn s3_objects_from_elsewhere_and_nested_names_in_list_and_prune() {
+    let server = s3_server();
+    let tmp = tempdir();
+    let (conn, _) = source(tmp.path());
+    let s3 = server.options_json();
+    // An object another tool stored (s3s-fs serves files under its root): no metadata.
+    let raw = server.object_path("bkt", "mixed/plain.bin");
+    fs::create_dir_all(raw.parent().unwrap()).unwrap();
+    fs::write(&raw, b"twelve bytes").unwrap();
+    to_s3(
+        &conn,
+        "s3://bkt/mixed",
+        "sub/db-%d.gz",
+        &merge(&s3, &json!({"now": "2026-11-20T00:00:00Z"})),
+    );
+    to_s3(
+        &conn,
+        "s3://bkt/mixed",
+        "sub/db-%d.gz",
+        &merge(&s3, &json!({"now": "2026-11-21T00:00:00Z"})),
+    );
+
+    let rows = list_rows(&conn, "s3://bkt/mixed", Some(&s3));
+    let plain = rows.iter().find(|r| r.name == "plain.bin").expect("listed");
+    assert_eq!(plain.sha256, None);
+    assert_eq!(plain.size, 12);
+    // No recorded backup time: LastModified, i.e. about now.
+    let modified = at(&plain.modified);
+    assert!(
+        (Utc::now() - modified).num_seconds().abs() < 120,
+        "{plain:?}"
+    );
+    assert_eq!(
+        rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["plain.bin", "sub/db-21.gz", "sub/db-20.gz"]
+    );
+
+    // Nested names are pruned by their full name below the prefix.
+    let r = prune(
+        &conn,
+        "s3://bkt/mixed",
+        &merge(&s3, &json!({"keep_last": 1, "match": "sub/*", "now": NOW})),
+    );
+    assert_eq!(names_of(&r["kept"]), ["sub/db-21.gz"], "{r}");
+    assert_eq!(names_of(&r["deleted"]), ["sub/db-20.gz"], "{r}");
+    assert!(!server.object_path("bkt", "mixed/sub/db-20.gz").exists());
+    assert!(raw.exists());
+}
+
+#[test]
+fn if_changed_never_skips_because_of_an_unreadable_previous_backup() {
+    let tmp = tempdir();
+    let (conn, _) = source(tmp.path());
+    let dir = tmp.path().join("b");
+    fs::create_dir(&dir).unwrap();
+    let pattern = dir.join("c-%H.gz");
+    to_file(&conn, &pattern, &json!({"now": "2026-11-23T10:00:00Z"}));
+    // The newest backup is damaged: its content cannot be compared, so store a new one.
+    fs::write(dir.join("c-10.gz"), b"\x1f\x8b garbage").unwrap();
+    set_mtime(&dir.join("c-10.gz"), at("2026-11-23T10:00:00Z"));
+    let r = to_file(
+        &conn,
+        &pattern,
+        &json!({"now": "2026-11-23T11:00:00Z", "if_changed": true}),
+    );
+    assert_eq!(r["skipped"], json!(false), "{r}");
+    assert_eq!(list(&dir), ["c-10.gz", "c-11.gz"]);
+    // Only the newest counts: an older identical backup does not make it skip.
+    conn.execute("INSERT INTO t(v) VALUES ('x')", []).unwrap();
+    to_file(&conn, &pattern, &json!({"now": "2026-11-23T12:00:00Z"}));
+    conn.execute("DELETE FROM t WHERE v = 'x'", []).unwrap();
+    let r = to_file(
+        &conn,
+        &pattern,
+        &json!({"now": "2026-11-23T13:00:00Z", "if_changed": true}),
+    );
+    assert_eq!(r["skipped"], json!(false), "{r}");
+}
