@@ -101,6 +101,12 @@ impl Notifier {
                 redact(url)
             ))
         };
+        // `https:///TOKEN` (an empty host variable in a script) parses with the token as the
+        // host name; refuse it as written, before the token can be looked up or echoed.
+        let after_scheme = url.trim().split_once("://").map(|(_, rest)| rest);
+        if after_scheme.is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) {
+            return Err(invalid("no host"));
+        }
         let mut base = Url::parse(url.trim()).map_err(|e| invalid(&e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(invalid("unsupported scheme"));
@@ -397,6 +403,12 @@ fn scrub(text: &str, secrets: &[String]) -> String {
 /// so the user can tell which service it is. Text that is not a URL shows only what looks
 /// like a scheme and host.
 pub fn redact(url: &str) -> String {
+    // No host as written (`https:///TOKEN`): the parser would make the token the host.
+    if let Some((scheme, rest)) = url.trim().split_once("://") {
+        if rest.is_empty() || rest.starts_with('/') {
+            return format!("{}://***", redact_text(scheme));
+        }
+    }
     match Url::parse(url.trim()) {
         Ok(parsed) => redact_url(&parsed, ""),
         Err(_) => redact_text(url.trim()),
