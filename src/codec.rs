@@ -13,8 +13,6 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
 
 use crate::error::{Error, Result};
 
@@ -130,13 +128,18 @@ fn compress_gzip(
     threads: usize,
 ) -> Result<u64> {
     compress_blocks(input, output, threads, GZIP_BLOCK, "gzip", || {
+        // libdeflate: whole-buffer compression, about twice zlib's speed at the same level
+        // with output no larger; each block becomes one complete gzip member.
+        let lvl = libdeflater::CompressionLvl::new(level as i32)
+            .map_err(|_| io::Error::other(format!("unsupported gzip level {level}")))?;
+        let mut deflater = libdeflater::Compressor::new(lvl);
         Ok(move |block: &[u8]| {
-            let mut enc = GzEncoder::new(
-                Vec::with_capacity(block.len() / 2 + 64),
-                Compression::new(level),
-            );
-            enc.write_all(block)?;
-            enc.finish()
+            let mut member = vec![0u8; deflater.gzip_compress_bound(block.len())];
+            let n = deflater
+                .gzip_compress(block, &mut member)
+                .map_err(|e| io::Error::other(format!("{e:?}")))?;
+            member.truncate(n);
+            Ok(member)
         })
     })
 }

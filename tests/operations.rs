@@ -678,6 +678,40 @@ fn s3_list_columns_and_prune_each_rule_exactly() {
     }
 }
 
+/// More keys than one ListObjectsV2 page (1000): the objects are written straight into the
+/// server's directory (s3s-fs serves files it finds there), listed across pages, then pruned.
+#[test]
+fn s3_list_and_prune_follow_continuation_pages() {
+    let server = s3_server();
+    let dir = server.root().join("bkt").join("paged");
+    fs::create_dir_all(&dir).unwrap();
+    for i in 0..1100 {
+        fs::write(dir.join(format!("db-{i:04}.gz")), b"x").unwrap();
+    }
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
+    let s3 = merge(&server.options_json(), &json!({ "endpoint": proxy.endpoint() }));
+    let conn = open_memory();
+
+    let names = list_names(&conn, "s3://bkt/paged", Some(&s3));
+    assert_eq!(names.len(), 1100);
+    let lists: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.query.contains("list-type=2"))
+        .collect();
+    assert!(lists.len() >= 2, "one page only: {}", lists.len());
+    assert!(lists.iter().any(|r| r.query.contains("continuation-token")));
+
+    let report = prune(
+        &conn,
+        "s3://bkt/paged",
+        &merge(&s3, &json!({ "keep_last": 1000, "match": "db-*.gz" })),
+    );
+    assert_eq!(report["kept"].as_array().unwrap().len(), 1000);
+    assert_eq!(report["deleted"].as_array().unwrap().len(), 100);
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 1000);
+}
+
 #[test]
 fn s3_list_nested_keys_and_many_objects() {
     let server = s3_server();
