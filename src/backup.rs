@@ -10,10 +10,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::codec::{self, Codec};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::ffi::Connection;
 use crate::snapshot::{self, Method};
-use crate::store::{PutMeta, Store};
+use crate::store::{PutMeta, Sha256Cell, Store, Stored};
 
 /// What to back up and how; the SQL layer fills it from the arguments and options.
 #[derive(Debug, Clone)]
@@ -85,23 +85,18 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         snapshot: ms_since(started),
         ..Timings::default()
     };
-    let mut file = snap
-        .file
-        .reopen()
-        .map_err(|e| Error::io("cannot read the snapshot", e))?;
-    // Hashed before storing: S3 takes metadata when an upload starts, and an unchanged
-    // database is skipped without compressing anything.
-    let step = Instant::now();
-    let sha256 = snapshot::sha256_file(&mut file)?;
-    timings.hash = ms_since(step);
-
+    let reopen = || {
+        snap.file
+            .reopen()
+            .map_err(|e| Error::io("cannot read the snapshot", e))
+    };
     let mut report = Report {
         destination: store.url(name),
         method: snap.method.name(),
         compression: codec.name(),
         bytes: snap.bytes,
         stored_bytes: 0,
-        sha256: sha256.clone(),
+        sha256: String::new(),
         page_size: snap.page_size,
         page_count: snap.page_count,
         elapsed_ms: 0,
@@ -112,40 +107,71 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         same_as: None,
     };
 
+    // With if_changed the hash comes first: an unchanged database is skipped without
+    // compressing anything. Otherwise it is computed on another thread beside compression,
+    // and only a store that needs it early (S3 metadata) waits for it.
+    let sha256 = Sha256Cell::default();
     if req.if_changed {
-        if let Some(same) = newest_with_same_content(store, &req.family, &sha256)? {
+        let step = Instant::now();
+        let hex = snapshot::sha256_file(&mut reopen()?)?;
+        timings.hash = ms_since(step);
+        if let Some(same) = newest_with_same_content(store, &req.family, &hex)? {
+            report.sha256 = hex;
             report.skipped = true;
             report.same_as = Some(same);
             report.elapsed_ms = ms_since(started);
             report.timings_ms = timings;
             return Ok(report);
         }
+        sha256.set(Ok(hex));
     }
-
     let meta = PutMeta {
-        sha256,
+        sha256: sha256.clone(),
         backup_time: req.time,
         create_only: req.create_only,
     };
+
     let step = Instant::now();
-    let upload = store.put(name, &meta)?;
-    let mut counted = CountingWriter {
-        inner: upload,
-        count: 0,
-    };
-    let compressed = codec::compress(&mut file, &mut counted, codec, level, req.threads);
-    let CountingWriter {
-        inner: upload,
-        count,
-    } = counted;
-    if let Err(e) = compressed {
-        upload.abort();
-        return Err(e);
-    }
-    timings.compress = ms_since(step);
-    let step = Instant::now();
-    let stored = upload.commit()?;
-    timings.commit = ms_since(step);
+    let mut file = reopen()?;
+    let mut hash_file = reopen()?;
+    let (stored, count) = std::thread::scope(|scope| -> Result<(Stored, u64)> {
+        let hasher = (!sha256.is_ready()).then(|| {
+            let cell = sha256.clone();
+            scope.spawn(move || {
+                let started = Instant::now();
+                // Whatever happens, the cell gets a value: an upload may be waiting on it.
+                let hashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    snapshot::sha256_file(&mut hash_file)
+                }))
+                .unwrap_or_else(|_| Err(Error::new(Kind::Io, "hashing the snapshot failed")));
+                cell.set(hashed);
+                ms_since(started)
+            })
+        });
+        let upload = store.put(name, &meta)?;
+        let mut counted = CountingWriter {
+            inner: upload,
+            count: 0,
+        };
+        let compressed = codec::compress(&mut file, &mut counted, codec, level, req.threads);
+        let CountingWriter {
+            inner: upload,
+            count,
+        } = counted;
+        if let Err(e) = compressed {
+            upload.abort();
+            return Err(e);
+        }
+        timings.compress = ms_since(step);
+        let step = Instant::now();
+        let stored = upload.commit()?;
+        timings.commit = ms_since(step);
+        if let Some(ms) = hasher.and_then(|h| h.join().ok()) {
+            timings.hash = ms;
+        }
+        Ok((stored, count))
+    })?;
+    report.sha256 = sha256.wait()?;
     report.destination = stored.url;
     report.stored_bytes = count;
     report.etag = stored.etag;

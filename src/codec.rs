@@ -13,7 +13,6 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-
 use crate::error::{Error, Result};
 
 /// Bytes per gzip member. 1 MiB keeps the lost cross-block context (32 KiB window) under 1%

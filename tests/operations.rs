@@ -689,7 +689,10 @@ fn s3_list_and_prune_follow_continuation_pages() {
         fs::write(dir.join(format!("db-{i:04}.gz")), b"x").unwrap();
     }
     let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
-    let s3 = merge(&server.options_json(), &json!({ "endpoint": proxy.endpoint() }));
+    let s3 = merge(
+        &server.options_json(),
+        &json!({ "endpoint": proxy.endpoint() }),
+    );
     let conn = open_memory();
 
     let names = list_names(&conn, "s3://bkt/paged", Some(&s3));

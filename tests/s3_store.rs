@@ -24,7 +24,7 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 
 fn meta(create_only: bool) -> PutMeta {
     PutMeta {
-        sha256: "ab".repeat(32),
+        sha256: sqlite_backup::store::Sha256Cell::ready("ab".repeat(32)),
         backup_time: Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap(),
         create_only,
     }
@@ -140,6 +140,64 @@ fn multipart_round_trip() {
     let body = data(PART as usize, 3);
     assert_eq!(put(&store, "edge.gz", &body, false).unwrap().parts, 1);
     assert_eq!(get(&store, "edge.gz"), body);
+}
+
+/// The sha256 is computed beside compression: a multipart upload cannot start before it is
+/// known (it is the object's metadata), so whole parts wait, at most `concurrency` of them,
+/// and the writer blocks there until the hash arrives. Nothing is lost or reordered.
+#[test]
+fn multipart_waits_for_a_late_hash_holding_back_parts() {
+    let server = server();
+    let mut opts = server.options();
+    opts.part_size = Some(PART);
+    opts.concurrency = Some(2);
+    let store = open(&server, "", opts);
+    let cell = sqlite_backup::store::Sha256Cell::default();
+    let late = PutMeta {
+        sha256: cell.clone(),
+        ..meta(false)
+    };
+    let body = data(4 * PART as usize + 77_777, 9);
+    let setter = {
+        let cell = cell.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            cell.set(Ok("cd".repeat(32)));
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut up = store.put("late.bin", &late).unwrap();
+    for chunk in body.chunks(64 << 10) {
+        up.write_all(chunk).unwrap();
+    }
+    let stored = up.commit().unwrap();
+    setter.join().unwrap();
+    // The writer had to wait: two parts held, the third cannot be.
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(stored.parts, 5);
+    assert_eq!(get(&store, "late.bin"), body);
+    assert_eq!(
+        store.head("late.bin").unwrap().unwrap().sha256,
+        Some("cd".repeat(32))
+    );
+    assert!(server.incomplete_uploads().is_empty());
+
+    // A hash that fails to arrive fails the upload and leaves nothing.
+    let cell = sqlite_backup::store::Sha256Cell::default();
+    cell.set(Err(sqlite_backup::error::Error::new(Kind::Io, "disk gone")));
+    let failing = PutMeta {
+        sha256: cell,
+        ..meta(false)
+    };
+    let mut up = store.put("failed.bin", &failing).unwrap();
+    let written = body.chunks(64 << 10).try_for_each(|c| up.write_all(c));
+    let err = match written {
+        Err(e) => sqlite_backup::error::Error::io("write", e),
+        Ok(()) => up.commit().unwrap_err(),
+    };
+    assert!(err.message.contains("disk gone"), "{}", err.message);
+    assert!(store.head("failed.bin").unwrap().is_none());
+    assert!(server.incomplete_uploads().is_empty());
 }
 
 #[test]

@@ -241,7 +241,7 @@ mod tests {
 
     fn meta(create_only: bool) -> PutMeta {
         PutMeta {
-            sha256: "00".into(),
+            sha256: crate::store::Sha256Cell::ready("00".into()),
             backup_time: Utc::now(),
             create_only,
         }

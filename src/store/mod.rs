@@ -5,10 +5,11 @@ pub mod file;
 pub mod s3;
 
 use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
 
 use chrono::{DateTime, Utc};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 
 /// One stored backup, as a listing sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,11 +27,59 @@ pub struct Entry {
     pub sha256: Option<String>,
 }
 
+/// The snapshot's sha256 (hex), possibly still being computed beside compression. A store that
+/// records it before the upload ends (S3 metadata starts a multipart upload) waits for it;
+/// a directory never asks.
+#[derive(Debug, Clone, Default)]
+pub struct Sha256Cell(Arc<(Mutex<HashSlot>, Condvar)>);
+
+/// Empty until computed; then the hex digest, or why it could not be computed.
+type HashSlot = Option<std::result::Result<String, String>>;
+
+impl Sha256Cell {
+    pub fn ready(hex: String) -> Sha256Cell {
+        let cell = Sha256Cell::default();
+        cell.set(Ok(hex));
+        cell
+    }
+
+    pub fn set(&self, value: Result<String>) {
+        let (slot, changed) = &*self.0;
+        if let Ok(mut slot) = slot.lock() {
+            *slot = Some(value.map_err(|e| e.message));
+        }
+        changed.notify_all();
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0 .0.lock().map(|s| s.is_some()).unwrap_or(true)
+    }
+
+    /// Blocks until the hash is known.
+    pub fn wait(&self) -> Result<String> {
+        let (slot, changed) = &*self.0;
+        let mut guard = slot
+            .lock()
+            .map_err(|_| Error::new(Kind::Io, "the snapshot hash was lost"))?;
+        loop {
+            match guard.as_ref() {
+                Some(Ok(hex)) => return Ok(hex.clone()),
+                Some(Err(message)) => return Err(Error::new(Kind::Io, message.clone())),
+                None => {
+                    guard = changed
+                        .wait(guard)
+                        .map_err(|_| Error::new(Kind::Io, "the snapshot hash was lost"))?
+                }
+            }
+        }
+    }
+}
+
 /// What the pipeline knows about a backup before it stores it.
 #[derive(Debug, Clone)]
 pub struct PutMeta {
-    /// sha256 (hex) of the uncompressed snapshot.
-    pub sha256: String,
+    /// sha256 of the uncompressed snapshot.
+    pub sha256: Sha256Cell,
     /// The backup's time (the clock used for its name).
     pub backup_time: DateTime<Utc>,
     /// Never replace an existing backup of the same name.

@@ -41,19 +41,20 @@ pub fn content_md5(body: &[u8]) -> String {
 
 /// Object metadata, sent on PutObject and CreateMultipartUpload and signed (AWS rejects unsigned
 /// `x-amz-*` headers).
-fn metadata(meta: &PutMeta) -> Vec<(&'static str, String)> {
-    vec![
+fn metadata(meta: &PutMeta) -> Result<Vec<(&'static str, String)>> {
+    let sha256 = meta.sha256.wait()?;
+    Ok(vec![
         (
             "x-amz-meta-backup-time",
             meta.backup_time
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         ),
-        ("x-amz-meta-sha256", meta.sha256.clone()),
+        ("x-amz-meta-sha256", sha256),
         (
             "x-amz-meta-sqlite-backup-version",
             env!("CARGO_PKG_VERSION").to_string(),
         ),
-    ]
+    ])
 }
 
 /// Adds each header to the action's signed headers (sorted, lowercase) and to the request.
@@ -97,6 +98,10 @@ pub struct S3Upload {
     threshold: u64,
     concurrency: u32,
     buf: Vec<u8>,
+    /// Whole parts held before the multipart upload starts, while the sha256 it must be
+    /// created with is still being computed: at most `concurrency`, the memory the part
+    /// workers would hold anyway.
+    pending: Vec<Vec<u8>>,
     multipart: Option<Multipart>,
     /// Set by commit/abort: Drop has nothing left to clean up.
     finished: bool,
@@ -155,18 +160,39 @@ impl S3Upload {
             threshold: sizes.threshold,
             concurrency: sizes.concurrency,
             buf: Vec::new(),
+            pending: Vec::new(),
             multipart: None,
             finished: false,
         }
     }
 
     fn current_part_size(&self) -> u64 {
-        let next = self.multipart.as_ref().map_or(1, |m| m.sent + 1);
+        let next = self
+            .multipart
+            .as_ref()
+            .map_or(self.pending.len() as u32 + 1, |m| m.sent + 1);
         part_size_for(self.part_size, next)
     }
 
+    /// Moves the whole parts in the buffer to `pending` (the buffer passed the threshold but
+    /// the upload cannot start yet).
+    fn park_parts(&mut self) {
+        while self.buf.len() as u64 >= self.current_part_size() {
+            let size = self.current_part_size() as usize;
+            let rest = self.buf.split_off(size);
+            let mut part = std::mem::replace(&mut self.buf, rest);
+            part.shrink_to_fit();
+            self.pending.push(part);
+        }
+    }
+
+    /// Whether buffered data has passed the single-PUT threshold.
+    fn past_threshold(&self) -> bool {
+        !self.pending.is_empty() || self.buf.len() as u64 > self.threshold
+    }
+
     fn put_object(&self, body: &[u8]) -> Result<Stored> {
-        let headers = metadata(&self.meta);
+        let headers = metadata(&self.meta)?;
         let action = self
             .client
             .bucket
@@ -187,7 +213,7 @@ impl S3Upload {
 
     /// CreateMultipartUpload and the worker pool; then sends what the buffer already holds.
     fn start_multipart(&mut self) -> Result<()> {
-        let headers = metadata(&self.meta);
+        let headers = metadata(&self.meta)?;
         let action = self
             .client
             .bucket
@@ -269,6 +295,9 @@ impl S3Upload {
             .is_some_and(|m| m.workers.is_empty())
         {
             return Err(self.fail_multipart());
+        }
+        for part in std::mem::take(&mut self.pending) {
+            self.send_part(part)?;
         }
         while self.buf.len() as u64 >= self.current_part_size() {
             let size = self.current_part_size() as usize;
@@ -446,15 +475,25 @@ impl Write for S3Upload {
         if data.is_empty() {
             return Ok(0);
         }
-        if self.multipart.is_none() {
+        if self.multipart.is_none() && !self.past_threshold() {
             // Buffer one byte past the threshold: reaching it exactly still fits one PUT.
             let room = (self.threshold + 1).saturating_sub(self.buf.len() as u64);
             let n = data.len().min(room as usize);
             self.buf.extend_from_slice(&data[..n]);
             if self.buf.len() as u64 > self.threshold {
-                self.start_multipart().map_err(Error::into_io)?;
+                if self.meta.sha256.is_ready() {
+                    self.start_multipart().map_err(Error::into_io)?;
+                } else {
+                    self.park_parts();
+                }
             }
             return Ok(n);
+        }
+        if self.multipart.is_none()
+            && (self.meta.sha256.is_ready() || self.pending.len() as u32 >= self.concurrency)
+        {
+            // Waits for the hash when `pending` is full: memory stays bounded.
+            self.start_multipart().map_err(Error::into_io)?;
         }
         let size = self.current_part_size() as usize;
         if self.buf.capacity() < size {
@@ -465,10 +504,16 @@ impl Write for S3Upload {
         if self.buf.len() >= size {
             let next = part_size_for(
                 self.part_size,
-                self.multipart.as_ref().map_or(1, |m| m.sent + 2),
+                self.multipart
+                    .as_ref()
+                    .map_or(self.pending.len() as u32 + 2, |m| m.sent + 2),
             );
             let part = std::mem::replace(&mut self.buf, Vec::with_capacity(next as usize));
-            self.send_part(part).map_err(Error::into_io)?;
+            if self.multipart.is_none() {
+                self.pending.push(part);
+            } else {
+                self.send_part(part).map_err(Error::into_io)?;
+            }
         }
         Ok(n)
     }
@@ -483,10 +528,13 @@ impl Upload for S3Upload {
         if self.finished {
             return Err(Error::usage("commit after commit or abort"));
         }
-        if self.multipart.is_none() {
+        if self.multipart.is_none() && !self.past_threshold() {
             self.finished = true;
             let body = std::mem::take(&mut self.buf);
             return self.put_object(&body);
+        }
+        if self.multipart.is_none() {
+            self.start_multipart()?;
         }
         self.complete()
     }
