@@ -149,6 +149,16 @@ fn source(dir: &Path) -> (Connection, PathBuf) {
 }
 
 /// `a` with the keys of `b` added.
+/// A temp dir holding a source database (open, extension loaded) and an empty `b/` for
+/// backups.
+fn fixture() -> (tempfile::TempDir, Connection, PathBuf) {
+    let tmp = tempdir();
+    let (conn, _) = source(tmp.path());
+    let dir = tmp.path().join("b");
+    fs::create_dir(&dir).unwrap();
+    (tmp, conn, dir)
+}
+
 fn merge(a: &Value, b: &Value) -> Value {
     let mut out = a.as_object().cloned().unwrap_or_default();
     if let Some(b) = b.as_object() {
@@ -823,20 +833,14 @@ fn s3_list_nested_keys_and_many_objects() {
         all.contains(&"many-other/db-1200.gz".to_string()),
         "{all:?}"
     );
-    // Pagination: s3s-fs answers up to 1000 keys a page and the extension sends no max-keys
-    // (the signed URL cannot be rewritten to force small pages), so more than one page needs
-    // >1000 objects, too slow here. The continuation-token loop in S3Store::list_keys covers
-    // it; this test covers listing correctness across nested keys and a few dozen objects.
+    // More than one ListObjectsV2 page: s3_list_and_prune_follow_continuation_pages.
 }
 
 // ---------------------------------------------------------------- 3. keep after a backup
 
 #[test]
 fn keep_in_backup_to_file_prunes_the_series_after_success_only() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
     let pattern = dir.join("k-%Y%m%d.gz");
     for day in 18..=22 {
         to_file(
@@ -1038,10 +1042,7 @@ fn keep_in_backup_to_s3_prunes_the_series_after_success_only() {
 
 #[test]
 fn names_expand_every_common_specifier_in_utc() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
     // Sunday 2027-01-03: ISO week 53 of 2026 (%G %V), but week 01 counting from Sundays (%U).
     let pattern = "n-%Y-%m-%d-%H-%M-%S-%j-%U-%V-%G-%a-%b-%e-%s-%%.gz";
     let want = "n-2027-01-03-04-05-06-003-01-53-2026-Sun-Jan- 3-1798949106-%.gz";
@@ -1187,10 +1188,7 @@ fn assert_no_secret(text: &str) {
 
 #[test]
 fn snitch_pings_on_success_and_failure() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
     let monitor = PingServer::start(200);
     let url = monitor.url(&format!("/{TOKEN}"));
 
@@ -1267,10 +1265,7 @@ fn snitch_pings_on_success_and_failure() {
 
 #[test]
 fn healthchecks_pings_start_success_and_fail() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
     let monitor = PingServer::start(200);
     let url = monitor.url(&format!("/ping/{TOKEN}"));
     let shown = format!("http://127.0.0.1:{}/***", monitor.port());
@@ -1326,10 +1321,7 @@ fn healthchecks_pings_start_success_and_fail() {
 
 #[test]
 fn a_failed_ping_never_fails_a_good_backup() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
 
     // Nobody listening.
     let port = free_port();
@@ -1415,10 +1407,7 @@ fn a_failed_ping_never_fails_a_good_backup() {
 
 #[test]
 fn a_bad_monitoring_url_is_refused_without_showing_it() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
     for bad in [
         format!("ftp://127.0.0.1/{TOKEN}"),
         format!("http://[::1/{TOKEN}"),
@@ -1435,10 +1424,7 @@ fn a_bad_monitoring_url_is_refused_without_showing_it() {
 
 #[test]
 fn if_changed_skips_an_unchanged_database_in_a_directory() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
     let pattern = dir.join("c-%Y%m%d%H%M.gz");
     let opts = |now: &str| json!({"now": now, "if_changed": true});
 
@@ -1512,10 +1498,7 @@ fn if_changed_skips_an_unchanged_database_on_s3() {
 
 #[test]
 fn create_only_refuses_an_existing_file() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
     let pattern = dir.join("fixed-%Y%m%d.gz");
     let first = to_file(&conn, &pattern, &json!({"now": NOW, "create_only": true}));
     let path = dir.join("fixed-20261123.gz");
@@ -1619,10 +1602,7 @@ fn create_only_refuses_an_existing_object_and_sends_if_none_match() {
 
 #[test]
 fn future_backups_are_kept_and_use_up_no_rule() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
     let pattern = dir.join("f-%Y%m%d-%H%M.gz");
     for now in [
         "2027-06-01T00:00:00Z", // clock skew: a year ahead
@@ -1654,10 +1634,7 @@ fn future_backups_are_kept_and_use_up_no_rule() {
 
 #[test]
 fn healthchecks_suffixes_go_before_the_query() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
     let monitor = PingServer::start(200);
     let url = monitor.url(&format!("/ping/{TOKEN}/?rid=QUERYSECRET77"));
     let opts = json!({"now": NOW, "notify": url, "notify_style": "healthchecks"});
@@ -1690,10 +1667,7 @@ fn healthchecks_suffixes_go_before_the_query() {
 /// being looked up in DNS or shown.
 #[test]
 fn a_ping_url_without_host_is_refused_without_echoing_its_token() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
     let sql = format!(
         "SELECT backup_to_file({}, {})",
         path_lit(dir.join("x.gz")),
@@ -1764,10 +1738,7 @@ fn s3_objects_from_elsewhere_and_nested_names_in_list_and_prune() {
 
 #[test]
 fn if_changed_never_skips_because_of_an_unreadable_previous_backup() {
-    let tmp = tempdir();
-    let (conn, _) = source(tmp.path());
-    let dir = tmp.path().join("b");
-    fs::create_dir(&dir).unwrap();
+    let (_tmp, conn, dir) = fixture();
     let pattern = dir.join("c-%H.gz");
     to_file(&conn, &pattern, &json!({"now": "2026-11-23T10:00:00Z"}));
     // The newest backup is damaged: its content cannot be compared, so store a new one.
