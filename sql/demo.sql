@@ -6,5 +6,5 @@ SELECT backup_version();
 SELECT backup_to_file('backups/demo-%Y%m%d-%H.db.gz');
 -- The same backup as zstd (smaller, faster).
 SELECT backup_to_file('backups/demo-%Y%m%d-%H.db.zst');
--- Decompress, check it is a database, run PRAGMA integrity_check.
-SELECT verify_backup('backups/' || strftime('demo-%Y%m%d-%H.db.gz', 'now'));
+-- The newest .gz backup: decompress, check it is a database, run PRAGMA integrity_check.
+SELECT verify_backup(url) FROM backup_list('backups', '{"match": "demo-*.db.gz"}') LIMIT 1;
