@@ -1,4 +1,5 @@
-//! backup_to_file(pattern [, options]).
+//! backup_to_file(pattern [, options]) and backup_to_s3(bucket, pattern [, options]): one
+//! pipeline, two stores, with keep and notify around it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
