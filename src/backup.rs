@@ -1,13 +1,12 @@
 //! One backup, start to end: snapshot → sha256 → (skip if unchanged) → compress → store.
 //! The same pipeline serves every store; the store decides how bytes land atomically.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::codec::{self, Codec};
 use crate::error::{Error, Kind, Result};
@@ -113,7 +112,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
     let sha256 = Sha256Cell::default();
     if req.if_changed {
         let step = Instant::now();
-        let hex = snapshot::sha256_file(&mut reopen()?)?;
+        let hex = snapshot::sha256_reader(&mut reopen()?, "the snapshot")?;
         timings.hash = ms_since(step);
         if let Some(same) = newest_with_same_content(store, &req.family, &hex)? {
             report.sha256 = hex;
@@ -141,7 +140,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
                 let started = Instant::now();
                 // Whatever happens, the cell gets a value: an upload may be waiting on it.
                 let hashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    snapshot::sha256_file(&mut hash_file)
+                    snapshot::sha256_reader(&mut hash_file, "the snapshot")
                 }))
                 .unwrap_or_else(|_| Err(Error::new(Kind::Io, "hashing the snapshot failed")));
                 cell.set(hashed);
@@ -213,18 +212,7 @@ fn newest_with_same_content(
 /// sha256 of a stored backup's decompressed content.
 pub fn content_sha256(store: &dyn Store, name: &str) -> Result<String> {
     let (_, mut reader) = codec::decoder(store.get(name)?)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| Error::io(format!("cannot read {}", store.url(name)), e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(snapshot::hex(&hasher.finalize()))
+    snapshot::sha256_reader(&mut reader, &store.url(name))
 }
 
 struct CountingWriter<W> {

@@ -158,24 +158,30 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
 
 /// File size and page size (header bytes 16-17; the value 1 means 65536).
 fn read_header(path: &Path) -> Result<(u64, u32)> {
-    let mut f = File::open(path).map_err(|e| Error::io("cannot read the snapshot", e))?;
-    let bytes = f
-        .metadata()
-        .map_err(|e| Error::io("cannot read the snapshot", e))?
-        .len();
+    let fail = |e| Error::io("cannot read the snapshot", e);
+    let mut f = File::open(path).map_err(fail)?;
+    let bytes = f.metadata().map_err(fail)?.len();
     if bytes == 0 {
         return Ok((0, 0));
     }
-    let mut header = [0u8; 100];
-    f.read_exact(&mut header)
-        .map_err(|e| Error::io("the snapshot is shorter than a database header", e))?;
-    if &header[..16] != SQLITE_MAGIC {
-        return Err(Error::new(
+    match database_header(&mut f).map_err(fail)? {
+        Some(header) => Ok((bytes, page_size(&header))),
+        None => Err(Error::new(
             Kind::Corrupt,
             "the snapshot is not a SQLite database",
-        ));
+        )),
     }
-    Ok((bytes, page_size(&header)))
+}
+
+/// The first 100 bytes of `file` when they are a SQLite database header, else None.
+pub fn database_header(file: &mut File) -> std::io::Result<Option<[u8; 100]>> {
+    let mut header = [0u8; 100];
+    file.seek(SeekFrom::Start(0))?;
+    match file.read_exact(&mut header) {
+        Ok(()) => Ok((&header[..16] == SQLITE_MAGIC).then_some(header)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -187,23 +193,19 @@ pub fn page_size(header: &[u8]) -> u32 {
     }
 }
 
-/// sha256 (hex) of a whole file, reading it once from the start.
-pub fn sha256_file(file: &mut File) -> Result<String> {
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io("cannot read the snapshot", e))?;
+/// sha256 (hex) of everything `reader` yields; `what` names it in errors.
+pub fn sha256_reader(reader: &mut dyn Read, what: &str) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
+        let n = reader
             .read(&mut buf)
-            .map_err(|e| Error::io("cannot read the snapshot", e))?;
+            .map_err(|e| Error::io(format!("cannot read {what}"), e))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io("cannot read the snapshot", e))?;
     Ok(hex(&hasher.finalize()))
 }
 

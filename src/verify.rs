@@ -13,7 +13,7 @@ use tempfile::NamedTempFile;
 use crate::codec::{self, Codec};
 use crate::error::{Error, Kind, Result};
 use crate::ffi::{Connection, OpenMode};
-use crate::snapshot::{self, SQLITE_MAGIC};
+use crate::snapshot;
 use crate::store::file::temp_file_in;
 use crate::store::Store;
 
@@ -128,28 +128,18 @@ fn read_error(url: &str, codec: Codec, e: io::Error) -> Error {
 
 /// The decompressed bytes must start with SQLite's header; returns the page size.
 fn check_header(file: &mut File, url: &str, codec: Codec) -> Result<u32> {
-    use std::io::{Seek, SeekFrom};
-    let mut header = [0u8; 100];
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io("cannot read the temp file", e))?;
-    let mut filled = 0;
-    while filled < header.len() {
-        match file.read(&mut header[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) => return Err(Error::io("cannot read the temp file", e)),
+    match snapshot::database_header(file).map_err(|e| Error::io("cannot read the temp file", e))? {
+        Some(header) => Ok(snapshot::page_size(&header)),
+        None => {
+            let how = match codec {
+                Codec::None => String::new(),
+                c => format!(" (after {} decompression)", c.name()),
+            };
+            Err(Error::corrupt(format!(
+                "{url} is not a SQLite database{how}"
+            )))
         }
     }
-    if filled < header.len() || &header[..16] != SQLITE_MAGIC {
-        let how = match codec {
-            Codec::None => String::new(),
-            c => format!(" (after {} decompression)", c.name()),
-        };
-        return Err(Error::corrupt(format!(
-            "{url} is not a SQLite database{how}"
-        )));
-    }
-    Ok(snapshot::page_size(&header))
 }
 
 /// Runs integrity_check (or quick_check) on a database file; returns ("ok", table count).

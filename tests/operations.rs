@@ -169,72 +169,53 @@ fn merge(a: &Value, b: &Value) -> Value {
     Value::Object(out)
 }
 
-fn to_file(conn: &Connection, pattern: &Path, opts: &Value) -> Value {
-    call_json(
-        conn,
-        &format!(
-            "SELECT backup_to_file({}, {})",
-            path_lit(pattern),
-            lit(opts.to_string())
-        ),
+fn to_file_sql(pattern: &Path, opts: &Value) -> String {
+    format!(
+        "SELECT backup_to_file({}, {})",
+        path_lit(pattern),
+        lit(opts.to_string())
     )
+}
+
+fn to_s3_sql(bucket: &str, pattern: &str, opts: &Value) -> String {
+    format!(
+        "SELECT backup_to_s3({}, {}, {})",
+        lit(bucket),
+        lit(pattern),
+        lit(opts.to_string())
+    )
+}
+
+fn prune_sql(location: &str, policy: &Value) -> String {
+    format!(
+        "SELECT backup_prune({}, {})",
+        lit(location),
+        lit(policy.to_string())
+    )
+}
+
+fn to_file(conn: &Connection, pattern: &Path, opts: &Value) -> Value {
+    call_json(conn, &to_file_sql(pattern, opts))
 }
 
 fn to_file_err(conn: &Connection, pattern: &Path, opts: &Value) -> String {
-    call_err(
-        conn,
-        &format!(
-            "SELECT backup_to_file({}, {})",
-            path_lit(pattern),
-            lit(opts.to_string())
-        ),
-    )
+    call_err(conn, &to_file_sql(pattern, opts))
 }
 
 fn to_s3(conn: &Connection, bucket: &str, pattern: &str, opts: &Value) -> Value {
-    call_json(
-        conn,
-        &format!(
-            "SELECT backup_to_s3({}, {}, {})",
-            lit(bucket),
-            lit(pattern),
-            lit(opts.to_string())
-        ),
-    )
+    call_json(conn, &to_s3_sql(bucket, pattern, opts))
 }
 
 fn to_s3_err(conn: &Connection, bucket: &str, pattern: &str, opts: &Value) -> String {
-    call_err(
-        conn,
-        &format!(
-            "SELECT backup_to_s3({}, {}, {})",
-            lit(bucket),
-            lit(pattern),
-            lit(opts.to_string())
-        ),
-    )
+    call_err(conn, &to_s3_sql(bucket, pattern, opts))
 }
 
 fn prune(conn: &Connection, location: &str, policy: &Value) -> Value {
-    call_json(
-        conn,
-        &format!(
-            "SELECT backup_prune({}, {})",
-            lit(location),
-            lit(policy.to_string())
-        ),
-    )
+    call_json(conn, &prune_sql(location, policy))
 }
 
 fn prune_err(conn: &Connection, location: &str, policy: &Value) -> String {
-    call_err(
-        conn,
-        &format!(
-            "SELECT backup_prune({}, {})",
-            lit(location),
-            lit(policy.to_string())
-        ),
-    )
+    call_err(conn, &prune_sql(location, policy))
 }
 
 #[derive(Debug, Clone, PartialEq)]
