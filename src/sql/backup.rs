@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{json, options, Call};
+use super::{json, options, to_value, Call};
 use crate::backup::{self, Request};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Result};
 use crate::ffi::Connection;
 use crate::naming;
 use crate::notify::{Notifier, Style};
@@ -187,11 +187,6 @@ fn backup_and_keep(
         value["pruned"] = to_value(&pruned)?;
     }
     Ok((report, value))
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
-    serde_json::to_value(v)
-        .map_err(|e| Error::new(Kind::Io, format!("cannot encode the result: {e}")))
 }
 
 /// Runs `body` between the monitoring pings (when `notify` is set): `/start` before,

@@ -155,7 +155,12 @@ fn type_name(t: ValueType) -> &'static str {
 
 /// Serializes a result for SQL.
 pub fn json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| {
+    Ok(to_value(value)?.to_string())
+}
+
+/// A result as a JSON value, for the functions that add fields to it.
+pub fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| {
         Error::new(
             crate::error::Kind::Io,
             format!("cannot encode the result: {e}"),
