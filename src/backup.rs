@@ -128,11 +128,13 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         sha256: sha256.clone(),
         backup_time: req.time,
         create_only: req.create_only,
+        temp_dir: req.temp_dir.clone(),
     };
 
     let step = Instant::now();
     let mut file = reopen()?;
     let mut hash_file = reopen()?;
+    let snapshot_file = snap.file;
     let (stored, count) = std::thread::scope(|scope| -> Result<(Stored, u64)> {
         let hasher = (!sha256.is_ready()).then(|| {
             let cell = sha256.clone();
@@ -161,6 +163,9 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
             upload.abort();
             return Err(e);
         }
+        // The snapshot is read: remove it while the store commits (freeing a big file's pages
+        // takes a moment). The scope joins this thread, so it is gone when we return.
+        scope.spawn(move || drop((snapshot_file, file)));
         timings.compress = ms_since(step);
         let step = Instant::now();
         let stored = upload.commit()?;

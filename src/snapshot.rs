@@ -82,7 +82,12 @@ pub fn take(
                     quote_identifier(schema)
                 ))
             });
-            vacuum_into(path, file.path(), busy_ms)?
+            let copied = vacuum_into(path, file.path(), busy_ms);
+            // A VACUUM INTO that fails midway leaves the copy's rollback journal beside it.
+            let mut journal = file.path().as_os_str().to_owned();
+            journal.push("-journal");
+            let _ = std::fs::remove_file(journal);
+            copied?
         }
         _ => copy_pages(conn, schema, file.path(), busy_ms)?,
     }
@@ -136,11 +141,24 @@ pub fn quote_identifier(name: &str) -> String {
 
 fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
     // Read-only: the snapshot must never change the source, not even its journal mode.
-    let reader = Connection::open(source, OpenMode::ReadOnly)?;
+    let reader = Connection::open_with_uris(source, OpenMode::ReadOnly)?;
     reader.busy_timeout(busy_ms)?;
     let target = dest
         .to_str()
         .ok_or_else(|| Error::usage("the temp directory's path is not UTF-8"))?;
+    // Through the batching VFS when the host lets us register it: one write per 64 KiB, not
+    // one per page.
+    let target = match ffi::batched_vfs::name() {
+        Some(vfs) => format!(
+            "{}?vfs={vfs}",
+            file_uri(
+                &std::path::absolute(dest)
+                    .map_err(|e| Error::io("cannot resolve the temp directory", e))?
+            )
+        ),
+        None => target.to_string(),
+    };
+    let failed_writes = ffi::batched_vfs::failed_writes();
     // The snapshot is a temp file we hash and compress at once: no fsync needed (a crash just
     // means a new backup), and VACUUM INTO honours the connection's synchronous setting.
     let sql = format!(
@@ -153,7 +171,32 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
         } else {
             e.context(format!("VACUUM INTO from {} failed", source.display()))
         }
-    })
+    })?;
+    // VACUUM INTO has closed the copy; a write that failed there went unreported.
+    if ffi::batched_vfs::failed_writes() != failed_writes {
+        return Err(Error::new(
+            Kind::Io,
+            format!(
+                "cannot write the snapshot in {}: a write failed (is the disk full?)",
+                dest.parent().unwrap_or(dest).display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `file://` URI of an absolute path: `%`, `?` and `#` escaped, the rest as SQLite reads it.
+fn file_uri(path: &Path) -> String {
+    let mut uri = String::from("file://");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri
 }
 
 /// File size and page size (header bytes 16-17; the value 1 means 65536).

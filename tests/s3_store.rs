@@ -27,6 +27,7 @@ fn meta(create_only: bool) -> PutMeta {
         sha256: sqlite_backup::store::Sha256Cell::ready("ab".repeat(32)),
         backup_time: Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap(),
         create_only,
+        temp_dir: std::env::temp_dir(),
     }
 }
 
@@ -143,43 +144,76 @@ fn multipart_round_trip() {
 }
 
 /// The sha256 is computed beside compression: a multipart upload cannot start before it is
-/// known (it is the object's metadata), so whole parts wait, at most `concurrency` of them,
-/// and the writer blocks there until the hash arrives. Nothing is lost or reordered.
+/// known (it is the object's metadata), so whole parts are held back: `concurrency` of them in
+/// memory, the rest in an unnamed temp file. The writer never waits for the hash; commit does.
+/// Nothing is lost or reordered, and with a temp dir that cannot be written the writer waits.
 #[test]
-fn multipart_waits_for_a_late_hash_holding_back_parts() {
+fn multipart_holds_parts_back_until_a_late_hash() {
     let server = server();
     let mut opts = server.options();
     opts.part_size = Some(PART);
     opts.concurrency = Some(2);
     let store = open(&server, "", opts);
+    let body = data(6 * PART as usize + 77_777, 9);
+    let temp = tempfile::tempdir().unwrap();
+
+    // The hash arrives only when the test says so, after every byte was written.
     let cell = sqlite_backup::store::Sha256Cell::default();
     let late = PutMeta {
         sha256: cell.clone(),
+        temp_dir: temp.path().to_path_buf(),
         ..meta(false)
     };
-    let body = data(4 * PART as usize + 77_777, 9);
-    let setter = {
-        let cell = cell.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(400));
-            cell.set(Ok("cd".repeat(32)));
-        })
-    };
-    let started = std::time::Instant::now();
+    // A writer that waits would be released after 10 s, and the assert below would fail.
+    let watchdog = cell.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(10));
+        watchdog.set(Ok("00".repeat(32)));
+    });
     let mut up = store.put("late.bin", &late).unwrap();
     for chunk in body.chunks(64 << 10) {
         up.write_all(chunk).unwrap();
     }
+    assert!(!cell.is_ready(), "the writer waited for the hash");
+    assert_eq!(
+        server.incomplete_uploads().len(),
+        0,
+        "started before the hash"
+    );
+    cell.set(Ok("cd".repeat(32)));
     let stored = up.commit().unwrap();
-    setter.join().unwrap();
-    // The writer had to wait: two parts held, the third cannot be.
-    assert!(started.elapsed() >= Duration::from_millis(400));
-    assert_eq!(stored.parts, 5);
+    assert_eq!(stored.parts, 7);
     assert_eq!(get(&store, "late.bin"), body);
     assert_eq!(
         store.head("late.bin").unwrap().unwrap().sha256,
         Some("cd".repeat(32))
     );
+    assert!(server.incomplete_uploads().is_empty());
+    assert_eq!(std::fs::read_dir(temp.path()).unwrap().count(), 0);
+
+    // No spool possible: two parts held in memory, then the writer waits for the hash.
+    let cell = sqlite_backup::store::Sha256Cell::default();
+    let waiting = PutMeta {
+        sha256: cell.clone(),
+        temp_dir: temp.path().join("missing"),
+        ..meta(false)
+    };
+    let setter = {
+        let cell = cell.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            cell.set(Ok("ef".repeat(32)));
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut up = store.put("waited.bin", &waiting).unwrap();
+    for chunk in body.chunks(64 << 10) {
+        up.write_all(chunk).unwrap();
+    }
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(up.commit().unwrap().parts, 7);
+    setter.join().unwrap();
+    assert_eq!(get(&store, "waited.bin"), body);
     assert!(server.incomplete_uploads().is_empty());
 
     // A hash that fails to arrive fails the upload and leaves nothing.

@@ -244,6 +244,7 @@ mod tests {
             sha256: crate::store::Sha256Cell::ready("00".into()),
             backup_time: Utc::now(),
             create_only,
+            temp_dir: std::env::temp_dir(),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod file;
 pub mod s3;
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -84,6 +85,9 @@ pub struct PutMeta {
     pub backup_time: DateTime<Utc>,
     /// Never replace an existing backup of the same name.
     pub create_only: bool,
+    /// Where a store may spool data it cannot send yet (S3 parks parts here while the hash
+    /// it must start the upload with is still being computed).
+    pub temp_dir: PathBuf,
 }
 
 /// The result of a committed upload.

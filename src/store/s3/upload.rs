@@ -3,12 +3,20 @@
 //! threads. Memory stays within about (concurrency + 1) parts: the part being filled plus one
 //! per worker (the channel is a rendezvous, so a full pool blocks the writer).
 //!
+//! The multipart upload is created with the snapshot's sha256 as metadata, and that hash is
+//! still being computed beside compression. Until it is known, whole parts are held: the
+//! first `concurrency` in memory, the rest in an unnamed temp file, so compression keeps both
+//! cores busy instead of waiting for the hash (if that file cannot be written, the writer waits).
+//!
 //! Part sizes: the total length is unknown up front, so the part size doubles every
 //! `PARTS_PER_SIZE` parts (capped at 5 GiB). Within each run of 1000 parts every part has the
 //! same size, and 10,000 parts of a configured size P hold P × 1000 × 1023 bytes: about 8 TiB
 //! for the default 8 MiB (AWS's object limit is 5 TiB), about 4.9 TiB for AWS's 5 MiB minimum.
 
+use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -100,8 +108,10 @@ pub struct S3Upload {
     buf: Vec<u8>,
     /// Whole parts held before the multipart upload starts, while the sha256 it must be
     /// created with is still being computed: at most `concurrency`, the memory the part
-    /// workers would hold anyway.
+    /// workers would hold anyway...
     pending: Vec<Vec<u8>>,
+    /// ...and the parts after those, on disk.
+    spool: Spool,
     multipart: Option<Multipart>,
     /// Set by commit/abort: Drop has nothing left to clean up.
     finished: bool,
@@ -161,34 +171,67 @@ impl S3Upload {
             concurrency: sizes.concurrency,
             buf: Vec::new(),
             pending: Vec::new(),
+            spool: Spool::default(),
             multipart: None,
             finished: false,
         }
     }
 
-    fn current_part_size(&self) -> u64 {
-        let next = self
-            .multipart
-            .as_ref()
-            .map_or(self.pending.len() as u32 + 1, |m| m.sent + 1);
-        part_size_for(self.part_size, next)
+    /// Whole parts cut from the stream so far (sent or held).
+    fn parts_cut(&self) -> u32 {
+        match self.multipart.as_ref() {
+            Some(m) => m.sent,
+            None => (self.pending.len() + self.spool.parts.len()) as u32,
+        }
     }
 
-    /// Moves the whole parts in the buffer to `pending` (the buffer passed the threshold but
-    /// the upload cannot start yet).
-    fn park_parts(&mut self) {
-        while self.buf.len() as u64 >= self.current_part_size() {
-            let size = self.current_part_size() as usize;
-            let rest = self.buf.split_off(size);
-            let mut part = std::mem::replace(&mut self.buf, rest);
-            part.shrink_to_fit();
-            self.pending.push(part);
-        }
+    fn current_part_size(&self) -> u64 {
+        part_size_for(self.part_size, self.parts_cut() + 1)
     }
 
     /// Whether buffered data has passed the single-PUT threshold.
     fn past_threshold(&self) -> bool {
         !self.pending.is_empty() || self.buf.len() as u64 > self.threshold
+    }
+
+    /// Moves every whole part out of the buffer, in order: to the workers once the multipart
+    /// upload runs (it starts as soon as the hash is known), else into the hold.
+    fn cut_parts(&mut self) -> Result<()> {
+        while self.buf.len() as u64 >= self.current_part_size() {
+            let size = self.current_part_size() as usize;
+            let part = if self.buf.len() == size {
+                std::mem::take(&mut self.buf)
+            } else {
+                let rest = self.buf.split_off(size);
+                let mut part = std::mem::replace(&mut self.buf, rest);
+                // The buffer may have grown past one part: keep memory at one part each.
+                part.shrink_to_fit();
+                part
+            };
+            if self.multipart.is_none() && self.meta.sha256.is_ready() {
+                self.start_multipart()?;
+            }
+            if self.multipart.is_some() {
+                self.send_part(part)?;
+            } else {
+                self.hold(part)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a part until the upload can start: in memory while `pending` has room, then in
+    /// the spool. A spool that cannot be written makes the writer wait for the hash here.
+    fn hold(&mut self, part: Vec<u8>) -> Result<()> {
+        if (self.pending.len() as u32) < self.concurrency && self.spool.parts.is_empty() {
+            self.pending.push(part);
+            return Ok(());
+        }
+        if self.spool.push(&part, &self.meta.temp_dir).is_ok() {
+            return Ok(());
+        }
+        self.start_multipart()?;
+        self.send_part(part)
     }
 
     fn put_object(&self, body: &[u8]) -> Result<Stored> {
@@ -299,15 +342,25 @@ impl S3Upload {
         for part in std::mem::take(&mut self.pending) {
             self.send_part(part)?;
         }
-        while self.buf.len() as u64 >= self.current_part_size() {
-            let size = self.current_part_size() as usize;
-            let rest = self.buf.split_off(size);
-            let mut part = std::mem::replace(&mut self.buf, rest);
-            // The buffer may have grown to twice its length: keep memory at one part each.
-            part.shrink_to_fit();
-            self.send_part(part)?;
+        loop {
+            match self.spool.pop() {
+                Ok(Some(part)) => self.send_part(part)?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let err = Error::io(
+                        format!(
+                            "cannot read back a part held in {}",
+                            self.meta.temp_dir.display()
+                        ),
+                        e,
+                    );
+                    if let Some(m) = self.multipart.as_ref() {
+                        m.shared.fail(err);
+                    }
+                    return Err(self.fail_multipart());
+                }
+            }
         }
-        Ok(())
     }
 
     /// Hands a part to the pool (blocks while every worker is busy).
@@ -432,6 +485,43 @@ impl S3Upload {
     }
 }
 
+/// Parts waiting on disk, read back in the order they were written. The file has no name
+/// (`tempfile` unlinks it at once), so nothing is left behind whatever happens.
+#[derive(Default)]
+struct Spool {
+    file: Option<File>,
+    written: u64,
+    read: u64,
+    /// Lengths of the parts not yet read back.
+    parts: VecDeque<usize>,
+}
+
+impl Spool {
+    fn push(&mut self, part: &[u8], dir: &std::path::Path) -> io::Result<()> {
+        let file = match self.file.as_mut() {
+            Some(file) => file,
+            None => self.file.insert(tempfile::tempfile_in(dir)?),
+        };
+        file.write_all_at(part, self.written)?;
+        self.written += part.len() as u64;
+        self.parts.push_back(part.len());
+        Ok(())
+    }
+
+    fn pop(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let (Some(len), Some(file)) = (self.parts.pop_front(), self.file.as_ref()) else {
+            return Ok(None);
+        };
+        let mut part = vec![0; len];
+        file.read_exact_at(&mut part, self.read)?;
+        self.read += len as u64;
+        if self.parts.is_empty() {
+            *self = Spool::default(); // frees the disk space at once
+        }
+        Ok(Some(part))
+    }
+}
+
 fn upload_part(
     client: &Client,
     key: &str,
@@ -481,19 +571,9 @@ impl Write for S3Upload {
             let n = data.len().min(room as usize);
             self.buf.extend_from_slice(&data[..n]);
             if self.buf.len() as u64 > self.threshold {
-                if self.meta.sha256.is_ready() {
-                    self.start_multipart().map_err(Error::into_io)?;
-                } else {
-                    self.park_parts();
-                }
+                self.cut_parts().map_err(Error::into_io)?;
             }
             return Ok(n);
-        }
-        if self.multipart.is_none()
-            && (self.meta.sha256.is_ready() || self.pending.len() as u32 >= self.concurrency)
-        {
-            // Waits for the hash when `pending` is full: memory stays bounded.
-            self.start_multipart().map_err(Error::into_io)?;
         }
         let size = self.current_part_size() as usize;
         if self.buf.capacity() < size {
@@ -502,18 +582,7 @@ impl Write for S3Upload {
         let n = data.len().min(size - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() >= size {
-            let next = part_size_for(
-                self.part_size,
-                self.multipart
-                    .as_ref()
-                    .map_or(self.pending.len() as u32 + 2, |m| m.sent + 2),
-            );
-            let part = std::mem::replace(&mut self.buf, Vec::with_capacity(next as usize));
-            if self.multipart.is_none() {
-                self.pending.push(part);
-            } else {
-                self.send_part(part).map_err(Error::into_io)?;
-            }
+            self.cut_parts().map_err(Error::into_io)?;
         }
         Ok(n)
     }

@@ -1,6 +1,7 @@
 //! The raw SQLite calls that sqlite-loadable does not wrap (open_v2, exec, busy_timeout,
-//! db_filename, backup_*, prepare/step), behind safe wrappers. This is the only module with
-//! `unsafe` SQLite calls outside the SQL layer's function plumbing.
+//! db_filename, backup_*, prepare/step), behind safe wrappers, and the VFS shim the snapshot
+//! writes through (`batched_vfs`). This is the only module with `unsafe` SQLite calls outside
+//! the SQL layer's function plumbing.
 //!
 //! Every call goes through the host's `sqlite3_api_routines`, never a second linked SQLite:
 //! two SQLite copies in one process break each other's POSIX locks. Only routines that exist
@@ -24,6 +25,7 @@ const SQLITE_DONE: c_int = 101;
 const SQLITE_OPEN_READONLY: c_int = 0x1;
 const SQLITE_OPEN_READWRITE: c_int = 0x2;
 const SQLITE_OPEN_CREATE: c_int = 0x4;
+const SQLITE_OPEN_URI: c_int = 0x40;
 const SQLITE_VTAB_DIRECTONLY: c_int = 3;
 
 static API: AtomicPtr<sqlite3_api_routines> = AtomicPtr::new(ptr::null_mut());
@@ -52,6 +54,8 @@ macro_rules! routine {
         })?
     };
 }
+
+pub mod batched_vfs;
 
 fn cstring(text: &str, what: &str) -> Result<CString> {
     CString::new(text).map_err(|_| Error::usage(format!("{what} contains a NUL character")))
@@ -118,13 +122,24 @@ impl Connection {
     }
 
     pub fn open(path: &Path, mode: OpenMode) -> Result<Connection> {
+        Self::open_flags(path, mode, 0)
+    }
+
+    /// Like `open`, and the connection takes `file:` URIs in ATTACH and VACUUM INTO (the
+    /// path itself is still a plain path unless it starts with `file:`).
+    pub fn open_with_uris(path: &Path, mode: OpenMode) -> Result<Connection> {
+        Self::open_flags(path, mode, SQLITE_OPEN_URI)
+    }
+
+    fn open_flags(path: &Path, mode: OpenMode, extra: c_int) -> Result<Connection> {
         let open_v2 = routine!(open_v2);
         let name = path_cstring(path)?;
-        let flags = match mode {
-            OpenMode::ReadOnly => SQLITE_OPEN_READONLY,
-            OpenMode::ReadWrite => SQLITE_OPEN_READWRITE,
-            OpenMode::ReadWriteCreate => SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-        };
+        let flags = extra
+            | match mode {
+                OpenMode::ReadOnly => SQLITE_OPEN_READONLY,
+                OpenMode::ReadWrite => SQLITE_OPEN_READWRITE,
+                OpenMode::ReadWriteCreate => SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+            };
         let mut db: *mut sqlite3 = ptr::null_mut();
         // SAFETY: valid C string, out-pointer to a local; default VFS.
         let rc = unsafe { open_v2(name.as_ptr(), &mut db, flags, ptr::null()) };
