@@ -144,9 +144,9 @@ fn multipart_round_trip() {
 }
 
 /// The sha256 is computed beside compression: a multipart upload cannot start before it is
-/// known (it is the object's metadata), so whole parts are held back: `concurrency` of them in
-/// memory, the rest in an unnamed temp file. The writer never waits for the hash; commit does.
-/// Nothing is lost or reordered, and with a temp dir that cannot be written the writer waits.
+/// known (it is the object's metadata), so whole parts are held back in an unnamed temp file.
+/// The writer never waits for the hash; commit does. Nothing is lost or reordered, and with a
+/// temp dir that cannot be written the writer waits instead.
 #[test]
 fn multipart_holds_parts_back_until_a_late_hash() {
     let server = server();
@@ -191,7 +191,7 @@ fn multipart_holds_parts_back_until_a_late_hash() {
     assert!(server.incomplete_uploads().is_empty());
     assert_eq!(std::fs::read_dir(temp.path()).unwrap().count(), 0);
 
-    // No spool possible: two parts held in memory, then the writer waits for the hash.
+    // No spool possible: the writer waits for the hash at the first whole part.
     let cell = sqlite_backup::store::Sha256Cell::default();
     let waiting = PutMeta {
         sha256: cell.clone(),

@@ -34,7 +34,7 @@ pub struct S3Options {
     pub connect_timeout_ms: Option<u64>,
     /// Longest wait for any single read or write of a request; default 60 s.
     pub timeout_ms: Option<u64>,
-    /// Size of multipart parts in bytes; default 8 MiB. AWS needs at least 5 MiB (every part but
+    /// Size of multipart parts in bytes; default 6 MiB. AWS needs at least 5 MiB (every part but
     /// the last); smaller sizes are allowed for servers that accept them (and for tests).
     pub part_size: Option<u64>,
     /// Streams longer than this go multipart; default = part size.
@@ -85,7 +85,7 @@ impl fmt::Debug for S3Options {
 }
 
 pub const DEFAULT_REGION: &str = "us-east-1";
-pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
+pub const DEFAULT_PART_SIZE: u64 = 6 << 20;
 /// AWS refuses parts (other than the last) below this.
 pub const AWS_MIN_PART_SIZE: u64 = 5 << 20;
 /// AWS limit for one part and for one PutObject.

@@ -4,14 +4,14 @@
 //! per worker (the channel is a rendezvous, so a full pool blocks the writer).
 //!
 //! The multipart upload is created with the snapshot's sha256 as metadata, and that hash is
-//! still being computed beside compression. Until it is known, whole parts are held: the
-//! first `concurrency` in memory, the rest in an unnamed temp file, so compression keeps both
-//! cores busy instead of waiting for the hash (if that file cannot be written, the writer waits).
+//! still being computed beside compression. Until it is known, whole parts wait in an unnamed
+//! temp file, so compression keeps every core busy instead of waiting for the hash, in no
+//! more memory than the upload itself takes (if that file cannot be written, the writer waits).
 //!
 //! Part sizes: the total length is unknown up front, so the part size doubles every
 //! `PARTS_PER_SIZE` parts (capped at 5 GiB). Within each run of 1000 parts every part has the
-//! same size, and 10,000 parts of a configured size P hold P × 1000 × 1023 bytes: about 8 TiB
-//! for the default 8 MiB (AWS's object limit is 5 TiB), about 4.9 TiB for AWS's 5 MiB minimum.
+//! same size, and 10,000 parts of a configured size P hold P × 1000 × 1023 bytes: about 6 TiB
+//! for the default 6 MiB (AWS's object limit is 5 TiB), about 4.9 TiB for AWS's 5 MiB minimum.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -106,11 +106,8 @@ pub struct S3Upload {
     threshold: u64,
     concurrency: u32,
     buf: Vec<u8>,
-    /// Whole parts held before the multipart upload starts, while the sha256 it must be
-    /// created with is still being computed: at most `concurrency`, the memory the part
-    /// workers would hold anyway...
-    pending: Vec<Vec<u8>>,
-    /// ...and the parts after those, on disk.
+    /// Whole parts held on disk before the multipart upload starts, while the sha256 it must
+    /// be created with is still being computed.
     spool: Spool,
     multipart: Option<Multipart>,
     /// Set by commit/abort: Drop has nothing left to clean up.
@@ -170,7 +167,6 @@ impl S3Upload {
             threshold: sizes.threshold,
             concurrency: sizes.concurrency,
             buf: Vec::new(),
-            pending: Vec::new(),
             spool: Spool::default(),
             multipart: None,
             finished: false,
@@ -181,7 +177,7 @@ impl S3Upload {
     fn parts_cut(&self) -> u32 {
         match self.multipart.as_ref() {
             Some(m) => m.sent,
-            None => (self.pending.len() + self.spool.parts.len()) as u32,
+            None => self.spool.parts.len() as u32,
         }
     }
 
@@ -191,7 +187,7 @@ impl S3Upload {
 
     /// Whether buffered data has passed the single-PUT threshold.
     fn past_threshold(&self) -> bool {
-        !self.pending.is_empty() || self.buf.len() as u64 > self.threshold
+        !self.spool.parts.is_empty() || self.buf.len() as u64 > self.threshold
     }
 
     /// Moves every whole part out of the buffer, in order: to the workers once the multipart
@@ -220,13 +216,9 @@ impl S3Upload {
         Ok(())
     }
 
-    /// Keeps a part until the upload can start: in memory while `pending` has room, then in
-    /// the spool. A spool that cannot be written makes the writer wait for the hash here.
+    /// Keeps a part on disk until the upload can start (memory stays what the upload workers
+    /// will hold). A spool that cannot be written makes the writer wait for the hash here.
     fn hold(&mut self, part: Vec<u8>) -> Result<()> {
-        if (self.pending.len() as u32) < self.concurrency && self.spool.parts.is_empty() {
-            self.pending.push(part);
-            return Ok(());
-        }
         if self.spool.push(&part, &self.meta.temp_dir).is_ok() {
             return Ok(());
         }
@@ -338,9 +330,6 @@ impl S3Upload {
             .is_some_and(|m| m.workers.is_empty())
         {
             return Err(self.fail_multipart());
-        }
-        for part in std::mem::take(&mut self.pending) {
-            self.send_part(part)?;
         }
         loop {
             match self.spool.pop() {
