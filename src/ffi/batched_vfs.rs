@@ -24,8 +24,9 @@ use super::{api, SQLITE_OK};
 use crate::error::{Error, Kind, Result};
 
 const NAME: &CStr = c"sqlite_backup_batched";
-/// Largest write gathered; also the buffer each open file holds. The unix VFS takes at most
-/// 128 KiB - 1 in one write (it masks the length with 0x1ffff), so 64 KiB: 16 pages of 4 KiB.
+/// Size of a window, and so of the largest write: the unix VFS takes at most 128 KiB - 1 in
+/// one write (it masks the length with 0x1ffff), so 64 KiB: 16 pages of 4 KiB. An open file
+/// holds two windows (128 KiB).
 const BATCH: usize = 64 << 10;
 const SQLITE_ERROR: c_int = 1;
 const SQLITE_IOERR_WRITE: c_int = 10 | (3 << 8);
