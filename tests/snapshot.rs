@@ -62,6 +62,42 @@ fn the_copy_is_byte_for_byte_a_plain_vacuum_into() {
     }
 }
 
+/// A WAL database whose newest pages are still in the -wal (another connection keeps it open
+/// and never checkpoints): the copy still equals a plain VACUUM INTO, byte for byte.
+#[test]
+fn a_wal_source_copies_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wal.db");
+    varied_db(&db, 4096, 800);
+    let writer = rusqlite::Connection::open(&db).unwrap();
+    writer
+        .execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+             INSERT INTO t(name, body, n) SELECT name || 'x', body, n FROM t;",
+        )
+        .unwrap();
+    let wal = fs::metadata(dir.path().join("wal.db-wal")).unwrap().len();
+    assert!(wal > 1_000_000, "{wal} bytes in the WAL");
+
+    let plain = dir.path().join("plain.db");
+    sqlite3_plain(&db, &format!("VACUUM INTO {}", path_lit(&plain))).assert_ok();
+    let ours = dir.path().join("ours.db");
+    sqlite3_cli(
+        &db,
+        &["-bail"],
+        &format!("SELECT backup_to_file({});", path_lit(&ours)),
+        None,
+    )
+    .assert_ok();
+    assert!(fs::read(&plain).unwrap() == fs::read(&ours).unwrap());
+    // ...and it holds what is only in the WAL.
+    let rows: i64 = writer
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    let copied = sqlite3_plain(&ours, "SELECT count(*) FROM t;");
+    assert_eq!(copied.assert_ok().stdout.trim(), rows.to_string());
+}
+
 /// Writes by the calling thread during one backup, from the kernel's per-thread counters: the
 /// snapshot is written by this thread (VACUUM INTO runs here), the compressed file too.
 #[test]
