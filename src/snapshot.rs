@@ -82,12 +82,7 @@ pub fn take(
                     quote_identifier(schema)
                 ))
             });
-            let copied = vacuum_into(path, file.path(), busy_ms);
-            // A VACUUM INTO that fails midway leaves the copy's rollback journal beside it.
-            let mut journal = file.path().as_os_str().to_owned();
-            journal.push("-journal");
-            let _ = std::fs::remove_file(journal);
-            copied?
+            vacuum_into(path, file.path(), busy_ms)?
         }
         _ => copy_pages(conn, schema, file.path(), busy_ms)?,
     }
@@ -143,20 +138,18 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
     // Read-only: the snapshot must never change the source, not even its journal mode.
     let reader = Connection::open_with_uris(source, OpenMode::ReadOnly)?;
     reader.busy_timeout(busy_ms)?;
-    let target = dest
+    let path = dest
         .to_str()
         .ok_or_else(|| Error::usage("the temp directory's path is not UTF-8"))?;
     // Through the batching VFS when the host lets us register it: one write per 64 KiB, not
     // one per page.
     let target = match ffi::batched_vfs::name() {
-        Some(vfs) => format!(
-            "{}?vfs={vfs}",
-            file_uri(
-                &std::path::absolute(dest)
-                    .map_err(|e| Error::io("cannot resolve the temp directory", e))?
-            )
-        ),
-        None => target.to_string(),
+        Some(vfs) => {
+            let absolute = std::path::absolute(dest)
+                .map_err(|e| Error::io("cannot resolve the temp directory", e))?;
+            format!("{}?vfs={vfs}", file_uri(&absolute))
+        }
+        None => path.to_string(),
     };
     let failed_writes = ffi::batched_vfs::failed_writes();
     // The snapshot is a temp file we hash and compress at once: no fsync needed (a crash just
@@ -165,7 +158,12 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
         "PRAGMA synchronous = OFF; VACUUM INTO '{}'",
         target.replace('\'', "''")
     );
-    reader.exec(&sql).map_err(|e| {
+    let copied = reader.exec(&sql);
+    // A VACUUM INTO that fails midway leaves the copy's rollback journal beside it.
+    let mut journal = dest.as_os_str().to_owned();
+    journal.push("-journal");
+    let _ = std::fs::remove_file(journal);
+    copied.map_err(|e| {
         if ffi::is_busy_message(&e.message) {
             ffi::busy_error(busy_ms)
         } else {

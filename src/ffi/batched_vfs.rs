@@ -101,15 +101,12 @@ impl Window {
             let first = self.filled().trailing_zeros() as usize;
             let run = (self.filled() >> first).trailing_ones() as usize;
             let (from, len) = (first * SECTOR, run * SECTOR);
-            rc = match (*(*real).pMethods).xWrite {
-                Some(write) => write(
-                    real,
-                    self.bytes.as_ptr().add(from).cast(),
-                    len as c_int,
-                    self.start + from as i64,
-                ),
-                None => SQLITE_IOERR_WRITE,
-            };
+            rc = write_real(
+                real,
+                self.bytes.as_ptr().add(from).cast(),
+                len as c_int,
+                self.start + from as i64,
+            );
             self.set_filled(self.filled() & !sectors(first, run));
         }
         self.set_filled(0);
@@ -283,31 +280,40 @@ unsafe extern "C" fn write(
     let at = (ofst - start) as usize;
     let gather =
         len > 0 && at.is_multiple_of(SECTOR) && len.is_multiple_of(SECTOR) && at + len <= BATCH;
-    let slot = match gather {
-        true => window_for(f, start),
-        false => Ok(None),
+    let window = if gather {
+        window_for(f, start)
+    } else {
+        Ok(None)
     };
-    let window = match slot {
-        Ok(Some(window)) => window,
-        Ok(None) => {
-            // Not gathered: written now, after what is gathered (order kept).
-            let rc = flush(f);
-            if rc != SQLITE_OK {
-                return rc;
-            }
-            return match real_methods(f).xWrite {
-                Some(write) => write(f.real, data, amt, ofst),
-                None => SQLITE_IOERR_WRITE,
+    match window {
+        Err(rc) => rc,
+        Ok(Some(window)) => {
+            let Some(bytes) = window.bytes.get_mut(at..at + len) else {
+                return SQLITE_IOERR_WRITE; // cannot happen: at + len <= BATCH = bytes.len()
             };
+            bytes.copy_from_slice(std::slice::from_raw_parts(data.cast::<u8>(), len));
+            window.set_filled(window.filled() | sectors(at / SECTOR, len / SECTOR));
+            SQLITE_OK
         }
-        Err(rc) => return rc,
-    };
-    let Some(bytes) = window.bytes.get_mut(at..at + len) else {
-        return SQLITE_IOERR_WRITE; // cannot happen: at + len <= BATCH = bytes.len()
-    };
-    bytes.copy_from_slice(std::slice::from_raw_parts(data.cast::<u8>(), len));
-    window.set_filled(window.filled() | sectors(at / SECTOR, len / SECTOR));
-    SQLITE_OK
+        // Not gathered: written now, after what is gathered (order kept).
+        Ok(None) => match flush(f) {
+            SQLITE_OK => write_real(f.real, data, amt, ofst),
+            rc => rc,
+        },
+    }
+}
+
+/// One write to the default VFS's file.
+unsafe fn write_real(
+    real: *mut sqlite3_file,
+    data: *const c_void,
+    amt: c_int,
+    ofst: sqlite3_int64,
+) -> c_int {
+    match (*(*real).pMethods).xWrite {
+        Some(write) => write(real, data, amt, ofst),
+        None => SQLITE_IOERR_WRITE,
+    }
 }
 
 /// The window for `start`: one in use, else a free one (writing out and letting go of the
