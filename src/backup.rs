@@ -72,6 +72,8 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
     let started = Instant::now();
     let codec = Codec::for_name(name);
     let level = codec.level(req.level)?;
+    // Everything that can be refused is refused before the snapshot, not after it.
+    store.check_put(name, req.create_only)?;
 
     let snap = snapshot::take(
         conn,

@@ -12,8 +12,10 @@ pub enum Kind {
     Usage,
     /// Local disk or file-system failure.
     Io,
-    /// SQLite refused something (busy, open failure, SQL error).
+    /// SQLite refused something (open failure, SQL error).
     Sqlite,
+    /// The database stayed locked past the caller's busy timeout.
+    Busy,
     /// The backup exists but is not a good database (bad archive, integrity errors).
     Corrupt,
     /// The backup, bucket or file does not exist.

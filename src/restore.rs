@@ -109,6 +109,7 @@ pub fn into_connection(
     // Fails early, before any download, when the schema does not exist.
     conn.filename(schema)?;
     let checked = verify::fetch_checked(store, name, temp_dir, quick)?;
+    check_wal_page_size(conn, schema, checked.report.page_size)?;
     let source = Connection::open(checked.file.path(), OpenMode::ReadWrite)?;
     conn.backup_from(schema, &source, "main", busy_ms)
         .map_err(|e| e.context(format!("cannot restore into '{schema}'")))?;
@@ -116,4 +117,25 @@ pub fn into_connection(
         restored: schema.to_string(),
         verified: checked.report,
     })
+}
+
+/// The backup API cannot change the page size of a WAL database (SQLite then reports "attempt
+/// to write a readonly database"): say what is wrong and how to get past it.
+fn check_wal_page_size(conn: &Connection, schema: &str, backup_page_size: u32) -> Result<()> {
+    let quoted = crate::snapshot::quote_identifier(schema);
+    let mode = conn.query_value(&format!("PRAGMA {quoted}.journal_mode"))?;
+    let size: Option<u32> = conn
+        .query_value(&format!("PRAGMA {quoted}.page_size"))?
+        .and_then(|v| v.parse().ok());
+    match (mode.as_deref(), size) {
+        (Some(m), Some(size)) if m.eq_ignore_ascii_case("wal") && size != backup_page_size => {
+            Err(Error::usage(format!(
+                "cannot restore into '{schema}': it is a WAL database with page size {size} and \
+                 the backup's page size is {backup_page_size}, which SQLite cannot change in WAL \
+                 mode: run PRAGMA {schema}.journal_mode = DELETE first (and back to WAL after), \
+                 or restore to a file with dest_path"
+            )))
+        }
+        _ => Ok(()),
+    }
 }

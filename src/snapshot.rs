@@ -51,13 +51,7 @@ pub fn take(
     busy_ms: u64,
     temp_dir: &Path,
 ) -> Result<Snapshot> {
-    let source = conn.filename(schema).map_err(|e| {
-        if schema.eq_ignore_ascii_case("temp") {
-            Error::usage("the temp database is empty: no temporary table has been created yet")
-        } else {
-            e
-        }
-    })?;
+    let source = conn.filename(schema)?;
     let method = match (method, &source) {
         (Some(Method::Vacuum), None) => {
             return Err(Error::usage(format!(
@@ -69,6 +63,13 @@ pub fn take(
         (None, Some(_)) => Method::Vacuum,
         (None, None) => Method::Pages,
     };
+    // Uncommitted writes of the caller's own connection lock the file against our reader (and
+    // the backup API refuses a source it is writing): waiting would only time out and blame
+    // "another connection".
+    let writing = conn.in_write_transaction(schema)?;
+    if writing && method == Method::Pages {
+        return Err(open_write_transaction(schema));
+    }
     let file = temp_file_in(temp_dir, ".snapshot")?;
     match (&method, &source) {
         (Method::Vacuum, Some(path)) => {
@@ -82,7 +83,15 @@ pub fn take(
                     quote_identifier(schema)
                 ))
             });
-            vacuum_into(path, file.path(), busy_ms)?
+            // Our lock holder would be the caller itself: no point waiting for it.
+            let wait_ms = if writing { 0 } else { busy_ms };
+            vacuum_into(path, file.path(), wait_ms).map_err(|e| {
+                if writing && e.kind == Kind::Busy {
+                    open_write_transaction(schema)
+                } else {
+                    e
+                }
+            })?
         }
         _ => copy_pages(conn, schema, file.path(), busy_ms)?,
     }
@@ -98,6 +107,13 @@ pub fn take(
             bytes / page_size as u64
         },
     })
+}
+
+fn open_write_transaction(schema: &str) -> Error {
+    Error::usage(format!(
+        "this connection has uncommitted writes to '{schema}' that keep the database locked: \
+         COMMIT or ROLLBACK first (a backup holds committed data only)"
+    ))
 }
 
 /// Runs `f` with the caller's busy timeout off, then puts it back. Our own waits are bounded

@@ -522,3 +522,213 @@ fn directonly_blocks_triggers_and_views() {
     assert_no_temp_files(&f.backups);
     assert_alive(&f.conn);
 }
+
+// ------------------------------------------- fail before the work, name the real cause (#10)
+
+/// Options for a backup whose snapshot would have to wait: `busy_ms` on a locked source.
+fn with_busy(busy_ms: u64, extra: &str) -> String {
+    format!("'{{\"busy_timeout_ms\": {busy_ms}{extra}}}'")
+}
+
+/// What can be refused is refused before the snapshot: with the source locked by another
+/// connection a snapshot would wait `busy_timeout_ms`, so a quick, specific answer proves the
+/// call never started one; and nothing is stored.
+#[test]
+fn refused_before_the_snapshot() {
+    let f = Fixture::new();
+    fs::create_dir(f.backups.join("adir.db.gz")).unwrap();
+    let long = format!("{}.db.gz", "x".repeat(300));
+    let cases = [
+        (
+            f.pattern("adir.db.gz"),
+            String::new(),
+            "adir.db.gz is a directory",
+        ),
+        (
+            f.pattern(&long),
+            String::new(),
+            "is too long for the file system",
+        ),
+        (
+            f.pattern("db-%d.gz"),
+            r#", "match": "db-[.gz", "keep": {"keep_last": 1}"#.to_string(),
+            "match: invalid glob 'db-[.gz'",
+        ),
+        (
+            f.pattern("db-%d.gz"),
+            r#", "match": "db-[.gz", "if_changed": true"#.to_string(),
+            "match: invalid glob 'db-[.gz'",
+        ),
+    ];
+    let locker = Connection::open(&f.src).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    for (pattern, extra, want) in &cases {
+        let sql = format!(
+            "SELECT backup_to_file({pattern}, {})",
+            with_busy(4000, extra)
+        );
+        let started = std::time::Instant::now();
+        let err = call_err(&f.conn, &sql);
+        assert!(err.contains(want), "{sql}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{sql}: waited for the locked source before refusing ({:?})",
+            started.elapsed()
+        );
+    }
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    // Unlocked, the same calls still fail and leave nothing (no backup stored, no temp file).
+    for (pattern, extra, want) in &cases {
+        f.backup_err(&format!("{pattern}, {}", with_busy(4000, extra)), &[want]);
+    }
+}
+
+#[test]
+fn restore_to_a_file_refuses_options_it_cannot_honour() {
+    let f = Fixture::new();
+    let dest = f.dir.path().join("restored.db");
+    for opts in [
+        format!("json_object('temp_dir', {})", path_lit(&f.tmp)),
+        "'{\"busy_timeout_ms\": 100}'".to_string(),
+    ] {
+        let key = if opts.contains("temp_dir") {
+            "temp_dir"
+        } else {
+            "busy_timeout_ms"
+        };
+        f.refused(
+            "restore_backup",
+            &format!(
+                "SELECT restore_backup({}, {}, {opts})",
+                path_lit(&f.previous),
+                path_lit(&dest)
+            ),
+            &[&format!(
+                "option '{key}' applies when restoring into this connection (dest_path NULL)"
+            )],
+        );
+        assert!(!dest.exists());
+    }
+}
+
+#[test]
+fn messages_name_the_real_cause() {
+    let f = Fixture::new();
+
+    // Uncommitted writes of this very connection lock the source: say so at once, do not wait
+    // and blame "another connection".
+    for (begin, method) in [("BEGIN EXCLUSIVE", ""), ("BEGIN", r#", "method": "pages""#)] {
+        f.conn
+            .execute_batch(&format!(
+                "{begin}; CREATE TABLE pending (x); INSERT INTO pending VALUES (1)"
+            ))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = call_err(
+            &f.conn,
+            &format!(
+                "SELECT backup_to_file({}, {})",
+                f.pattern("pending.db.gz"),
+                with_busy(3000, method)
+            ),
+        );
+        assert!(
+            err.contains("this connection has uncommitted writes to 'main'")
+                && err.contains("COMMIT or ROLLBACK first"),
+            "{begin}: {err}"
+        );
+        assert!(!err.contains("another connection"), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{begin}: waited"
+        );
+        f.conn.execute_batch("ROLLBACK").unwrap();
+        assert!(!f.backups.join("pending.db.gz").exists());
+    }
+
+    // The temp schema before any temporary table exists.
+    f.backup_err(
+        &format!("{}, '{{\"schema\": \"temp\"}}'", f.pattern("t.db.gz")),
+        &["the temp database is empty: no temporary table has been created yet"],
+    );
+
+    // Locations that are not backup files: never "there is no backup at".
+    let fifo = f.dir.path().join("fifo.db.gz");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let dest = f.dir.path().join("r.db");
+    for (location, kind) in [
+        (fifo.clone(), "a FIFO"),
+        (f.backups.clone(), "a directory"),
+        (PathBuf::from("/dev/zero"), "a character device"),
+    ] {
+        let want = format!("{} is {kind}, not a backup file", location.display());
+        f.refused(
+            "verify_backup",
+            &format!("SELECT verify_backup({})", path_lit(&location)),
+            &[&want],
+        );
+        f.refused(
+            "restore_backup",
+            &format!(
+                "SELECT restore_backup({}, {})",
+                path_lit(&location),
+                path_lit(&dest)
+            ),
+            &[&want],
+        );
+        assert!(!dest.exists());
+    }
+}
+
+/// The backup API cannot change a WAL database's page size; SQLite's own words for that are
+/// "attempt to write a readonly database".
+#[test]
+fn restore_into_a_wal_database_with_another_page_size() {
+    let dir = tempdir();
+    let src = dir.path().join("big-pages.db");
+    let src_conn = open(&src);
+    src_conn
+        .execute_batch(
+            "PRAGMA page_size = 8192; VACUUM; CREATE TABLE t (x); INSERT INTO t VALUES (1)",
+        )
+        .unwrap();
+    let backup = dir.path().join("big-pages.db.gz");
+    call_json(
+        &src_conn,
+        &format!("SELECT backup_to_file({})", path_lit(&backup)),
+    );
+
+    let target = dir.path().join("wal.db");
+    make_sample_db(&target, Journal::Wal, 50);
+    let conn = open(&target);
+    let before = digest_conn(&conn, "main");
+    let err = call_err(
+        &conn,
+        &format!("SELECT restore_backup({})", path_lit(&backup)),
+    );
+    assert!(
+        err.starts_with("restore_backup: cannot restore into 'main': it is a WAL database with page size 4096 and the backup's page size is 8192"),
+        "{err}"
+    );
+    assert!(err.contains("journal_mode = DELETE"), "{err}");
+    assert_eq!(digest_conn(&conn, "main"), before);
+
+    // What the message says works.
+    conn.execute_batch("PRAGMA journal_mode = DELETE").unwrap();
+    let r = call_json(
+        &conn,
+        &format!("SELECT restore_backup({})", path_lit(&backup)),
+    );
+    assert_eq!(r["ok"], true);
+    drop(conn);
+    let page_size: i64 = Connection::open(&target)
+        .unwrap()
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(page_size, 8192);
+}

@@ -241,7 +241,8 @@ fn create_only_refuses_an_existing_key() {
     opts.part_size = Some(PART);
     let store = open(&server, "p", opts);
     put(&store, "db.gz", b"old", false).unwrap();
-    let err = store.put("db.gz", &meta(true)).err().unwrap();
+    // Checked before the backup's work starts (put itself relies on If-None-Match).
+    let err = store.check_put("db.gz", true).err().unwrap();
     assert_eq!(err.kind, Kind::Exists);
     assert_eq!(
         err.message,

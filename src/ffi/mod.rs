@@ -86,6 +86,15 @@ pub fn libversion() -> String {
     }
 }
 
+/// The host SQLite's version as a number, e.g. 3046001 (0 when unknown).
+pub fn libversion_number() -> c_int {
+    match api().ok().and_then(|a| a.libversion_number) {
+        // SAFETY: takes no arguments, returns a constant.
+        Some(f) => unsafe { f() },
+        None => 0,
+    }
+}
+
 /// Marks a virtual table as callable only from top-level SQL (not from triggers or views in
 /// a database file someone else wrote). Call from xConnect.
 ///
@@ -254,12 +263,33 @@ impl Connection {
         // SAFETY: db is live; the returned string is owned by the connection.
         let p = unsafe { f(self.db, name.as_ptr()) };
         if p.is_null() {
+            // `temp` always exists in SQL, but SQLite creates its file only with the first
+            // temporary table: say that, not "no such database".
+            if schema.eq_ignore_ascii_case("temp") {
+                return Err(Error::usage(
+                    "the temp database is empty: no temporary table has been created yet",
+                ));
+            }
             return Err(Error::usage(format!(
                 "there is no attached database named '{schema}'"
             )));
         }
         let path = unsafe { owned_text(p) };
         Ok((!path.is_empty()).then(|| PathBuf::from(path)))
+    }
+
+    /// True when this connection holds a write transaction on `schema` (it has written and
+    /// not committed), so another connection cannot snapshot it until it commits. Hosts
+    /// older than 3.34 lack sqlite3_txn_state: any open transaction counts there.
+    pub fn in_write_transaction(&self, schema: &str) -> Result<bool> {
+        const SQLITE_TXN_WRITE: c_int = 2;
+        if libversion_number() < 3_034_000 {
+            return Ok(!self.autocommit()?);
+        }
+        let f = routine!(txn_state);
+        let name = cstring(schema, "schema")?;
+        // SAFETY: db is live; the routine exists from 3.34, checked above.
+        Ok(unsafe { f(self.db, name.as_ptr()) } == SQLITE_TXN_WRITE)
     }
 
     /// True when no transaction is open on this connection.
@@ -325,7 +355,7 @@ impl Connection {
 /// The message for a database that stayed locked past the caller's patience.
 pub fn busy_error(busy_ms: u64) -> Error {
     Error::new(
-        Kind::Sqlite,
+        Kind::Busy,
         format!(
             "the database stayed locked for {busy_ms} ms (another connection is writing): \
              retry, or raise busy_timeout_ms"

@@ -65,6 +65,8 @@ pub fn temp_dir(option: Option<&str>) -> PathBuf {
 }
 
 fn request(opts: &BackupOptions, pattern_name: &str) -> Result<Request> {
+    // A bad series glob must fail now, not after the backup was stored (keep, if_changed).
+    crate::retention::compile_match(opts.match_glob.as_deref())?;
     let threads = match opts.threads {
         Some(0) => return Err(Error::usage("option 'threads' must be at least 1")),
         Some(n) => n,

@@ -55,10 +55,19 @@ pub fn restore(call: &Call) -> Result<String> {
     let quick = opts.quick.unwrap_or(false);
     let report = match dest {
         Some(dest) => {
-            if opts.schema.is_some() {
-                return Err(Error::usage(
-                    "option 'schema' applies when restoring into this connection (dest_path NULL)",
-                ));
+            // A file is restored through a temp file beside it (one rename, same file
+            // system) and never waits for a lock: these options would do nothing.
+            for (given, key) in [
+                (opts.schema.is_some(), "schema"),
+                (opts.temp_dir.is_some(), "temp_dir"),
+                (opts.busy_timeout_ms.is_some(), "busy_timeout_ms"),
+            ] {
+                if given {
+                    return Err(Error::usage(format!(
+                        "option '{key}' applies when restoring into this connection \
+                         (dest_path NULL); a file is restored through a temp file beside it"
+                    )));
+                }
             }
             restore::to_file(
                 store.as_ref(),

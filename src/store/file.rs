@@ -81,6 +81,27 @@ pub fn temp_file_in(dir: &Path, suffix: &str) -> Result<NamedTempFile> {
         .map_err(|e| Error::io(format!("cannot create a file in {}", dir.display()), e))
 }
 
+/// What a non-regular file is, for messages ("a directory", "a FIFO", ...).
+pub fn kind_of(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a regular file"
+    }
+}
+
 /// fsync a directory so a rename in it survives a power cut.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -172,14 +193,33 @@ impl Store for FileStore {
         self.path(name).display().to_string()
     }
 
-    fn put(&self, name: &str, meta: &PutMeta) -> Result<Box<dyn Upload + '_>> {
+    fn check_put(&self, name: &str, create_only: bool) -> Result<()> {
         let dest = self.path(name);
-        if meta.create_only && dest.exists() {
-            return Err(Error::new(
+        match fs::symlink_metadata(&dest) {
+            Ok(_) if create_only => Err(Error::new(
                 Kind::Exists,
                 format!("{} already exists and create_only is set", dest.display()),
-            ));
+            )),
+            // A backup replaces only a file (or a link, not what it points to).
+            Ok(m) if m.is_file() || m.file_type().is_symlink() => Ok(()),
+            Ok(m) => Err(Error::usage(format!(
+                "{} is {}: give the name of a backup file",
+                dest.display(),
+                kind_of(&m)
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidFilename => Err(Error::usage(format!(
+                "the name '{name}' is too long for the file system of {} ({} bytes): \
+                 use a shorter pattern",
+                self.dir.display(),
+                name.len()
+            ))),
+            Err(e) => Err(Error::io(format!("cannot write {}", dest.display()), e)),
         }
+    }
+
+    fn put(&self, name: &str, meta: &PutMeta) -> Result<Box<dyn Upload + '_>> {
+        let dest = self.path(name);
         let temp = temp_file_in(&self.dir, ".tmp")?;
         Ok(Box::new(FileUpload {
             temp,
@@ -202,7 +242,12 @@ impl Store for FileStore {
     fn head(&self, name: &str) -> Result<Option<Entry>> {
         match fs::metadata(self.path(name)) {
             Ok(m) if m.is_file() => Ok(Some(self.entry(name, &m))),
-            Ok(_) => Ok(None),
+            // Reading a FIFO or a device would hang or never end; a directory holds backups.
+            Ok(m) => Err(Error::usage(format!(
+                "{} is {}, not a backup file",
+                self.url(name),
+                kind_of(&m)
+            ))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("cannot read {}", self.url(name)), e)),
         }
@@ -274,8 +319,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
         fs::write(dir.path().join("b.gz"), b"old").unwrap();
-        let err = store.put("b.gz", &meta(true)).err().unwrap();
+        let err = store.check_put("b.gz", true).err().unwrap();
         assert_eq!(err.kind, Kind::Exists);
+        store.check_put("b.gz", false).unwrap();
+        store.check_put("new.gz", true).unwrap();
     }
 
     #[test]

@@ -110,6 +110,10 @@ pub trait Upload: Write + Send {
 pub trait Store: Send + Sync {
     /// Full location of `name`, for results and messages (never carries credentials).
     fn url(&self, name: &str) -> String;
+    /// Refuses, before any work, a backup that could not be stored under `name`: a name the
+    /// store cannot hold, something that is not a backup in the way, or with `create_only`
+    /// an existing backup. The commit still guards against a writer that gets there between.
+    fn check_put(&self, name: &str, create_only: bool) -> Result<()>;
     fn put(&self, name: &str, meta: &PutMeta) -> Result<Box<dyn Upload + '_>>;
     /// Streams the stored bytes of `name`; memory stays bounded whatever its size.
     fn get(&self, name: &str) -> Result<Box<dyn Read + Send + '_>>;

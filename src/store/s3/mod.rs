@@ -88,7 +88,9 @@ impl S3Store {
     /// The object key of `name`: the prefix and the name joined by one '/'.
     pub fn key(&self, name: &str) -> Result<String> {
         check_name(name)?;
-        Ok(join_key(&self.prefix, name))
+        let key = join_key(&self.prefix, name);
+        check_key(&key)?;
+        Ok(key)
     }
 
     fn target(&self, key: &str, create_only: bool) -> Target {
@@ -240,16 +242,19 @@ impl Store for S3Store {
         format!("s3://{}/{}", self.bucket, join_key(&self.prefix, name))
     }
 
-    fn put(&self, name: &str, meta: &PutMeta) -> Result<Box<dyn Upload + '_>> {
+    fn check_put(&self, name: &str, create_only: bool) -> Result<()> {
         let key = self.key(name)?;
-        // Fail before the caller spends a whole backup on it; If-None-Match at the end still
-        // guards against a writer that gets there in between.
-        if meta.create_only && self.head_key(name, &key)?.is_some() {
+        if create_only && self.head_key(name, &key)?.is_some() {
             return Err(Error::new(
                 Kind::Exists,
                 format!("{} already exists and create_only is set", self.url(name)),
             ));
         }
+        Ok(())
+    }
+
+    fn put(&self, name: &str, meta: &PutMeta) -> Result<Box<dyn Upload + '_>> {
+        let key = self.key(name)?;
         let target = self.target(&key, meta.create_only);
         Ok(Box::new(upload::S3Upload::new(
             Arc::clone(&self.client),
