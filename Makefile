@@ -7,7 +7,7 @@ VENV := $(TOOLS)/venv
 # SQLite derives the entry point from the file name: sqlite_backup.so -> sqlite3_sqlitebackup_init.
 EXT := sqlite_backup.so
 
-.PHONY: deps tools loadable loadable-release test demo lint bench clean
+.PHONY: deps tools loadable loadable-release test test-hosts demo lint bench clean
 
 # System packages the build and tests need (bindgen needs libclang; tests drive the sqlite3
 # CLI, Debian's python3, gzip and zstd). Installed only when missing.
@@ -46,6 +46,12 @@ loadable-release: deps
 test: deps tools
 	# Tests only talk to loopback: never through a proxy the host may have configured.
 	NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost S3S_FS_BIN=$(S3S_FS) SQLITE_BACKUP_VENV=$(VENV) $(CARGO) test
+
+# Slower tests in other hosts, which CI runs after `make test`: Node with better-sqlite3, which
+# npm compiles from source (2-4 minutes on two cores the first time).
+test-hosts: deps tools
+	cd tests/node && npm ci --no-audit --no-fund
+	NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost S3S_FS_BIN=$(S3S_FS) SQLITE_BACKUP_VENV=$(VENV) $(CARGO) test --test node -- --ignored
 
 # Builds, makes a sample database, backs it up to ./backups/, verifies it, prints the results.
 demo: loadable-release
