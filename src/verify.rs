@@ -92,8 +92,8 @@ pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> 
 
     if let Some(declared) = header.declared.filter(|&d| bytes < d) {
         return Err(Error::corrupt(format!(
-            "{url} is truncated{}: {bytes} bytes, but its header declares {declared}",
-            after(codec)
+            "{url} is truncated: {bytes} bytes{}, but its header declares {declared}",
+            decompressed(codec)
         )));
     }
     let page_size = header.page_size;
@@ -157,6 +157,14 @@ fn after(codec: Codec) -> String {
     }
 }
 
+/// `" after gzip decompression"`, or nothing for an uncompressed backup.
+fn decompressed(codec: Codec) -> String {
+    match codec {
+        Codec::None => String::new(),
+        c => format!(" after {} decompression", c.name()),
+    }
+}
+
 fn not_a_database(url: &str, codec: Codec, problem: header::Problem) -> Error {
     let how = after(codec);
     Error::corrupt(match problem {
@@ -175,16 +183,23 @@ fn not_a_database(url: &str, codec: Codec, problem: header::Problem) -> Error {
 
 /// The stream went on past what the header allows: nothing past `limit` was written.
 fn too_long(url: &str, codec: Codec, header: &header::Header, limit: u64) -> Error {
-    let how = after(codec);
+    let via = decompressed(codec);
     Error::corrupt(match header.declared {
         Some(declared) => format!(
-            "{url} has data after the database's end{how} ({declared} bytes declared): \
-             two backups concatenated?"
+            "{url} has data after the database's end ({declared} bytes declared{}): two \
+             backups concatenated?",
+            if via.is_empty() {
+                String::new()
+            } else {
+                format!(",{via}")
+            }
         ),
         None => format!(
-            "{url} is larger than {limit} bytes{how} ({} times its stored size) and its header \
-             does not record the database's size: refused as a decompression bomb",
-            header::MAX_RATIO
+            "{url} is over {limit} bytes{via} (the bound when the header does not record the \
+             database's size: {} times the stored size, at least {} MiB): refused as a \
+             decompression bomb",
+            header::MAX_RATIO,
+            header::MIN_UNDECLARED >> 20
         ),
     })
 }
