@@ -1,5 +1,6 @@
-//! Putting a backup back: into a file (atomically, never over an existing file unless asked)
-//! or into the calling connection with the online backup API.
+//! Putting a backup back: into a file (atomically, never over an existing file unless asked,
+//! only ever over a regular file, keeping its owner and mode) or into the calling connection
+//! with the online backup API.
 
 use std::fs::{self, File};
 use std::io;
