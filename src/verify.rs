@@ -1,7 +1,6 @@
 //! Checking a stored backup: download (streaming), decompress by magic bytes into a temp file,
 //! hash, confirm it is a SQLite database, run integrity_check. Restore reuses all of it.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::Instant;
@@ -13,6 +12,7 @@ use tempfile::NamedTempFile;
 use crate::codec::{self, Codec};
 use crate::error::{Error, Kind, Result};
 use crate::ffi::{Connection, OpenMode};
+use crate::header;
 use crate::snapshot;
 use crate::store::file::temp_file_in;
 use crate::store::Store;
@@ -59,7 +59,14 @@ pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> 
     let mut file = temp_file_in(dir, ".db")?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
+    // The header first: a foreign file or a bomb of zeros stops here, before any real write.
+    let head = read_head(&mut reader).map_err(|e| read_error(&url, codec, e))?;
+    let header = header::parse(&head).map_err(|p| not_a_database(&url, codec, p))?;
+    let limit = header.limit(entry.size);
+    hasher.update(&head);
+    file.write_all(&head)
+        .map_err(|e| Error::io(format!("cannot write a temp file in {}", dir.display()), e))?;
+    let mut bytes = head.len() as u64;
     loop {
         let n = match reader.read(&mut buf) {
             Ok(n) => n,
@@ -67,6 +74,9 @@ pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> 
         };
         if n == 0 {
             break;
+        }
+        if bytes.saturating_add(n as u64) > limit {
+            return Err(too_long(&url, codec, &header, limit));
         }
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n])
@@ -80,7 +90,13 @@ pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> 
         .sync_all()
         .map_err(|e| Error::io("cannot sync the temp file", e))?;
 
-    let page_size = check_header(file.as_file_mut(), &url, codec)?;
+    if let Some(declared) = header.declared.filter(|&d| bytes < d) {
+        return Err(Error::corrupt(format!(
+            "{url} is truncated: {bytes} bytes{}, but its header declares {declared}",
+            decompressed(codec)
+        )));
+    }
+    let page_size = header.page_size;
     if let Some(expected) = &entry.sha256 {
         if *expected != sha256 {
             return Err(Error::corrupt(format!(
@@ -126,20 +142,66 @@ fn read_error(url: &str, codec: Codec, e: io::Error) -> Error {
     }
 }
 
-/// The decompressed bytes must start with SQLite's header; returns the page size.
-fn check_header(file: &mut File, url: &str, codec: Codec) -> Result<u32> {
-    match snapshot::database_header(file).map_err(|e| Error::io("cannot read the temp file", e))? {
-        Some(header) => Ok(snapshot::page_size(&header)),
-        None => {
-            let how = match codec {
-                Codec::None => String::new(),
-                c => format!(" (after {} decompression)", c.name()),
-            };
-            Err(Error::corrupt(format!(
-                "{url} is not a SQLite database{how}"
-            )))
-        }
+/// Up to the first [`header::LEN`] bytes (fewer only at the end of the stream).
+fn read_head(reader: &mut dyn Read) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(header::LEN);
+    reader.take(header::LEN as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// `" (after gzip decompression)"`, or nothing for an uncompressed backup.
+fn after(codec: Codec) -> String {
+    match codec {
+        Codec::None => String::new(),
+        c => format!(" (after {} decompression)", c.name()),
     }
+}
+
+/// `" after gzip decompression"`, or nothing for an uncompressed backup.
+fn decompressed(codec: Codec) -> String {
+    match codec {
+        Codec::None => String::new(),
+        c => format!(" after {} decompression", c.name()),
+    }
+}
+
+fn not_a_database(url: &str, codec: Codec, problem: header::Problem) -> Error {
+    let how = after(codec);
+    Error::corrupt(match problem {
+        header::Problem::NotSqlite => format!("{url} is not a SQLite database{how}"),
+        header::Problem::Empty => format!("{url} is not a SQLite database{how}: it is empty"),
+        header::Problem::Short(n) => format!(
+            "{url} is not a SQLite database{how}: {n} bytes, shorter than a database header \
+             ({} bytes)",
+            header::LEN
+        ),
+        header::Problem::PageSize(size) => format!(
+            "{url} is not a SQLite database{how}: its header gives an invalid page size ({size})"
+        ),
+    })
+}
+
+/// The stream went on past what the header allows: nothing past `limit` was written.
+fn too_long(url: &str, codec: Codec, header: &header::Header, limit: u64) -> Error {
+    let via = decompressed(codec);
+    Error::corrupt(match header.declared {
+        Some(declared) => format!(
+            "{url} has data after the database's end ({declared} bytes declared{}): two \
+             backups concatenated?",
+            if via.is_empty() {
+                String::new()
+            } else {
+                format!(",{via}")
+            }
+        ),
+        None => format!(
+            "{url} is over {limit} bytes{via} (the bound when the header does not record the \
+             database's size: {} times the stored size, at least {} MiB): refused as a \
+             decompression bomb",
+            header::MAX_RATIO,
+            header::MIN_UNDECLARED >> 20
+        ),
+    })
 }
 
 /// Runs integrity_check (or quick_check) on a database file; returns ("ok", table count).

@@ -662,7 +662,7 @@ fn messages_name_the_real_cause() {
         .success());
     let dest = f.dir.path().join("r.db");
     for (location, kind) in [
-        (fifo.clone(), "a FIFO"),
+        (fifo.clone(), "a FIFO (named pipe)"),
         (f.backups.clone(), "a directory"),
         (PathBuf::from("/dev/zero"), "a character device"),
     ] {

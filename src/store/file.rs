@@ -90,15 +90,17 @@ pub fn kind_of(meta: &fs::Metadata) -> &'static str {
     } else if t.is_symlink() {
         "a symbolic link"
     } else if t.is_fifo() {
-        "a FIFO"
+        "a FIFO (named pipe)"
     } else if t.is_char_device() {
         "a character device"
     } else if t.is_block_device() {
         "a block device"
     } else if t.is_socket() {
         "a socket"
-    } else {
+    } else if t.is_file() {
         "a regular file"
+    } else {
+        "a special file"
     }
 }
 
