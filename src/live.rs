@@ -50,7 +50,10 @@ pub fn canonical(path: &Path) -> Option<PathBuf> {
 /// (for messages and reports).
 #[derive(Debug, Clone, Default)]
 pub struct Protected {
-    files: Vec<(PathBuf, String)>,
+    /// (canonical path, schema, side-file suffix or "" for the database itself)
+    files: Vec<(PathBuf, String, &'static str)>,
+    /// The schema being backed up, named as such in messages.
+    source: Option<String>,
 }
 
 impl Protected {
@@ -61,23 +64,31 @@ impl Protected {
         for (schema, file) in databases {
             let Some(db) = canonical(file) else { continue };
             for suffix in SIDE_SUFFIXES {
-                files.push((
-                    with_suffix(&db, suffix),
-                    format!("the {suffix} file of database '{schema}' of this connection"),
-                ));
+                files.push((with_suffix(&db, suffix), schema.to_string(), suffix));
             }
-            files.push((db, format!("database '{schema}' of this connection")));
+            files.push((db, schema.to_string(), ""));
         }
-        Protected { files }
+        Protected {
+            files,
+            source: None,
+        }
+    }
+
+    /// Names `schema`'s file "the database being backed up" in messages.
+    pub fn with_source(mut self, schema: &str) -> Protected {
+        self.source = Some(schema.to_string());
+        self
     }
 
     /// What `path` is, when it is one of the protected files.
-    pub fn find(&self, path: &Path) -> Option<&str> {
+    pub fn find(&self, path: &Path) -> Option<String> {
         let path = canonical(path)?;
-        self.files
-            .iter()
-            .find(|(p, _)| *p == path)
-            .map(|(_, what)| what.as_str())
+        let (_, schema, suffix) = self.files.iter().find(|(p, _, _)| *p == path)?;
+        Some(match *suffix {
+            "" if self.source.as_ref() == Some(schema) => "the database being backed up".into(),
+            "" => format!("database '{schema}' of this connection"),
+            _ => format!("the {suffix} file of database '{schema}' of this connection"),
+        })
     }
 }
 
@@ -142,6 +153,8 @@ mod tests {
             .unwrap()
             .contains("-journal file of database 'aux'"));
         assert!(protected.find(&db).unwrap().contains("database 'main'"));
+        let source = protected.clone().with_source("main").find(&db).unwrap();
+        assert_eq!(source, "the database being backed up");
         assert!(protected.find(&dir.path().join("app.db.gz")).is_none());
         let err = refuse_live_file(&protected, &with_suffix(&db, "-wal")).unwrap_err();
         assert!(

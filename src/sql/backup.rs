@@ -117,7 +117,8 @@ pub fn to_file(call: &Call) -> Result<String> {
         let conn = call.connection();
         // Fails early, before the snapshot, when the schema does not exist.
         conn.filename(&req.schema)?;
-        live::refuse_live_file(&protected(&conn)?, &path)?;
+        let live = protected(&conn)?.with_source(&req.schema);
+        live::refuse_live_file(&live, &path)?;
         live::refuse_in_use(&path)?;
         backup_and_keep(&conn, &store, &name, &req, &opts)
     })
