@@ -167,26 +167,23 @@ pub fn run(store: &dyn Store, req: &Request) -> Result<Report> {
             Class::Backup => candidates.push(entry),
         }
     }
-    // An unknown entry counts as a backup until the plan would delete it; then it is read, and
-    // if it is not one it leaves the candidates and the plan is made again. Each round removes
-    // one at least, so this ends; every entry is read once at most.
-    let plan = loop {
-        let plan = retention::plan(candidates.clone(), &req.policy, req.now, req.utc)?;
-        let mut dropped = HashSet::new();
-        for entry in &plan.delete {
-            if !unknown.remove(&entry.name) {
-                continue;
-            }
-            if let Class::Ignored(reason) = sniff(store, entry) {
+    // An unknown entry counts as a backup until the plan would delete it; only then is it
+    // read. Taking out entries the plan deletes cannot change what it keeps (every rule keeps
+    // from the newest down, and a deleted entry was skipped or past the count), so one plan
+    // serves, and each entry is read once at most.
+    let mut plan = retention::plan(candidates, &req.policy, req.now, req.utc)?;
+    plan.delete.retain(|entry| {
+        if !unknown.contains(&entry.name) {
+            return true;
+        }
+        match sniff(store, entry) {
+            Class::Ignored(reason) => {
                 ignored.push(Item::ignored(entry, reason));
-                dropped.insert(entry.name.clone());
+                false
             }
+            _ => true,
         }
-        if dropped.is_empty() {
-            break plan;
-        }
-        candidates.retain(|c| !dropped.contains(&c.name));
-    };
+    });
     ignored.sort_by(|a, b| a.name.cmp(&b.name));
     let kept = plan
         .keep
@@ -281,5 +278,106 @@ mod tests {
         };
         assert!(run(&store, &req).is_err());
         assert!(dir.path().join("db-1.gz").exists());
+    }
+
+    /// A store like S3: no local paths, entries may carry our metadata (sha256), and every
+    /// read of an entry's first bytes is counted.
+    struct Remote {
+        objects: std::sync::Mutex<Vec<(Entry, Vec<u8>)>>,
+        reads: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Store for Remote {
+        fn url(&self, name: &str) -> String {
+            format!("s3://b/{name}")
+        }
+        fn put(
+            &self,
+            _: &str,
+            _: &crate::store::PutMeta,
+        ) -> Result<Box<dyn crate::store::Upload + '_>> {
+            unreachable!()
+        }
+        fn get(&self, name: &str) -> Result<Box<dyn std::io::Read + Send + '_>> {
+            self.reads.lock().unwrap().push(name.to_string());
+            let objects = self.objects.lock().unwrap();
+            let body = objects
+                .iter()
+                .find(|(e, _)| e.name == name)
+                .unwrap()
+                .1
+                .clone();
+            Ok(Box::new(std::io::Cursor::new(body)))
+        }
+        fn head(&self, _: &str) -> Result<Option<Entry>> {
+            unreachable!()
+        }
+        fn list(&self) -> Result<Vec<Entry>> {
+            Ok(self
+                .objects
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(e, _)| e.clone())
+                .collect())
+        }
+        fn delete(&self, name: &str) -> Result<()> {
+            self.objects.lock().unwrap().retain(|(e, _)| e.name != name);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn remote_entries_without_metadata_are_read_only_when_they_would_be_deleted() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        let sqlite = crate::snapshot::SQLITE_MAGIC.to_vec();
+        let object = |name: &str, days: i64, ours: bool, body: &[u8]| {
+            let entry = Entry {
+                name: name.into(),
+                url: format!("s3://b/{name}"),
+                size: body.len() as u64,
+                modified: now - chrono::Duration::days(days),
+                sha256: ours.then(|| "00".into()),
+            };
+            (entry, body.to_vec())
+        };
+        let store = Remote {
+            objects: std::sync::Mutex::new(vec![
+                object("foreign-new.txt", 1, false, b"newest, holds the keep slot"),
+                object("ours-2.gz", 2, true, b"not read"),
+                object("ours-3.gz", 3, true, b"not read"),
+                object("foreign-old.txt", 4, false, b"hello"),
+                object("raw-old.db", 5, false, &sqlite),
+                object("empty", 6, false, b""),
+            ]),
+            reads: Default::default(),
+        };
+        let req = Request {
+            policy: Policy {
+                keep_last: Some(2),
+                ..Policy::default()
+            },
+            series: None,
+            dry_run: false,
+            now,
+            utc: true,
+            protected: Protected::default(),
+        };
+        let report = run(&store, &req).unwrap();
+        let names = |items: &[Item]| items.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&report.kept), ["foreign-new.txt", "ours-2.gz"]);
+        assert_eq!(names(&report.deleted), ["ours-3.gz", "raw-old.db"]);
+        assert_eq!(names(&report.ignored), ["empty", "foreign-old.txt"]);
+        assert_eq!(report.ignored[1].reason.as_deref(), Some(NOT_A_BACKUP));
+        // Read: only the entries without metadata that the plan would delete (not the empty
+        // one, nor the kept one, nor ours).
+        let mut reads = store.reads.lock().unwrap().clone();
+        reads.sort();
+        assert_eq!(reads, ["foreign-old.txt", "raw-old.db"]);
+        let left: Vec<_> = store.list().unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(
+            left,
+            ["foreign-new.txt", "ours-2.gz", "foreign-old.txt", "empty"]
+        );
     }
 }

@@ -160,10 +160,17 @@ fn prune_dot_in_the_database_directory_deletes_only_backups() {
     let out = sqlite3_cli(
         Path::new("app.db"),
         &[],
-        "select backup_prune('.', '{\"keep_last\": 1}');\n",
+        "select backup_prune('.', '{\"keep_last\": 1, \"dry_run\": true}');\n\
+         select backup_prune('.', '{\"keep_last\": 1}');\n",
         Some(tmp.path()),
     );
-    let report = &cli_json(&out)[0];
+    let reports = cli_json(&out);
+    // The dry run reports the same, deleting nothing.
+    let (dry, report) = (&reports[0], &reports[1]);
+    assert_eq!(dry["dry_run"], json!(true));
+    for key in ["kept", "deleted", "ignored"] {
+        assert_eq!(dry[key], report[key], "{key}");
+    }
     assert_eq!(digest(&db), expected, "{report}");
     // Newest first; equal times by name: b1.zst is the newest backup.
     assert_eq!(names(&report["kept"]), ["b1.zst"], "{report}");

@@ -309,4 +309,19 @@ mod tests {
         assert_eq!(err.kind, Kind::NotFound);
         assert!(err.message.contains("create it first"));
     }
+
+    #[test]
+    fn reading_the_head_of_a_fifo_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("db-01.gz");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let store = FileStore::open(dir.path()).unwrap();
+        // No writer ever opens it: a blocking open would hang here.
+        let err = store.read_head("db-01.gz", 16).err().unwrap();
+        assert!(err.message.contains("is not a file"), "{}", err.message);
+    }
 }
