@@ -28,8 +28,8 @@ pub struct Request {
     /// Skip storing when the newest backup matching `family` has the same sha256.
     pub if_changed: bool,
     pub create_only: bool,
-    /// Glob of the names that belong to this backup series (for `if_changed`).
-    pub family: String,
+    /// The names that belong to this backup series (for `if_changed`).
+    pub family: crate::naming::Series,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -192,16 +192,14 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
 /// hashed, which costs a read but never a wrong skip.
 fn newest_with_same_content(
     store: &dyn Store,
-    family: &str,
+    family: &crate::naming::Series,
     sha256: &str,
 ) -> Result<Option<String>> {
-    let newest = crate::retention::select(store.list()?, Some(family))?
-        .into_iter()
-        .max_by(|a, b| {
-            a.modified
-                .cmp(&b.modified)
-                .then_with(|| a.name.cmp(&b.name))
-        });
+    let newest = family.select(store.list()?).into_iter().max_by(|a, b| {
+        a.modified
+            .cmp(&b.modified)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     let Some(newest) = newest else {
         return Ok(None);
     };

@@ -284,6 +284,31 @@ pub fn decoder<'a>(input: Box<dyn Read + Send + 'a>) -> Result<(Codec, Box<dyn R
     Ok((codec, reader))
 }
 
+/// The most bytes [`holds_sqlite`] reads: a zstd decoder outputs nothing before a whole block
+/// (at most 128 KiB) is in, plus the frame and block headers; gzip needs far less.
+pub const SNIFF_LIMIT: u64 = 132 * 1024;
+
+/// Whether `input` is a backup as retention understands it: a SQLite database file, or a gzip
+/// or zstd stream whose first 16 decompressed bytes are SQLite's magic. Reads at most
+/// [`SNIFF_LIMIT`] bytes and decompresses at most 16, so a bomb costs nothing; anything that
+/// cannot be read or decoded is "no".
+pub fn holds_sqlite(input: &mut dyn Read) -> bool {
+    let mut limited = BufReader::with_capacity(8192, input.take(SNIFF_LIMIT));
+    let Ok(head) = limited.fill_buf() else {
+        return false;
+    };
+    let mut magic = [0u8; 16];
+    let read = match Codec::detect(head) {
+        Codec::Gzip => flate2::bufread::MultiGzDecoder::new(limited).read_exact(&mut magic),
+        Codec::Zstd => match zstd::stream::read::Decoder::with_buffer(limited) {
+            Ok(mut decoder) => decoder.read_exact(&mut magic),
+            Err(_) => return false,
+        },
+        Codec::None => limited.read_exact(&mut magic),
+    };
+    read.is_ok() && &magic == crate::snapshot::SQLITE_MAGIC
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,5 +372,57 @@ mod tests {
         let (_, mut dec) = decoder(Box::new(io::Cursor::new(out))).unwrap();
         let mut back = Vec::new();
         assert!(dec.read_to_end(&mut back).is_err());
+    }
+
+    #[test]
+    fn sniffs_sqlite_in_every_codec_and_nothing_else() {
+        let mut db = crate::snapshot::SQLITE_MAGIC.to_vec();
+        db.extend(sample(300_000));
+        let packed = |codec: Codec, data: &[u8]| {
+            let mut out = Vec::new();
+            compress(
+                &mut &data[..],
+                &mut out,
+                codec,
+                codec.level(None).unwrap(),
+                1,
+            )
+            .unwrap();
+            out
+        };
+        for codec in [Codec::None, Codec::Gzip, Codec::Zstd] {
+            assert!(holds_sqlite(&mut &packed(codec, &db)[..]), "{codec:?}");
+            let other = packed(codec, &sample(300_000));
+            assert!(!holds_sqlite(&mut &other[..]), "{codec:?} of other bytes");
+        }
+        // zstd at its highest level: one 128 KiB block before any output.
+        let mut noisy = crate::snapshot::SQLITE_MAGIC.to_vec();
+        noisy.extend((0..400_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+        let high = zstd::bulk::compress(&noisy, 19).unwrap();
+        assert!(holds_sqlite(&mut &high[..]));
+        for junk in [
+            &b""[..],
+            b"SQLite format",
+            b"\x1f\x8b",
+            b"\x28\xb5\x2f\xfd",
+            b"text file\n",
+        ] {
+            assert!(!holds_sqlite(&mut &junk[..]), "{junk:?}");
+        }
+        // A gzip bomb followed by an endless stream: read up to the limit at most.
+        let bomb = packed(Codec::Gzip, &vec![0u8; 4 << 20]);
+        let mut endless = Counting(0, (&bomb[..]).chain(io::repeat(0)));
+        assert!(!holds_sqlite(&mut endless));
+        assert!(endless.0 <= SNIFF_LIMIT, "read {}", endless.0);
+    }
+
+    struct Counting<R>(u64, R);
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.1.read(buf)?;
+            self.0 += n as u64;
+            Ok(n)
+        }
     }
 }

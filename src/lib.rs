@@ -9,6 +9,7 @@ pub mod codec;
 pub mod error;
 pub mod ffi;
 mod header;
+pub mod live;
 pub mod naming;
 pub mod notify;
 pub mod prune;

@@ -229,7 +229,7 @@ pub fn compile_match(pattern: Option<&str>) -> Result<Option<glob::Pattern>> {
         .transpose()
 }
 
-fn glob_options() -> glob::MatchOptions {
+pub fn glob_options() -> glob::MatchOptions {
     glob::MatchOptions {
         case_sensitive: true,
         require_literal_separator: true,

@@ -524,17 +524,19 @@ fn directory_prune_refuses_a_policy_that_keeps_nothing() {
         );
         assert_eq!(list(&dir), before, "{policy}");
     }
-    // Without `match`, every file in the directory is a candidate: the bystanders too.
+    // Without `match`, every backup in the directory is a candidate; the bystanders are not
+    // backups, so they take no keep slot and are only reported.
     let report = prune(
         &conn,
         loc,
         &json!({"keep_last": 2, "now": NOW, "dry_run": true}),
     );
+    assert_eq!(names_of(&report["kept"]), [series_name(1), series_name(2)]);
+    assert_eq!(report["deleted"].as_array().unwrap().len(), 18);
     assert_eq!(
-        names_of(&report["kept"]),
-        ["other-20261123-1159.gz", "notes.txt"]
+        names_of(&report["ignored"]),
+        ["notes.txt", "other-20261123-1159.gz"]
     );
-    assert_eq!(report["deleted"].as_array().unwrap().len(), 20);
     assert_eq!(list(&dir), before);
 }
 
@@ -677,7 +679,8 @@ fn s3_list_and_prune_follow_continuation_pages() {
     let dir = server.root().join("bkt").join("paged");
     fs::create_dir_all(&dir).unwrap();
     for i in 0..1100 {
-        fs::write(dir.join(format!("db-{i:04}.gz")), b"x").unwrap();
+        // Raw SQLite files: backups by content, though they carry none of our metadata.
+        fs::write(dir.join(format!("db-{i:04}.gz")), b"SQLite format 3\0").unwrap();
     }
     let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
     let s3 = merge(
@@ -1123,7 +1126,7 @@ fn names_and_buckets_in_local_time_with_utc_false() {
         ("a.gz", "2026-11-22T14:00:00Z"),
         ("b.gz", "2026-11-22T16:00:00Z"),
     ] {
-        fs::write(pdir.join(name), b"x").unwrap();
+        fs::write(pdir.join(name), b"SQLite format 3\0").unwrap();
         set_mtime(&pdir.join(name), at(t));
     }
     let p = pdir.to_str().unwrap().replace('\'', "''");

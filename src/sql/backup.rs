@@ -12,7 +12,8 @@ use super::{json, options, to_value, Call};
 use crate::backup::{self, Request};
 use crate::error::{Error, Result};
 use crate::ffi::Connection;
-use crate::naming;
+use crate::live::{self, Protected};
+use crate::naming::{self, Series};
 use crate::notify::{Notifier, Style};
 use crate::prune;
 use crate::retention::Policy;
@@ -82,10 +83,10 @@ fn request(opts: &BackupOptions, pattern_name: &str) -> Result<Request> {
         time: clock(opts.now.as_deref())?,
         if_changed: opts.if_changed.unwrap_or(false),
         create_only: opts.create_only.unwrap_or(false),
-        family: opts
-            .match_glob
-            .clone()
-            .unwrap_or_else(|| naming::to_glob(pattern_name)),
+        family: match &opts.match_glob {
+            Some(glob) => Series::glob(glob)?,
+            None => Series::pattern(pattern_name),
+        },
     })
 }
 
@@ -116,7 +117,11 @@ pub fn to_file(call: &Call) -> Result<String> {
         };
         let store = FileStore::open(parent_dir(&path))?;
         let conn = call.connection();
-        refuse_source(&conn, &req.schema, &path)?;
+        // Fails early, before the snapshot, when the schema does not exist.
+        conn.filename(&req.schema)?;
+        let live = protected(&conn)?.with_source(&req.schema);
+        live::refuse_live_file(&live, &path)?;
+        live::refuse_in_use(&path)?;
         backup_and_keep(&conn, &store, &name, &req, &opts)
     })
 }
@@ -175,10 +180,11 @@ fn backup_and_keep(
     if let Some(policy) = &opts.keep {
         let request = prune::Request {
             policy: policy.clone(),
-            match_glob: Some(req.family.clone()),
+            series: Some(req.family.clone()),
             dry_run: false,
             now: req.time,
             utc: opts.utc.unwrap_or(true),
+            protected: protected(conn)?,
         };
         let pruned = prune::run(store, &request).map_err(|e| {
             e.context(format!(
@@ -228,20 +234,20 @@ fn monitored(
     }
 }
 
-/// Writing a backup over the live database would replace it under its own connections.
-fn refuse_source(conn: &Connection, schema: &str, dest: &Path) -> Result<()> {
-    let Some(source) = conn.filename(schema)? else {
-        return Ok(());
-    };
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same(&source, dest) {
-        return Err(Error::usage(format!(
-            "{} is the database being backed up: choose another destination",
-            dest.display()
-        )));
-    }
-    Ok(())
+/// The calling connection's database files, every schema (`PRAGMA database_list`): a backup
+/// never lands on one and retention never deletes one.
+pub fn protected(conn: &Connection) -> Result<Protected> {
+    let rows = conn.query("PRAGMA database_list")?;
+    let files: Vec<(String, PathBuf)> = rows
+        .into_iter()
+        .filter_map(|row| {
+            let mut cols = row.into_iter().skip(1);
+            let schema = cols.next().flatten()?;
+            let file = cols.next().flatten().filter(|f| !f.is_empty())?;
+            Some((schema, PathBuf::from(file)))
+        })
+        .collect();
+    Ok(Protected::new(
+        files.iter().map(|(s, f)| (s.as_str(), f.as_path())),
+    ))
 }

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::backup::{temp_dir, DEFAULT_BUSY_TIMEOUT_MS};
+use super::backup::{protected, temp_dir, DEFAULT_BUSY_TIMEOUT_MS};
 use super::{json, options, Call};
 use crate::error::{Error, Result};
+use crate::live;
 use crate::restore;
 use crate::store::{open_backup, Location};
 use crate::verify;
@@ -69,10 +70,13 @@ pub fn restore(call: &Call) -> Result<String> {
                     )));
                 }
             }
+            // Never over a file of this connection's databases or a live database's journal.
+            let dest = PathBuf::from(dest);
+            live::refuse_live_file(&protected(&call.connection())?, &dest)?;
             restore::to_file(
                 store.as_ref(),
                 &name,
-                &PathBuf::from(dest),
+                &dest,
                 opts.overwrite.unwrap_or(false),
                 quick,
             )?

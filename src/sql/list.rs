@@ -12,10 +12,12 @@ use sqlite_loadable::table::{
     BestIndexError, ConstraintOperator, IndexInfo, VTab, VTabArguments, VTabCursor,
 };
 
-use super::backup::clock;
+use super::backup::{clock, protected};
 use super::{json, options, text_value, Call};
 use crate::error::{Error, Result};
-use crate::prune::{self, iso};
+use crate::ffi::Connection;
+use crate::naming::Series;
+use crate::prune::{self, iso, Class};
 use crate::retention::Policy;
 use crate::store::{open_location, Entry, Location};
 
@@ -53,19 +55,21 @@ pub fn prune(call: &Call) -> Result<String> {
         store.as_ref(),
         &prune::Request {
             policy,
-            match_glob: opts.match_glob,
+            series: opts.match_glob.as_deref().map(Series::glob).transpose()?,
             dry_run: opts.dry_run.unwrap_or(false),
             now: clock(opts.now.as_deref())?,
             utc: opts.utc.unwrap_or(true),
+            protected: protected(&call.connection())?,
         },
     )?;
     json(&report)
 }
 
 const COLUMNS: &str =
-    "CREATE TABLE x(name TEXT, url TEXT, size INTEGER, modified TEXT, sha256 TEXT, location HIDDEN, options HIDDEN)";
-const COL_LOCATION: c_int = 5;
-const COL_OPTIONS: c_int = 6;
+    "CREATE TABLE x(name TEXT, url TEXT, size INTEGER, modified TEXT, sha256 TEXT, backup INTEGER, location HIDDEN, options HIDDEN)";
+const COL_BACKUP: c_int = 5;
+const COL_LOCATION: c_int = 6;
+const COL_OPTIONS: c_int = 7;
 /// idx_num bits: which hidden arguments filter receives.
 const HAS_LOCATION: c_int = 1;
 const HAS_OPTIONS: c_int = 2;
@@ -74,6 +78,8 @@ const HAS_OPTIONS: c_int = 2;
 pub struct ListTable {
     /// Must be first: SQLite sees this struct as its sqlite3_vtab.
     base: sqlite3_vtab,
+    /// The connection, whose database files the `backup` column never calls backups.
+    db: *mut sqlite3,
 }
 
 impl<'vtab> VTab<'vtab> for ListTable {
@@ -91,7 +97,7 @@ impl<'vtab> VTab<'vtab> for ListTable {
             .map_err(|e| sqlite_loadable::Error::new_message(e.message))?;
         // SAFETY: sqlite3_vtab is plain C data; SQLite fills it in.
         let base: sqlite3_vtab = unsafe { mem::zeroed() };
-        Ok((COLUMNS.to_owned(), ListTable { base }))
+        Ok((COLUMNS.to_owned(), ListTable { base, db }))
     }
 
     fn best_index(&self, mut info: IndexInfo) -> core::result::Result<(), BestIndexError> {
@@ -131,6 +137,7 @@ impl<'vtab> VTab<'vtab> for ListTable {
         Ok(ListCursor {
             // SAFETY: plain C data; SQLite fills it in.
             base: unsafe { mem::zeroed() },
+            db: self.db,
             rows: Vec::new(),
             at: 0,
             location: String::new(),
@@ -143,7 +150,8 @@ impl<'vtab> VTab<'vtab> for ListTable {
 pub struct ListCursor {
     /// Must be first: SQLite sees this struct as its sqlite3_vtab_cursor.
     base: sqlite3_vtab_cursor,
-    rows: Vec<Entry>,
+    db: *mut sqlite3,
+    rows: Vec<(Entry, Class)>,
     at: usize,
     location: String,
     options: Option<String>,
@@ -183,14 +191,19 @@ impl ListCursor {
         }
         let opts: ListOptions = options::decode(map)?;
         let store = open_location(&location, &s3)?;
-        let mut rows = crate::retention::select(store.list()?, opts.match_glob.as_deref())?;
+        let listing = store.list()?;
+        let mut rows = crate::retention::select(listing.clone(), opts.match_glob.as_deref())?;
         // Newest first: the order a person looking for the latest backup wants.
         rows.sort_by(|a, b| {
             b.modified
                 .cmp(&a.modified)
                 .then_with(|| a.name.cmp(&b.name))
         });
-        self.rows = rows;
+        // SAFETY: the connection this table was created on, live while its cursors are.
+        let conn = unsafe { Connection::borrowed(self.db) };
+        let listed = listing.iter().map(|e| e.name.as_str()).collect();
+        let classes = prune::classify(store.as_ref(), &rows, &listed, &protected(&conn)?);
+        self.rows = rows.into_iter().zip(classes).collect();
         self.at = 0;
         self.location = location;
         self.options = options;
@@ -228,7 +241,7 @@ impl VTabCursor for ListCursor {
     }
 
     fn column(&self, ctx: *mut sqlite3_context, i: c_int) -> sqlite_loadable::Result<()> {
-        let Some(row) = self.rows.get(self.at) else {
+        let Some((row, class)) = self.rows.get(self.at) else {
             api::result_null(ctx);
             return Ok(());
         };
@@ -240,6 +253,12 @@ impl VTabCursor for ListCursor {
             4 => match &row.sha256 {
                 Some(s) => api::result_text(ctx, s)?,
                 None => api::result_null(ctx),
+            },
+            // 1 a backup, 0 never deleted by retention, NULL unknown without reading it (S3).
+            COL_BACKUP => match class {
+                Class::Backup => api::result_int(ctx, 1),
+                Class::Ignored(_) => api::result_int(ctx, 0),
+                Class::Unknown => api::result_null(ctx),
             },
             COL_LOCATION => api::result_text(ctx, &self.location)?,
             COL_OPTIONS => match &self.options {

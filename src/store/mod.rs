@@ -122,6 +122,14 @@ pub trait Store: Send + Sync {
     /// Every backup below the location, in no particular order.
     fn list(&self) -> Result<Vec<Entry>>;
     fn delete(&self, name: &str) -> Result<()>;
+    /// The first `limit` bytes of `name` at most, to tell a backup from a foreign file.
+    fn read_head(&self, name: &str, limit: u64) -> Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(self.get(name)?.take(limit)))
+    }
+    /// The local file behind `name`, for stores that are directories.
+    fn local_path(&self, _name: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// A location given by the user: a local path or an `s3://bucket/key` URL.

@@ -322,6 +322,23 @@ impl Store for S3Store {
         Ok(entries)
     }
 
+    fn read_head(&self, name: &str, limit: u64) -> Result<Box<dyn std::io::Read + Send + '_>> {
+        let key = self.key(name)?;
+        let action = self
+            .client
+            .bucket
+            .get_object(Some(&self.client.credentials), &key);
+        let last = limit.saturating_sub(1);
+        let req = Request::new(Method::Get, action.sign(SIGN_FOR))
+            .header("range", format!("bytes=0-{last}"));
+        let response = self.client.open(&req, &self.target(&key, false))?;
+        // A server that ignores the range still gets read no further than `limit`.
+        Ok(Box::new(std::io::Read::take(
+            response.into_body().into_reader(),
+            limit,
+        )))
+    }
+
     fn delete(&self, name: &str) -> Result<()> {
         let key = self.key(name)?;
         // S3 deletes missing keys silently; the directory store says NotFound, so do we.
