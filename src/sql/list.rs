@@ -14,6 +14,7 @@ use sqlite_loadable::table::{
 
 use super::backup::clock;
 use super::{json, options, text_value, Call};
+use crate::allow;
 use crate::error::{Error, Result};
 use crate::prune::{self, iso};
 use crate::retention::Policy;
@@ -48,6 +49,8 @@ pub fn prune(call: &Call) -> Result<String> {
     let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
     let policy: Policy = options::decode(options::take(&mut map, POLICY_KEYS))?;
     let opts: PruneOptions = options::decode(map)?;
+    allow::location(&location, "location")?;
+    allow::endpoint(&s3)?;
     let store = open_location(&location, &s3)?;
     let report = prune::run(
         store.as_ref(),
@@ -182,6 +185,8 @@ impl ListCursor {
             match_glob: Option<String>,
         }
         let opts: ListOptions = options::decode(map)?;
+        allow::location(&location, "location")?;
+        allow::endpoint(&s3)?;
         let store = open_location(&location, &s3)?;
         let mut rows = crate::retention::select(store.list()?, opts.match_glob.as_deref())?;
         // Newest first: the order a person looking for the latest backup wants.
