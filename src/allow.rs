@@ -101,7 +101,7 @@ pub fn endpoint(opts: &S3Options) -> Result<()> {
 
 fn outside(what: &str, shown: &str, why: &str) -> Error {
     Error::usage(format!(
-        "{what} {shown} is outside {VAR} ({why}): use a location below one of its entries"
+        "{what} '{shown}' is outside {VAR} ({why}): use a location below one of its entries"
     ))
 }
 
@@ -162,15 +162,17 @@ impl Policy {
     }
 
     pub fn check_path(&self, path: &Path, what: &str) -> Result<()> {
-        let resolved =
-            resolve(path).map_err(|e| e.context(format!("{what} {}", path.display())))?;
-        if self.dirs.iter().any(|dir| resolved.starts_with(dir)) {
+        // One answer for every refusal, whatever the reason (a `..` below a missing
+        // directory, a link loop, a link out): the message must not map the host's files.
+        let inside = resolve(path)
+            .is_ok_and(|resolved| self.dirs.iter().any(|dir| resolved.starts_with(dir)));
+        if inside {
             return Ok(());
         }
         Err(outside(
             what,
             &path.display().to_string(),
-            &format!("it resolves to {}", resolved.display()),
+            "after resolving '..' and symbolic links",
         ))
     }
 
@@ -189,7 +191,7 @@ impl Policy {
     }
 
     pub fn check_url(&self, text: &str, what: &str) -> Result<()> {
-        let shown = format!("'{}'", redact(text));
+        let shown = redact(text);
         let url = parse_url(text).map_err(|why| outside(what, &shown, why))?;
         let inside = self.urls.iter().any(|allowed| {
             allowed.scheme() == url.scheme()
@@ -248,7 +250,7 @@ fn parse_url(text: &str) -> std::result::Result<Url, &'static str> {
 
 /// The absolute path `path` names once the OS has followed every symlink and `..` in it, for
 /// paths that do not exist yet too.
-pub fn resolve(path: &Path) -> Result<PathBuf> {
+fn resolve(path: &Path) -> Result<PathBuf> {
     resolve_links(path, MAX_LINKS)
 }
 
