@@ -92,6 +92,14 @@ impl Notifier {
         Notifier::build(url, style, timeout, true)
     }
 
+    /// Like `new`, and a redirect is reported, never followed: the monitor's answer must not
+    /// send the request somewhere SQLITE_BACKUP_ALLOW did not allow.
+    pub fn confined(url: &str, style: Style, timeout: Duration) -> Result<Notifier> {
+        let mut notifier = Notifier::build(url, style, timeout, true)?;
+        notifier.agent = agent(timeout, true, false);
+        Ok(notifier)
+    }
+
     /// `env_proxy`: honour HTTP(S)_PROXY/NO_PROXY like curl does; tests turn it off so a proxy
     /// in the environment cannot capture their 127.0.0.1 requests.
     fn build(url: &str, style: Style, timeout: Duration, env_proxy: bool) -> Result<Notifier> {
@@ -109,20 +117,11 @@ impl Notifier {
         }
         // Fragments are never sent; drop it so it cannot end up anywhere.
         base.set_fragment(None);
-        let mut config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .timeout_connect(Some(timeout))
-            .user_agent(concat!("sqlite-backup/", env!("CARGO_PKG_VERSION")));
-        if !env_proxy {
-            config = config.proxy(None);
-        }
-        let agent = config.build().into();
         Ok(Notifier {
             base,
             style,
             timeout,
-            agent,
+            agent: agent(timeout, env_proxy, true),
         })
     }
 
@@ -387,6 +386,22 @@ fn scrub(text: &str, secrets: &[String]) -> String {
 }
 
 const NO_HOST: &str = "no host after scheme://";
+
+/// The HTTP agent of one notifier: one time budget, our user agent, statuses as values.
+fn agent(timeout: Duration, env_proxy: bool, follow_redirects: bool) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(timeout))
+        .user_agent(concat!("sqlite-backup/", env!("CARGO_PKG_VERSION")));
+    if !env_proxy {
+        config = config.proxy(None);
+    }
+    if !follow_redirects {
+        config = config.max_redirects(0);
+    }
+    config.build().into()
+}
 
 /// An http(s) URL as a person writes it, `scheme://host[:port]/path`, and nothing a URL parser
 /// would repair: `http:/TOKEN`, `https:TOKEN`, `http:///TOKEN` and `http:\\TOKEN` all parse with the

@@ -327,6 +327,18 @@ fn notify_urls_outside_are_refused_and_never_contacted() {
     out.assert_ok();
     let targets: Vec<String> = ping.requests().into_iter().map(|r| r.target).collect();
     assert_eq!(targets, ["/ok/t/start", "/ok/t"]);
+
+    // An allowed monitor that redirects elsewhere: reported, not followed.
+    fs::remove_file(&dest).unwrap();
+    let redirector = PingServer::redirecting(ping.url("/stolen"));
+    let policy = format!("{} {}", h.policy(), redirector.url("/"));
+    let out = h.run(&policy, &call(&redirector.url("/t")));
+    out.assert_ok();
+    let result: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(result["notify"]["result"]["status"], 302, "{result}");
+    assert_eq!(result["notify"]["result"]["ok"], false, "{result}");
+    assert_eq!(redirector.requests().len(), 2);
+    assert_eq!(ping.requests().len(), 2, "{:?}", ping.requests());
 }
 
 #[test]

@@ -221,7 +221,12 @@ fn monitored(
         return json(&body()?.1);
     };
     let timeout = Duration::from_millis(opts.notify_timeout_ms.unwrap_or(10_000));
-    let notifier = Notifier::new(url, opts.notify_style.unwrap_or_default(), timeout)?;
+    let style = opts.notify_style.unwrap_or_default();
+    let notifier = if allow::current()?.is_some() {
+        Notifier::confined(url, style, timeout)?
+    } else {
+        Notifier::new(url, style, timeout)?
+    };
     let started = notifier.start();
     match body() {
         Ok((report, mut value)) => {
