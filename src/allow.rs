@@ -89,14 +89,26 @@ pub fn url(text: &str, what: &str) -> Result<()> {
     }
 }
 
-/// The S3 `endpoint` option sends requests, signed with the host's credentials, wherever it
-/// says: under a policy it must be an allowed URL prefix. An endpoint from the host's own
-/// environment or AWS config is the host's choice and is not checked.
-pub fn endpoint(opts: &S3Options) -> Result<()> {
-    match opts.endpoint.as_deref().map(str::trim) {
-        Some(text) if !text.is_empty() => url(text, "option 'endpoint'"),
-        _ => Ok(()),
+/// The S3 options that choose where requests go. `endpoint` sends them, signed with the host's
+/// credentials, wherever it says: under a policy it must be an allowed URL prefix. `profile`
+/// picks one of the host's profiles, with its own endpoint and account, where the same bucket
+/// name is another bucket: refused under a policy (the host sets `AWS_PROFILE`). What the
+/// host's own environment or AWS config says is its choice and is not checked.
+pub fn s3_options(opts: &S3Options) -> Result<()> {
+    let Some(policy) = current()? else {
+        return Ok(());
+    };
+    if let Some(text) = opts.endpoint.as_deref().map(str::trim) {
+        if !text.is_empty() {
+            policy.check_url(text, "option 'endpoint'")?;
+        }
     }
+    if opts.profile.is_some() {
+        return Err(Error::usage(format!(
+            "option 'profile' is refused under {VAR}: the host chooses the profile (AWS_PROFILE)"
+        )));
+    }
+    Ok(())
 }
 
 fn outside(what: &str, shown: &str, why: &str) -> Error {

@@ -144,6 +144,7 @@ fn local_paths_outside_are_refused_before_anything_happens() {
     std::os::unix::fs::symlink(o.join("new.db"), a.join("dangling")).unwrap();
     let seed = path_lit(a.join("seed.db.gz"));
     let p = h.policy();
+    let p = format!("{p} {}", h.root.join("later").display());
     for (sql, expect) in [
         // Destinations: outside, `..`, a symlinked directory, a prefix sibling.
         (
@@ -205,6 +206,15 @@ fn local_paths_outside_are_refused_before_anything_happens() {
         (
             format!("SELECT restore_backup({seed})"),
             "the database restored into",
+        ),
+        // A policy entry that does not exist yet, as the restore target: its copy would be
+        // written beside it, in the parent directory.
+        (
+            format!(
+                "SELECT restore_backup({seed}, {})",
+                path_lit(h.root.join("later"))
+            ),
+            "dest_path directory",
         ),
         // Reading and deleting outside.
         (
@@ -396,6 +406,19 @@ fn s3_buckets_prefixes_and_endpoints_outside_are_refused() {
     }
     assert!(rogue.requests().is_empty(), "{:?}", rogue.requests());
     assert!(s3.object_path("bkt", "ok/a.db.gz").exists());
+
+    // A profile of the host's ~/.aws has its own endpoint and account: the host chooses it.
+    let mut profile_opts = opts.clone();
+    profile_opts["profile"] = json!("internal");
+    let sql = format!(
+        "SELECT backup_to_s3('s3://bkt/ok', 'c.db.gz', {})",
+        lit(profile_opts.to_string())
+    );
+    h.refused(
+        &policy,
+        &sql,
+        "option 'profile' is refused under SQLITE_BACKUP_ALLOW",
+    );
 }
 
 /// What a Datasette-like host does: Python's sqlite3 with the extension loaded and the policy

@@ -132,7 +132,7 @@ pub fn to_s3(call: &Call) -> Result<String> {
     let s3 = options::take_s3(&mut map, true)?;
     let opts: BackupOptions = options::decode(map)?;
     confine(&opts)?;
-    allow::endpoint(&s3)?;
+    allow::s3_options(&s3)?;
     monitored(&opts, || {
         let req = request(&opts, &pattern)?;
         // `mybucket`, `s3://mybucket` or `s3://mybucket/some/prefix`.

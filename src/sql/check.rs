@@ -9,6 +9,7 @@ use super::{json, options, Call};
 use crate::allow;
 use crate::error::{Error, Result};
 use crate::restore;
+use crate::store::file::parent_dir;
 use crate::store::{open_backup, Location};
 use crate::verify;
 
@@ -36,7 +37,7 @@ pub fn verify(call: &Call) -> Result<String> {
     let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
     let opts: VerifyOptions = options::decode(map)?;
     allow::location(&location, "location")?;
-    allow::endpoint(&s3)?;
+    allow::s3_options(&s3)?;
     if let Some(dir) = &opts.temp_dir {
         allow::path(Path::new(dir), "option 'temp_dir'")?;
     }
@@ -58,12 +59,16 @@ pub fn restore(call: &Call) -> Result<String> {
     let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
     let opts: RestoreOptions = options::decode(map)?;
     allow::location(&location, "location")?;
-    allow::endpoint(&s3)?;
+    allow::s3_options(&s3)?;
     if let Some(dir) = &opts.temp_dir {
         allow::path(Path::new(dir), "option 'temp_dir'")?;
     }
     match &dest {
-        Some(dest) => allow::path(Path::new(dest), "dest_path")?,
+        Some(dest) => {
+            // The directory too: the restored copy is written beside its destination first.
+            allow::path(parent_dir(Path::new(dest)), "dest_path directory")?;
+            allow::path(Path::new(dest), "dest_path")?;
+        }
         // Restoring into this connection replaces its database file.
         None => {
             let schema = opts.schema.as_deref().unwrap_or("main");

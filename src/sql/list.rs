@@ -50,7 +50,7 @@ pub fn prune(call: &Call) -> Result<String> {
     let policy: Policy = options::decode(options::take(&mut map, POLICY_KEYS))?;
     let opts: PruneOptions = options::decode(map)?;
     allow::location(&location, "location")?;
-    allow::endpoint(&s3)?;
+    allow::s3_options(&s3)?;
     let store = open_location(&location, &s3)?;
     let report = prune::run(
         store.as_ref(),
@@ -186,7 +186,7 @@ impl ListCursor {
         }
         let opts: ListOptions = options::decode(map)?;
         allow::location(&location, "location")?;
-        allow::endpoint(&s3)?;
+        allow::s3_options(&s3)?;
         let store = open_location(&location, &s3)?;
         let mut rows = crate::retention::select(store.list()?, opts.match_glob.as_deref())?;
         // Newest first: the order a person looking for the latest backup wants.
