@@ -4,6 +4,7 @@
 //! SQLite call behind safe wrappers; everything else is plain Rust. The core modules are public
 //! so integration tests can drive them directly; they are not a stable Rust API.
 
+mod allow;
 pub mod backup;
 pub mod codec;
 pub mod error;

@@ -92,6 +92,14 @@ impl Notifier {
         Notifier::build(url, style, timeout, true)
     }
 
+    /// Like `new`, and a redirect is reported, never followed: the monitor's answer must not
+    /// send the request somewhere SQLITE_BACKUP_ALLOW did not allow.
+    pub fn confined(url: &str, style: Style, timeout: Duration) -> Result<Notifier> {
+        let mut notifier = Notifier::build(url, style, timeout, true)?;
+        notifier.agent = agent(timeout, true, false);
+        Ok(notifier)
+    }
+
     /// `env_proxy`: honour HTTP(S)_PROXY/NO_PROXY like curl does; tests turn it off so a proxy
     /// in the environment cannot capture their 127.0.0.1 requests.
     fn build(url: &str, style: Style, timeout: Duration, env_proxy: bool) -> Result<Notifier> {
@@ -101,19 +109,7 @@ impl Notifier {
                 redact(url)
             ))
         };
-        // `https:///TOKEN` (an empty host variable in a script) parses with the token as the
-        // host name; refuse it as written, before the token can be looked up or echoed.
-        let after_scheme = url.trim().split_once("://").map(|(_, rest)| rest);
-        if after_scheme.is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) {
-            return Err(invalid("no host"));
-        }
-        let mut base = Url::parse(url.trim()).map_err(|e| invalid(&e.to_string()))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(invalid("unsupported scheme"));
-        }
-        if base.host_str().is_none_or(str::is_empty) {
-            return Err(invalid("no host"));
-        }
+        let mut base = parse_http_url(url.trim()).map_err(invalid)?;
         if timeout.is_zero() {
             return Err(Error::usage(
                 "the monitoring timeout must be more than 0 seconds",
@@ -121,20 +117,11 @@ impl Notifier {
         }
         // Fragments are never sent; drop it so it cannot end up anywhere.
         base.set_fragment(None);
-        let mut config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .timeout_connect(Some(timeout))
-            .user_agent(concat!("sqlite-backup/", env!("CARGO_PKG_VERSION")));
-        if !env_proxy {
-            config = config.proxy(None);
-        }
-        let agent = config.build().into();
         Ok(Notifier {
             base,
             style,
             timeout,
-            agent,
+            agent: agent(timeout, env_proxy, true),
         })
     }
 
@@ -398,18 +385,72 @@ fn scrub(text: &str, secrets: &[String]) -> String {
     })
 }
 
+const NO_HOST: &str = "no host after scheme://";
+
+/// The HTTP agent of one notifier: one time budget, our user agent, statuses as values.
+fn agent(timeout: Duration, env_proxy: bool, follow_redirects: bool) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(timeout))
+        .user_agent(concat!("sqlite-backup/", env!("CARGO_PKG_VERSION")));
+    if !env_proxy {
+        config = config.proxy(None);
+    }
+    if !follow_redirects {
+        config = config.max_redirects(0);
+    }
+    config.build().into()
+}
+
+/// An http(s) URL as a person writes it, `scheme://host[:port]/path`, and nothing a URL parser
+/// would repair: `http:/TOKEN`, `https:TOKEN`, `http:///TOKEN` and `http:\\TOKEN` all parse with the
+/// token as the host name, which would then be looked up in DNS. Whitespace and control
+/// characters (which parsers drop) are refused too.
+pub fn parse_http_url(text: &str) -> std::result::Result<Url, &'static str> {
+    written_out(text)?;
+    let url = Url::parse(text).map_err(|_| "not a valid URL")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("unsupported scheme");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(NO_HOST);
+    }
+    Ok(url)
+}
+
+/// The text has the shape `scheme://host…` with no character a URL parser drops or rewrites.
+fn written_out(text: &str) -> std::result::Result<(), &'static str> {
+    if text
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return Err("whitespace, control characters or backslashes");
+    }
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return Err("not written as scheme://host/path");
+    };
+    if scheme.contains(['/', '?', '#']) {
+        return Err("not written as scheme://host/path");
+    }
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(NO_HOST);
+    }
+    Ok(())
+}
+
 /// `url` with every secret masked: no userinfo, the path replaced by `/***` (ping tokens live
 /// in the path), every query value replaced by `***`, no fragment. Scheme, host and port stay
 /// so the user can tell which service it is. Text that is not a URL shows only what looks
 /// like a scheme and host.
 pub fn redact(url: &str) -> String {
-    // No host as written (`https:///TOKEN`): the parser would make the token the host.
-    if let Some((scheme, rest)) = url.trim().split_once("://") {
-        if rest.is_empty() || rest.starts_with('/') {
-            return format!("{}://***", redact_text(scheme));
-        }
+    // No host as written (`https:///TOKEN`, `http:/TOKEN`): the parser would make the token
+    // the host.
+    let parsed = Url::parse(url.trim());
+    if let (Err(_), Ok(parsed)) = (written_out(url.trim()), &parsed) {
+        return format!("{}:***", parsed.scheme());
     }
-    match Url::parse(url.trim()) {
+    match parsed {
         Ok(parsed) => redact_url(&parsed, ""),
         Err(_) => redact_text(url.trim()),
     }
@@ -828,6 +869,14 @@ mod tests {
             format!("file:///{TOKEN}"),
             format!("https://user:{TOKEN}@/x"),
             String::new(),
+            // Each of these parses with the token as the host name.
+            format!("http:/{TOKEN}"),
+            format!("https:{TOKEN}"),
+            format!("http:///{TOKEN}"),
+            format!("HTTP:/{TOKEN}"),
+            format!("http:\\\\{TOKEN}/x"),
+            format!("http:/\\{TOKEN}/x"),
+            format!("http://\t/{TOKEN}"),
         ] {
             let err = Notifier::new(&bad, Style::Snitch, DEFAULT_TIMEOUT).unwrap_err();
             assert_eq!(err.kind, Kind::Usage, "{bad}");

@@ -43,7 +43,8 @@ pub struct Snapshot {
 }
 
 /// Copies `schema` of `conn` into a new temp file in `temp_dir`. `method` None picks `vacuum`
-/// for a database file and `pages` for an in-memory or temp one.
+/// for a database file of the default VFS and `pages` for anything else (in-memory, temp, or
+/// another VFS such as memdb).
 pub fn take(
     conn: &Connection,
     schema: &str,
@@ -52,16 +53,28 @@ pub fn take(
     temp_dir: &Path,
 ) -> Result<Snapshot> {
     let source = conn.filename(schema)?;
-    let method = match (method, &source) {
-        (Some(Method::Vacuum), None) => {
+    // `vacuum` reopens the path with the default VFS: a memdb or encrypting VFS's bytes are
+    // not what that would read.
+    let custom_vfs = match &source {
+        Some(_) => conn.custom_vfs(schema)?,
+        None => None,
+    };
+    let method = match (method, &source, &custom_vfs) {
+        (Some(Method::Vacuum), None, _) => {
             return Err(Error::usage(format!(
                 "method 'vacuum' needs a database file, and '{schema}' is in memory: \
                  use method 'pages' or leave method unset"
             )))
         }
-        (Some(m), _) => m,
-        (None, Some(_)) => Method::Vacuum,
-        (None, None) => Method::Pages,
+        (Some(Method::Vacuum), Some(_), Some(vfs)) => {
+            return Err(Error::usage(format!(
+                "method 'vacuum' reopens the file with the default VFS, and '{schema}' uses \
+                 VFS '{vfs}': use method 'pages' or leave method unset"
+            )))
+        }
+        (Some(m), _, _) => m,
+        (None, Some(_), None) => Method::Vacuum,
+        (None, _, _) => Method::Pages,
     };
     // Uncommitted writes of the caller's own connection lock the file against our reader (and
     // the backup API refuses a source it is writing): waiting would only time out and blame

@@ -13,7 +13,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlite3ext_sys::{sqlite3, sqlite3_api_routines, sqlite3_backup, sqlite3_stmt};
+use sqlite3ext_sys::{sqlite3, sqlite3_api_routines, sqlite3_backup, sqlite3_stmt, sqlite3_vfs};
 
 use crate::error::{Error, Kind, Result};
 
@@ -27,6 +27,7 @@ const SQLITE_OPEN_READWRITE: c_int = 0x2;
 const SQLITE_OPEN_CREATE: c_int = 0x4;
 const SQLITE_OPEN_URI: c_int = 0x40;
 const SQLITE_VTAB_DIRECTONLY: c_int = 3;
+const SQLITE_FCNTL_VFS_POINTER: c_int = 27;
 
 static API: AtomicPtr<sqlite3_api_routines> = AtomicPtr::new(ptr::null_mut());
 
@@ -290,6 +291,36 @@ impl Connection {
         let name = cstring(schema, "schema")?;
         // SAFETY: db is live; the routine exists from 3.34, checked above.
         Ok(unsafe { f(self.db, name.as_ptr()) } == SQLITE_TXN_WRITE)
+    }
+
+    /// The name of the VFS `schema` was opened with, when it is not the process's default VFS
+    /// (the one `open` uses): `None` when it is the default. A memdb or encrypting VFS keeps
+    /// bytes that reopening the path with the default VFS would not see.
+    pub fn custom_vfs(&self, schema: &str) -> Result<Option<String>> {
+        let file_control = routine!(file_control);
+        let vfs_find = routine!(vfs_find);
+        let name = cstring(schema, "schema")?;
+        let mut vfs: *mut sqlite3_vfs = ptr::null_mut();
+        // SAFETY: db is live; VFS_POINTER writes one pointer into our local.
+        let rc = unsafe {
+            file_control(
+                self.db,
+                name.as_ptr(),
+                SQLITE_FCNTL_VFS_POINTER,
+                (&mut vfs as *mut *mut sqlite3_vfs).cast(),
+            )
+        };
+        // SAFETY: vfs_find(NULL) returns the default VFS (or null), never freed.
+        let default = unsafe { vfs_find(ptr::null()) };
+        if rc != SQLITE_OK || vfs.is_null() {
+            // Unknown: say so, and the caller takes the path that works with any VFS.
+            return Ok(Some(String::from("unknown")));
+        }
+        if vfs == default {
+            return Ok(None);
+        }
+        // SAFETY: a registered VFS and its name live as long as the process.
+        Ok(Some(unsafe { owned_text((*vfs).zName) }))
     }
 
     /// True when no transaction is open on this connection.

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{json, options, to_value, Call};
+use crate::allow;
 use crate::backup::{self, Request};
 use crate::error::{Error, Result};
 use crate::ffi::Connection;
@@ -96,6 +97,7 @@ pub fn to_file(call: &Call) -> Result<String> {
     let mut map = call.options(1)?;
     options::take_s3(&mut map, false)?;
     let opts: BackupOptions = options::decode(map)?;
+    confine(&opts)?;
     monitored(&opts, || {
         let pattern_name = Path::new(&pattern)
             .file_name()
@@ -115,6 +117,9 @@ pub fn to_file(call: &Call) -> Result<String> {
             )))
             }
         };
+        // The directory too: `keep` prunes in it.
+        allow::path(parent_dir(&path), "destination directory")?;
+        allow::path(&path, "destination")?;
         let store = FileStore::open(parent_dir(&path))?;
         let conn = call.connection();
         // Fails early, before the snapshot, when the schema does not exist.
@@ -133,6 +138,8 @@ pub fn to_s3(call: &Call) -> Result<String> {
     let mut map = call.options(2)?;
     let s3 = options::take_s3(&mut map, true)?;
     let opts: BackupOptions = options::decode(map)?;
+    confine(&opts)?;
+    allow::s3_options(&s3)?;
     monitored(&opts, || {
         let req = request(&opts, &pattern)?;
         // `mybucket`, `s3://mybucket` or `s3://mybucket/some/prefix`.
@@ -157,9 +164,23 @@ pub fn to_s3(call: &Call) -> Result<String> {
                  (no leading or trailing '/')"
             )));
         }
+        // The prefix too: `keep` prunes below it.
+        allow::s3(&bucket, &prefix, "destination prefix")?;
+        allow::s3(&bucket, &format!("{prefix}/{name}"), "destination")?;
         let store = S3Store::open(&bucket, &prefix, &s3)?;
         backup_and_keep(&call.connection(), &store, &name, &req, &opts)
     })
+}
+
+/// Under SQLITE_BACKUP_ALLOW, the places besides the destination: checked before any ping.
+fn confine(opts: &BackupOptions) -> Result<()> {
+    if let Some(dir) = &opts.temp_dir {
+        allow::path(Path::new(dir), "option 'temp_dir'")?;
+    }
+    if let Some(url) = &opts.notify {
+        allow::url(url, "notify URL")?;
+    }
+    Ok(())
 }
 
 /// The backup, then `keep` applied to its series. Returns the report and its JSON, with
@@ -208,7 +229,12 @@ fn monitored(
         return json(&body()?.1);
     };
     let timeout = Duration::from_millis(opts.notify_timeout_ms.unwrap_or(10_000));
-    let notifier = Notifier::new(url, opts.notify_style.unwrap_or_default(), timeout)?;
+    let style = opts.notify_style.unwrap_or_default();
+    let notifier = if allow::current()?.is_some() {
+        Notifier::confined(url, style, timeout)?
+    } else {
+        Notifier::new(url, style, timeout)?
+    };
     let started = notifier.start();
     match body() {
         Ok((report, mut value)) => {

@@ -1,14 +1,16 @@
 //! verify_backup(location [, options]) and restore_backup(location [, dest_path [, options]]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::backup::{protected, temp_dir, DEFAULT_BUSY_TIMEOUT_MS};
 use super::{json, options, Call};
+use crate::allow;
 use crate::error::{Error, Result};
 use crate::live;
 use crate::restore;
+use crate::store::file::parent_dir;
 use crate::store::{open_backup, Location};
 use crate::verify;
 
@@ -35,6 +37,11 @@ pub fn verify(call: &Call) -> Result<String> {
     let mut map = call.options(1)?;
     let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
     let opts: VerifyOptions = options::decode(map)?;
+    allow::location(&location, "location")?;
+    allow::s3_options(&s3)?;
+    if let Some(dir) = &opts.temp_dir {
+        allow::path(Path::new(dir), "option 'temp_dir'")?;
+    }
     let (store, name) = open_backup(&location, &s3)?;
     let checked = verify::fetch_checked(
         store.as_ref(),
@@ -52,6 +59,25 @@ pub fn restore(call: &Call) -> Result<String> {
     let mut map = call.options(2)?;
     let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
     let opts: RestoreOptions = options::decode(map)?;
+    allow::location(&location, "location")?;
+    allow::s3_options(&s3)?;
+    if let Some(dir) = &opts.temp_dir {
+        allow::path(Path::new(dir), "option 'temp_dir'")?;
+    }
+    match &dest {
+        Some(dest) => {
+            // The directory too: the restored copy is written beside its destination first.
+            allow::path(parent_dir(Path::new(dest)), "dest_path directory")?;
+            allow::path(Path::new(dest), "dest_path")?;
+        }
+        // Restoring into this connection replaces its database file.
+        None => {
+            let schema = opts.schema.as_deref().unwrap_or("main");
+            if let Some(file) = call.connection().filename(schema)? {
+                allow::path(&file, "the database restored into")?;
+            }
+        }
+    }
     let (store, name) = open_backup(&location, &s3)?;
     let quick = opts.quick.unwrap_or(false);
     let report = match dest {

@@ -14,6 +14,7 @@ use sqlite_loadable::table::{
 
 use super::backup::{clock, protected};
 use super::{json, options, text_value, Call};
+use crate::allow;
 use crate::error::{Error, Result};
 use crate::ffi::Connection;
 use crate::naming::Series;
@@ -50,6 +51,8 @@ pub fn prune(call: &Call) -> Result<String> {
     let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
     let policy: Policy = options::decode(options::take(&mut map, POLICY_KEYS))?;
     let opts: PruneOptions = options::decode(map)?;
+    allow::location(&location, "location")?;
+    allow::s3_options(&s3)?;
     let store = open_location(&location, &s3)?;
     let report = prune::run(
         store.as_ref(),
@@ -190,6 +193,8 @@ impl ListCursor {
             match_glob: Option<String>,
         }
         let opts: ListOptions = options::decode(map)?;
+        allow::location(&location, "location")?;
+        allow::s3_options(&s3)?;
         let store = open_location(&location, &s3)?;
         let listing = store.list()?;
         let mut rows = crate::retention::select(listing.clone(), opts.match_glob.as_deref())?;

@@ -45,6 +45,15 @@ pub struct PingServer {
 impl PingServer {
     /// Answers every request with `status`.
     pub fn start(status: u16) -> PingServer {
+        PingServer::answering(status, None)
+    }
+
+    /// Answers every request with a 302 redirect to `location` (clients follow it with a GET).
+    pub fn redirecting(location: String) -> PingServer {
+        PingServer::answering(302, Some(location))
+    }
+
+    fn answering(status: u16, location: Option<String>) -> PingServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind ping listener");
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -62,7 +71,7 @@ impl PingServer {
                 if let Some(request) = request {
                     recorded.lock().unwrap().push(request);
                 }
-                answer(stream, status, &echo);
+                answer(stream, status, &echo, location.as_deref());
             }
         });
         PingServer { port, requests }
@@ -134,15 +143,16 @@ fn read_request(stream: &TcpStream) -> Option<PingRequest> {
     })
 }
 
-fn answer(mut stream: TcpStream, status: u16, echo: &str) {
+fn answer(mut stream: TcpStream, status: u16, echo: &str, location: Option<&str>) {
     let body = if (200..300).contains(&status) {
         "OK".to_string()
     } else {
         format!("cannot handle {echo}")
     };
+    let location = location.map_or(String::new(), |l| format!("Location: {l}\r\n"));
     let _ = write!(
         stream,
-        "HTTP/1.1 {status} Whatever\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} Whatever\r\n{location}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.flush();
