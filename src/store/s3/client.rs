@@ -241,6 +241,13 @@ impl Client {
                 for (name, value) in &req.headers {
                     builder = builder.header(*name, value.as_str());
                 }
+                // S3 refuses a request (a bad signature: 403) as soon as it has the headers and
+                // closes; a body still going out then fails with a broken pipe and the answer
+                // is lost. With "100-continue" ureq sends the body only once S3 says "go on",
+                // and reads the refusal instead (after 1 s of silence it sends it anyway).
+                if !req.body.is_empty() {
+                    builder = builder.header("expect", "100-continue");
+                }
                 // A byte slice has a known length: ureq sends Content-Length.
                 builder.send(req.body)
             }
