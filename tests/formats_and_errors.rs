@@ -329,6 +329,40 @@ fn refused_while_the_body_is_still_going_out_is_access_denied_at_once() {
 }
 
 #[test]
+fn a_server_that_ignores_expect_and_refuses_mid_body_is_still_heard() {
+    // It never says "100 Continue" (so the body goes out after ureq's 1 s wait), reads 256 KiB,
+    // answers 403 and closes: the write fails, and the answer already received is read.
+    let server = server();
+    let proxy = Proxy::start(upstream(&server));
+    let store = proxied(&server, &proxy);
+    let body = data(4 << 20);
+    let mut wrong = Vec::new();
+    for run in 0..4 {
+        proxy.clear_faults();
+        proxy.clear_requests();
+        proxy.fault("PUT", "", usize::MAX, Fault::RejectAfter(256 << 10, 403));
+        let started = Instant::now();
+        let result = put(&store, "single.gz", &body);
+        let elapsed = started.elapsed();
+        let sent = proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PUT")
+            .count();
+        match result {
+            Err(e) if e.kind == Kind::Auth && e.message.contains("(AccessDenied)") && sent == 1 => {
+            }
+            other => wrong.push(format!(
+                "run {run}: {other:?} after {elapsed:?}, {sent} PUTs"
+            )),
+        }
+        assert!(elapsed < Duration::from_secs(4), "run {run}: {elapsed:?}");
+        assert!(!server.object_path("bkt", "single.gz").exists());
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
 fn only_the_retryable_4xx_are_retried() {
     let server = server();
     let proxy = Proxy::start(upstream(&server));

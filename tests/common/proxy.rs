@@ -28,6 +28,9 @@ pub enum Fault {
     /// reading the body or sending `100 Continue`, and close: what S3 does to a request it
     /// refuses (bad signature) while a large body is still on its way.
     RejectEarly(u16),
+    /// Like `RejectEarly`, for a server that ignores `Expect: 100-continue`: read this many
+    /// bytes of the body first.
+    RejectAfter(usize, u16),
 }
 
 #[derive(Debug, Clone)]
@@ -199,7 +202,11 @@ fn handle(
         body_len: content_length,
         fault: fault.clone(),
     });
-    if let Some(Fault::RejectEarly(status)) = fault {
+    if let Some(Fault::RejectEarly(status) | Fault::RejectAfter(_, status)) = fault {
+        if let Some(Fault::RejectAfter(n, _)) = fault {
+            let mut partial = vec![0; n.min(content_length)];
+            reader.read_exact(&mut partial)?;
+        }
         reply_status(&mut client, status, &method)?;
         let _ = client.shutdown(Shutdown::Both);
         return Ok(());

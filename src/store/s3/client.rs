@@ -6,6 +6,10 @@ use std::io::Read;
 use std::time::Duration;
 
 use ureq::http::{HeaderMap, Response};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
+};
 use ureq::{Agent, Body};
 use url::Url;
 
@@ -131,8 +135,9 @@ impl Client {
             .accept_encoding("identity")
             .user_agent(concat!("sqlite-backup/", env!("CARGO_PKG_VERSION")))
             .build();
+        let connector = DefaultConnector::new().chain(HearRefusals);
         Ok(Client {
-            agent: config.new_agent(),
+            agent: Agent::with_parts(config, connector, DefaultResolver::default()),
             bucket,
             credentials,
             endpoint,
@@ -272,6 +277,78 @@ impl Client {
         let code = errors::error_code(&body);
         let region = header(response.headers(), "x-amz-bucket-region");
         Err(errors::from_status(status, code.as_deref(), region, target))
+    }
+}
+
+/// For servers that ignore "100-continue" (the `expect` header above): they refuse a request as
+/// soon as they have its headers, then close while its body is still going out, and the write
+/// fails with a broken pipe or a reset. The answer may well be here already: the transport
+/// pretends the rest of the body went out, so that ureq reads it. With no answer the read fails
+/// too, and that failure (transient, retried) is reported.
+#[derive(Debug)]
+struct HearRefusals;
+
+impl Connector<Box<dyn Transport>> for HearRefusals {
+    type Out = RefusalTransport;
+
+    fn connect(
+        &self,
+        _: &ConnectionDetails,
+        chained: Option<Box<dyn Transport>>,
+    ) -> std::result::Result<Option<RefusalTransport>, ureq::Error> {
+        Ok(chained.map(|inner| RefusalTransport {
+            inner,
+            write_failed: false,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct RefusalTransport {
+    inner: Box<dyn Transport>,
+    write_failed: bool,
+}
+
+impl Transport for RefusalTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.inner.buffers()
+    }
+
+    fn transmit_output(
+        &mut self,
+        amount: usize,
+        timeout: NextTimeout,
+    ) -> std::result::Result<(), ureq::Error> {
+        if self.write_failed {
+            return Ok(());
+        }
+        match self.inner.transmit_output(amount, timeout) {
+            Err(ureq::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                self.write_failed = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> std::result::Result<bool, ureq::Error> {
+        self.inner.await_input(timeout)
+    }
+
+    fn is_open(&mut self) -> bool {
+        // Never pooled again after a failed write.
+        !self.write_failed && self.inner.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.inner.is_tls()
     }
 }
 
