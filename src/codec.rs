@@ -360,11 +360,7 @@ fn after_member(rest: &mut impl BufRead) -> io::Result<bool> {
         if zeros == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                if padding {
-                    "data after the zero padding that follows the last gzip member"
-                } else {
-                    "data after the last gzip member that is neither a gzip member nor zero padding"
-                },
+                "trailing garbage after the last gzip member (only zero padding may follow it)",
             ));
         }
         padding = true;
