@@ -363,6 +363,29 @@ fn a_server_that_ignores_expect_and_refuses_mid_body_is_still_heard() {
 }
 
 #[test]
+fn a_success_answered_before_the_whole_body_went_out_is_not_believed() {
+    // A broken server or proxy says 200 after 256 KiB of a 4 MiB body and closes: the object
+    // cannot be complete, so this is a failed (retried) request, never a stored backup. (Main
+    // passes this too, with a broken pipe; it guards the transport that reads such answers.)
+    let server = server();
+    let proxy = Proxy::start(upstream(&server));
+    let opts = S3Options {
+        endpoint: Some(proxy.endpoint()),
+        retries: Some(1),
+        ..server.options()
+    };
+    let store = S3Store::open_with_env("bkt", "", &opts, &server.env()).unwrap();
+    proxy.fault("PUT", "", usize::MAX, Fault::RejectAfter(256 << 10, 200));
+    let err = put(&store, "single.gz", &data(4 << 20)).unwrap_err();
+    assert_eq!(err.kind, Kind::Transient, "{err}");
+    assert!(
+        err.message.contains("the connection to http://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(err.message.contains("gave up after 2 attempts"), "{err}");
+}
+
+#[test]
 fn only_the_retryable_4xx_are_retried() {
     let server = server();
     let proxy = Proxy::start(upstream(&server));

@@ -2,6 +2,7 @@
 //! request with ureq, reads S3 errors, and retries transient failures in one place
 //! (`with_retries`) with exponential backoff and full jitter.
 
+use std::cell::Cell;
 use std::io::Read;
 use std::time::Duration;
 
@@ -225,6 +226,7 @@ impl Client {
 
     /// One attempt: a 2xx response, or the error for whatever happened instead.
     fn send_once(&self, req: &Request<'_>, target: &Target) -> Result<Response<Body>> {
+        SEND_CUT_SHORT.with(|cut| cut.set(false));
         let url = req.url.as_str();
         let result = match req.method {
             Method::Get | Method::Head | Method::Delete => {
@@ -260,6 +262,16 @@ impl Client {
         let mut response = result.map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
+            // A success for a body the server never got whole is a broken server: retry.
+            if SEND_CUT_SHORT.with(Cell::take) {
+                return Err(Error::new(
+                    Kind::Transient,
+                    format!(
+                        "{}: the connection to {} broke while sending the request",
+                        target.url, self.endpoint
+                    ),
+                ));
+            }
             return Ok(response);
         }
         let body = if req.method == Method::Head {
@@ -287,6 +299,12 @@ impl Client {
 /// too, and that failure (transient, retried) is reported.
 #[derive(Debug)]
 struct HearRefusals;
+
+thread_local! {
+    /// Set when `RefusalTransport` let a failed write pass, for `send_once` to check (ureq
+    /// does a request's I/O on the calling thread).
+    static SEND_CUT_SHORT: Cell<bool> = const { Cell::new(false) };
+}
 
 impl Connector<Box<dyn Transport>> for HearRefusals {
     type Out = RefusalTransport;
@@ -332,6 +350,7 @@ impl Transport for RefusalTransport {
                 ) =>
             {
                 self.write_failed = true;
+                SEND_CUT_SHORT.with(|cut| cut.set(true));
                 Ok(())
             }
             other => other,
