@@ -386,6 +386,28 @@ fn a_success_answered_before_the_whole_body_went_out_is_not_believed() {
 }
 
 #[test]
+fn a_server_that_refuses_expect_gets_the_request_without_it() {
+    // 417 Expectation Failed: send again at once without the header, as curl does.
+    let server = server();
+    let proxy = Proxy::start(upstream(&server));
+    let store = proxied(&server, &proxy);
+    proxy.fault("PUT", "", 1, Fault::RejectEarly(417));
+    let body = data(3 << 20);
+    put(&store, "single.gz", &body).unwrap();
+    assert_eq!(
+        fs::read(server.object_path("bkt", "single.gz")).unwrap(),
+        body
+    );
+    let expects: Vec<Option<String>> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.header("expect").map(str::to_string))
+        .collect();
+    assert_eq!(expects, [Some("100-continue".to_string()), None]);
+}
+
+#[test]
 fn only_the_retryable_4xx_are_retried() {
     let server = server();
     let proxy = Proxy::start(upstream(&server));

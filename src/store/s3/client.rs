@@ -226,6 +226,11 @@ impl Client {
 
     /// One attempt: a 2xx response, or the error for whatever happened instead.
     fn send_once(&self, req: &Request<'_>, target: &Target) -> Result<Response<Body>> {
+        self.send(req, target, !req.body.is_empty())
+    }
+
+    /// `send_once`, with or without `Expect: 100-continue`.
+    fn send(&self, req: &Request<'_>, target: &Target, expect: bool) -> Result<Response<Body>> {
         SEND_CUT_SHORT.with(|cut| cut.set(false));
         let url = req.url.as_str();
         let result = match req.method {
@@ -252,7 +257,7 @@ impl Client {
                 // closes; a body still going out then fails with a broken pipe and the answer
                 // is lost. With "100-continue" ureq sends the body only once S3 says "go on",
                 // and reads the refusal instead (after 1 s of silence it sends it anyway).
-                if !req.body.is_empty() {
+                if expect {
                     builder = builder.header("expect", "100-continue");
                 }
                 // A byte slice has a known length: ureq sends Content-Length.
@@ -273,6 +278,11 @@ impl Client {
                 ));
             }
             return Ok(response);
+        }
+        // A server or proxy that does not do "100-continue" may say so (RFC 9110 §10.1.1):
+        // send again without it, as curl does.
+        if status == 417 && expect {
+            return self.send(req, target, false);
         }
         let body = if req.method == Method::Head {
             Vec::new()
