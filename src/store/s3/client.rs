@@ -302,19 +302,20 @@ impl Client {
     }
 }
 
+thread_local! {
+    /// Set when `RefusalTransport` let a failed write pass, for `send` to check (ureq does a
+    /// request's I/O on the calling thread).
+    static SEND_CUT_SHORT: Cell<bool> = const { Cell::new(false) };
+}
+
 /// For servers that ignore "100-continue" (the `expect` header above): they refuse a request as
 /// soon as they have its headers, then close while its body is still going out, and the write
 /// fails with a broken pipe or a reset. The answer may well be here already: the transport
 /// pretends the rest of the body went out, so that ureq reads it. With no answer the read fails
 /// too, and that failure (transient, retried) is reported.
+/// (ureq's `unversioned` transport API: Cargo.toml holds ureq to 3.5.x for it.)
 #[derive(Debug)]
 struct HearRefusals;
-
-thread_local! {
-    /// Set when `RefusalTransport` let a failed write pass, for `send_once` to check (ureq
-    /// does a request's I/O on the calling thread).
-    static SEND_CUT_SHORT: Cell<bool> = const { Cell::new(false) };
-}
 
 impl Connector<Box<dyn Transport>> for HearRefusals {
     type Out = RefusalTransport;
