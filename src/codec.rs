@@ -42,14 +42,14 @@ impl Codec {
         }
     }
 
-    /// By the first bytes of a stored backup.
+    /// By the first bytes of a stored backup. A zstd stream may open with a skippable frame
+    /// (magic 0x184D2A50..=0x184D2A5F, little-endian): `pzstd` starts every file with one.
     pub fn detect(head: &[u8]) -> Codec {
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Codec::Gzip
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Codec::Zstd
-        } else {
-            Codec::None
+        match head {
+            [0x1f, 0x8b, ..] => Codec::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Codec::Zstd,
+            [0x50..=0x5f, 0x2a, 0x4d, 0x18, ..] => Codec::Zstd,
+            _ => Codec::None,
         }
     }
 
@@ -274,7 +274,7 @@ pub fn decoder<'a>(input: Box<dyn Read + Send + 'a>) -> Result<(Codec, Box<dyn R
         .map_err(|e| Error::io("cannot read the backup", e))?;
     let codec = Codec::detect(head);
     let reader: Box<dyn Read + Send + 'a> = match codec {
-        Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Codec::Gzip => Box::new(GzipMembers::new(buffered)),
         Codec::Zstd => Box::new(
             zstd::stream::read::Decoder::with_buffer(buffered)
                 .map_err(|e| Error::io("cannot start zstd decompression", e))?,
@@ -307,6 +307,90 @@ pub fn holds_sqlite(input: &mut dyn Read) -> bool {
         Codec::None => limited.read_exact(&mut magic),
     };
     read.is_ok() && &magic == crate::snapshot::SQLITE_MAGIC
+}
+
+/// Every gzip member of a stream, then only zero bytes to the end (padding that tape and some
+/// upload tools add): what `gzip -d` accepts with exit status 0. Any other byte after the
+/// last member makes `gzip -d` warn "trailing garbage ignored" and exit 2; it is refused here,
+/// since nothing vouches for it. (Zstd needs no such reader: libzstd already skips skippable
+/// frames and refuses anything else, zeros included, as `zstd -d` does.)
+struct GzipMembers<R: BufRead> {
+    /// The member being read; `None` once the stream has ended or failed.
+    member: Option<flate2::bufread::GzDecoder<R>>,
+    failed: bool,
+}
+
+impl<R: BufRead> GzipMembers<R> {
+    fn new(input: R) -> GzipMembers<R> {
+        GzipMembers {
+            member: Some(flate2::bufread::GzDecoder::new(input)),
+            failed: false,
+        }
+    }
+}
+
+impl<R: BufRead> Read for GzipMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the gzip stream failed earlier",
+            ));
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let Some(member) = self.member.as_mut() else {
+                return Ok(0);
+            };
+            // 0 from a member means its trailer (CRC and length) checked out.
+            match member.read(buf) {
+                Ok(0) => {}
+                Ok(n) => return Ok(n),
+                Err(e) => {
+                    self.failed = true;
+                    self.member = None;
+                    return Err(e);
+                }
+            }
+            let Some(mut rest) = self.member.take().map(|m| m.into_inner()) else {
+                return Ok(0);
+            };
+            match after_member(&mut rest) {
+                Ok(true) => self.member = Some(flate2::bufread::GzDecoder::new(rest)),
+                Ok(false) => return Ok(0),
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// What follows a gzip member: `true` for another member (its header is checked when it is
+/// read), `false` for the end of the stream, after any zero padding, which is consumed.
+fn after_member(rest: &mut impl BufRead) -> io::Result<bool> {
+    let mut padding = false;
+    loop {
+        let buf = rest.fill_buf()?;
+        let Some(&first) = buf.first() else {
+            return Ok(false);
+        };
+        if first == 0x1f && !padding {
+            return Ok(true);
+        }
+        let zeros = buf.iter().take_while(|&&b| b == 0).count();
+        if zeros == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "trailing garbage after the last gzip member (only zero padding may follow it)",
+            ));
+        }
+        padding = true;
+        rest.consume(zeros);
+    }
 }
 
 #[cfg(test)]
@@ -424,5 +508,101 @@ mod tests {
             self.0 += n as u64;
             Ok(n)
         }
+    }
+
+    fn compressed(codec: Codec, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        compress(&mut &data[..], &mut out, codec, 1, 1).unwrap();
+        out
+    }
+
+    /// Decodes `stored` as a backup would be read: the codec found and everything or the error.
+    fn decode(stored: Vec<u8>) -> (Codec, io::Result<Vec<u8>>) {
+        let (codec, mut dec) = decoder(Box::new(io::Cursor::new(stored))).unwrap();
+        let mut back = Vec::new();
+        let result = dec.read_to_end(&mut back).map(|_| back);
+        (codec, result)
+    }
+
+    fn skippable(nibble: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x50 | nibble, 0x2a, 0x4d, 0x18];
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[test]
+    fn gzip_accepts_zero_padding_and_refuses_other_trailing_bytes() {
+        // As `gzip -d`: zeros to the end are padding (exit 0); anything else after the last
+        // member is "trailing garbage" (exit 2), refused here.
+        let data = sample(300_000);
+        let gz = compressed(Codec::Gzip, &data);
+        let with = |tail: &[u8]| [gz.as_slice(), tail].concat();
+        for tail in [&[0u8][..], &[0; 4], &vec![0; 3 << 20]] {
+            assert_eq!(decode(with(tail)).1.unwrap(), data, "{} zeros", tail.len());
+        }
+        // Another member after the first is data.
+        let two = decode([gz.clone(), gz.clone(), vec![0; 512]].concat())
+            .1
+            .unwrap();
+        assert_eq!(two, [data.clone(), data.clone()].concat());
+        for tail in [
+            &b"x"[..],
+            b"\0\0\0x",
+            b"\x1f",
+            b"\x1f\x8b",
+            b"\x1f\x8b\x08\0\0\0\0\0\0\x03garbage",
+            b"\0\x1f\x8b",
+        ] {
+            let err = decode(with(tail)).1.unwrap_err();
+            assert!(!err.to_string().is_empty(), "{tail:?}");
+        }
+        // A member after zero padding is garbage to gzip too.
+        assert!(decode([gz.clone(), vec![0; 8], gz.clone()].concat())
+            .1
+            .is_err());
+        // Reading again after a failure fails again, never ends quietly.
+        let (_, mut dec) = decoder(Box::new(io::Cursor::new(with(b"x")))).unwrap();
+        let mut sink = Vec::new();
+        assert!(dec.read_to_end(&mut sink).is_err());
+        assert!(dec.read(&mut [0u8; 16]).is_err());
+    }
+
+    #[test]
+    fn zstd_accepts_skippable_frames_and_refuses_trailing_zeros() {
+        // As `zstd -d`: skippable frames anywhere are skipped; zeros or garbage after the last
+        // frame, and a cut-off skippable frame, are errors.
+        let data = sample(300_000);
+        let zst = compressed(Codec::Zstd, &data);
+        let skip = skippable(0, b"pzstd puts the frame size here");
+        let twice = [data.clone(), data.clone()].concat();
+        for (stored, want) in [
+            ([skip.clone(), zst.clone()].concat(), &data),
+            ([zst.clone(), skippable(0xf, b"")].concat(), &data),
+            (
+                [&skip, &zst, &skip, &zst, &skip]
+                    .map(|v| v.as_slice())
+                    .concat(),
+                &twice,
+            ),
+        ] {
+            let (codec, back) = decode(stored);
+            assert_eq!(codec, Codec::Zstd);
+            assert_eq!(back.unwrap(), *want);
+        }
+        let cut = skippable(3, b"0123456789");
+        for stored in [
+            [zst.clone(), vec![0]].concat(),
+            [zst.clone(), vec![0; 4096]].concat(),
+            [zst.clone(), b"garbage".to_vec()].concat(),
+            [zst.clone(), cut[..cut.len() - 1].to_vec()].concat(),
+            zst[..zst.len() - 1].to_vec(),
+        ] {
+            assert!(decode(stored).1.is_err());
+        }
+        // Only the skippable-frame magics count as zstd.
+        assert_eq!(Codec::detect(&[0x4f, 0x2a, 0x4d, 0x18]), Codec::None);
+        assert_eq!(Codec::detect(&[0x60, 0x2a, 0x4d, 0x18]), Codec::None);
+        assert_eq!(Codec::detect(b"SQLite format 3\0"), Codec::None);
     }
 }

@@ -24,6 +24,13 @@ pub enum Fault {
     Stall(Duration),
     /// Forward the request, but cut the response body off after this many bytes.
     DropResponse(usize),
+    /// Answer with this status and an S3 XML error as soon as the headers are in, without
+    /// reading the body or sending `100 Continue`, and close: what S3 does to a request it
+    /// refuses (bad signature) while a large body is still on its way.
+    RejectEarly(u16),
+    /// Like `RejectEarly`, for a server that ignores `Expect: 100-continue`: read this many
+    /// bytes of the body first.
+    RejectAfter(usize, u16),
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +202,22 @@ fn handle(
         body_len: content_length,
         fault: fault.clone(),
     });
+    if let Some(Fault::RejectEarly(status) | Fault::RejectAfter(_, status)) = fault {
+        if let Some(Fault::RejectAfter(n, _)) = fault {
+            let mut partial = vec![0; n.min(content_length)];
+            reader.read_exact(&mut partial)?;
+        }
+        reply_status(&mut client, status, &method)?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    // Like AWS and s3s-fs, say "go on" to a client that waits for it before sending its body.
+    let expects_continue = headers
+        .iter()
+        .any(|(n, v)| n == "expect" && v.eq_ignore_ascii_case("100-continue"));
+    if expects_continue && content_length > 0 {
+        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
     if chunked {
         // Never expected from our client (tests assert it); refuse rather than relay.
         write!(
@@ -215,19 +238,7 @@ fn handle(
 
     match fault {
         Some(Fault::Status(status)) => {
-            let code = match status {
-                503 | 429 => "SlowDown",
-                500 => "InternalError",
-                403 => "AccessDenied",
-                _ => "InjectedFault",
-            };
-            let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected</Message></Error>");
-            let payload = if method == "HEAD" { "" } else { xml.as_str() };
-            write!(
-                client,
-                "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-                payload.len()
-            )?;
+            reply_status(&mut client, status, &method)?;
             return Ok(());
         }
         Some(Fault::Stall(duration)) => {
@@ -244,7 +255,8 @@ fn handle(
     out.push_str(&request_line);
     out.push_str("\r\n");
     for line in &head[1..] {
-        if split_header(line).is_some_and(|(n, _)| n == "connection") {
+        // The body is already here: upstream need not say "100 Continue".
+        if split_header(line).is_some_and(|(n, _)| n == "connection" || n == "expect") {
             continue;
         }
         out.push_str(line);
@@ -282,4 +294,21 @@ fn handle(
         }
     }
     Ok(())
+}
+
+/// An S3 XML error with `status` (a code S3 would give it), and close.
+fn reply_status(client: &mut TcpStream, status: u16, method: &str) -> io::Result<()> {
+    let code = match status {
+        503 | 429 => "SlowDown",
+        500 => "InternalError",
+        403 => "AccessDenied",
+        _ => "InjectedFault",
+    };
+    let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected</Message></Error>");
+    let payload = if method == "HEAD" { "" } else { xml.as_str() };
+    write!(
+        client,
+        "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    )
 }

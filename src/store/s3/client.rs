@@ -2,10 +2,15 @@
 //! request with ureq, reads S3 errors, and retries transient failures in one place
 //! (`with_retries`) with exponential backoff and full jitter.
 
+use std::cell::Cell;
 use std::io::Read;
 use std::time::Duration;
 
 use ureq::http::{HeaderMap, Response};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
+};
 use ureq::{Agent, Body};
 use url::Url;
 
@@ -131,8 +136,9 @@ impl Client {
             .accept_encoding("identity")
             .user_agent(concat!("sqlite-backup/", env!("CARGO_PKG_VERSION")))
             .build();
+        let connector = DefaultConnector::new().chain(HearRefusals);
         Ok(Client {
-            agent: config.new_agent(),
+            agent: Agent::with_parts(config, connector, DefaultResolver::default()),
             bucket,
             credentials,
             endpoint,
@@ -220,6 +226,12 @@ impl Client {
 
     /// One attempt: a 2xx response, or the error for whatever happened instead.
     fn send_once(&self, req: &Request<'_>, target: &Target) -> Result<Response<Body>> {
+        self.send(req, target, !req.body.is_empty())
+    }
+
+    /// `send_once`, with or without `Expect: 100-continue`.
+    fn send(&self, req: &Request<'_>, target: &Target, expect: bool) -> Result<Response<Body>> {
+        SEND_CUT_SHORT.with(|cut| cut.set(false));
         let url = req.url.as_str();
         let result = match req.method {
             Method::Get | Method::Head | Method::Delete => {
@@ -241,6 +253,13 @@ impl Client {
                 for (name, value) in &req.headers {
                     builder = builder.header(*name, value.as_str());
                 }
+                // S3 refuses a request (a bad signature: 403) as soon as it has the headers and
+                // closes; a body still going out then fails with a broken pipe and the answer
+                // is lost. With "100-continue" ureq sends the body only once S3 says "go on",
+                // and reads the refusal instead (after 1 s of silence it sends it anyway).
+                if expect {
+                    builder = builder.header("expect", "100-continue");
+                }
                 // A byte slice has a known length: ureq sends Content-Length.
                 builder.send(req.body)
             }
@@ -248,7 +267,22 @@ impl Client {
         let mut response = result.map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
+            // A success for a body the server never got whole is a broken server: retry.
+            if SEND_CUT_SHORT.with(Cell::take) {
+                return Err(Error::new(
+                    Kind::Transient,
+                    format!(
+                        "{}: the connection to {} broke while sending the request",
+                        target.url, self.endpoint
+                    ),
+                ));
+            }
             return Ok(response);
+        }
+        // A server or proxy that does not do "100-continue" may say so (RFC 9110 §10.1.1):
+        // send again without it, as curl does.
+        if status == 417 && expect {
+            return self.send(req, target, false);
         }
         let body = if req.method == Method::Head {
             Vec::new()
@@ -265,6 +299,86 @@ impl Client {
         let code = errors::error_code(&body);
         let region = header(response.headers(), "x-amz-bucket-region");
         Err(errors::from_status(status, code.as_deref(), region, target))
+    }
+}
+
+thread_local! {
+    /// Set when `RefusalTransport` let a failed write pass, for `send` to check (ureq does a
+    /// request's I/O on the calling thread).
+    static SEND_CUT_SHORT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// For servers that ignore "100-continue" (the `expect` header above): they refuse a request as
+/// soon as they have its headers, then close while its body is still going out, and the write
+/// fails with a broken pipe or a reset. The answer may well be here already: the transport
+/// pretends the rest of the body went out, so that ureq reads it. With no answer the read fails
+/// too, and that failure (transient, retried) is reported.
+/// (ureq's `unversioned` transport API: Cargo.toml holds ureq to 3.5.x for it.)
+#[derive(Debug)]
+struct HearRefusals;
+
+impl Connector<Box<dyn Transport>> for HearRefusals {
+    type Out = RefusalTransport;
+
+    fn connect(
+        &self,
+        _: &ConnectionDetails,
+        chained: Option<Box<dyn Transport>>,
+    ) -> std::result::Result<Option<RefusalTransport>, ureq::Error> {
+        Ok(chained.map(|inner| RefusalTransport {
+            inner,
+            write_failed: false,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct RefusalTransport {
+    inner: Box<dyn Transport>,
+    write_failed: bool,
+}
+
+impl Transport for RefusalTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.inner.buffers()
+    }
+
+    fn transmit_output(
+        &mut self,
+        amount: usize,
+        timeout: NextTimeout,
+    ) -> std::result::Result<(), ureq::Error> {
+        if self.write_failed {
+            return Ok(());
+        }
+        match self.inner.transmit_output(amount, timeout) {
+            Err(ureq::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                self.write_failed = true;
+                SEND_CUT_SHORT.with(|cut| cut.set(true));
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> std::result::Result<bool, ureq::Error> {
+        self.inner.await_input(timeout)
+    }
+
+    fn is_open(&mut self) -> bool {
+        // Never pooled again after a failed write.
+        !self.write_failed && self.inner.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.inner.is_tls()
     }
 }
 

@@ -44,6 +44,14 @@ pub fn from_status(
     let url = &t.url;
     let with_code = code.map(|c| format!(" ({c})")).unwrap_or_default();
     match (status, code) {
+        // Signatures carry the time; S3 refuses one more than 15 minutes off.
+        (403, Some("RequestTimeTooSkewed")) => Error::new(
+            Kind::Auth,
+            format!(
+                "access denied to {url}: this machine's clock is too far from the server's: \
+                 set the system time{with_code}"
+            ),
+        ),
         (403, _)
         | (
             400,
@@ -92,7 +100,16 @@ pub fn from_status(
             Kind::Remote,
             format!("{url} changed while it was being read{with_code}"),
         ),
-        (429, _) | (500..=599, _) => Error::new(
+        // Retried: what S3 documents as "try again" and the AWS SDKs retry. 408 and 400
+        // RequestTimeout (the connection sat idle), 409 OperationAborted (a conflicting
+        // operation in progress), 429 and SlowDown, every 5xx. Any other 4xx is an answer:
+        // the same request would be refused again (400 bad request, 403 denied, 404 missing,
+        // 405, 409 conflict, 411/413 length, 412 precondition, 416 range).
+        (408, _)
+        | (400, Some("RequestTimeout"))
+        | (409, Some("OperationAborted"))
+        | (429, _)
+        | (500..=599, _) => Error::new(
             Kind::Transient,
             format!("{url}: the server answered HTTP {status}{with_code}"),
         ),
@@ -199,6 +216,9 @@ mod tests {
             "access denied to s3://bkt/a/db.gz: check the access key, secret key and region \
              (SignatureDoesNotMatch)"
         );
+        let e = from_status(403, Some("RequestTimeTooSkewed"), None, &t);
+        assert_eq!(e.kind, Kind::Auth);
+        assert!(e.message.contains("set the system time"), "{e}");
         let e = from_status(404, Some("NoSuchBucket"), None, &t);
         assert_eq!(
             (e.kind, e.message.as_str()),
@@ -211,6 +231,29 @@ mod tests {
             Kind::Transient
         );
         assert_eq!(from_status(429, None, None, &t).kind, Kind::Transient);
+        for (status, code) in [
+            (408, None),
+            (400, Some("RequestTimeout")),
+            (409, Some("OperationAborted")),
+        ] {
+            assert_eq!(
+                from_status(status, code, None, &t).kind,
+                Kind::Transient,
+                "{status}"
+            );
+        }
+        // Every other 4xx is final, whatever its code.
+        for status in [400, 401, 403, 404, 405, 409, 411, 412, 413, 416, 418, 451] {
+            for code in [
+                None,
+                Some("AccessDenied"),
+                Some("InvalidRequest"),
+                Some("BadDigest"),
+            ] {
+                let e = from_status(status, code, None, &t);
+                assert_ne!(e.kind, Kind::Transient, "{status} {code:?}");
+            }
+        }
         assert_eq!(
             from_status(400, Some("InvalidArgument"), None, &t).kind,
             Kind::Remote
