@@ -167,6 +167,11 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         // takes a moment). The scope joins this thread, so it is gone when we return.
         scope.spawn(move || drop((snapshot_file, file)));
         timings.compress = ms_since(step);
+        // The last moment an interrupt can still leave nothing behind.
+        if let Err(e) = crate::ffi::interrupt::check() {
+            upload.abort();
+            return Err(e);
+        }
         let step = Instant::now();
         let stored = upload.commit()?;
         timings.commit = ms_since(step);
@@ -227,6 +232,8 @@ struct CountingWriter<W> {
 
 impl<W: Write> Write for CountingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Compression writes from the calling thread: the one that may ask about interrupts.
+        crate::ffi::interrupt::check().map_err(Error::into_io)?;
         let n = self.inner.write(buf)?;
         self.count += n as u64;
         Ok(n)
