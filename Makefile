@@ -22,9 +22,9 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# Test tools, project-local: an S3 server that checks SigV4 signatures, and boto3/awscli as an
-# independent S3 client.
-tools: $(S3S_FS) $(VENV)/bin/aws
+# Test tools, project-local: an S3 server that checks SigV4 signatures, boto3/awscli as an
+# independent S3 client, and apsw (a second SQLite library beside Python's sqlite3).
+tools: $(S3S_FS) $(VENV)/bin/aws $(VENV)/.apsw
 
 $(S3S_FS):
 	$(CARGO) install --locked --features binary s3s-fs@0.14.1 --root $(TOOLS)
@@ -32,6 +32,10 @@ $(S3S_FS):
 $(VENV)/bin/aws:
 	/usr/bin/python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q boto3 awscli
+
+$(VENV)/.apsw: $(VENV)/bin/aws
+	$(VENV)/bin/pip install -q apsw
+	touch $@
 
 loadable: deps
 	$(CARGO) build

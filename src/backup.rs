@@ -168,7 +168,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         scope.spawn(move || drop((snapshot_file, file)));
         timings.compress = ms_since(step);
         // The last moment an interrupt can still leave nothing behind.
-        if let Err(e) = crate::ffi::interrupt::check() {
+        if let Err(e) = crate::interrupt::check() {
             upload.abort();
             return Err(e);
         }
@@ -233,7 +233,7 @@ struct CountingWriter<W> {
 impl<W: Write> Write for CountingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Compression writes from the calling thread: the one that may ask about interrupts.
-        crate::ffi::interrupt::check().map_err(Error::into_io)?;
+        crate::interrupt::check().map_err(Error::into_io)?;
         let n = self.inner.write(buf)?;
         self.count += n as u64;
         Ok(n)

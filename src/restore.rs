@@ -68,7 +68,7 @@ pub fn to_file(
         .unwrap_or_else(|_| fs::Permissions::from_mode(0o644));
     fs::set_permissions(checked.file.path(), mode)
         .map_err(|e| Error::io("cannot set the restored file's permissions", e))?;
-    crate::ffi::interrupt::check()?;
+    crate::interrupt::check()?;
     persist(checked.file, dest, overwrite).map_err(|e| {
         if e.kind == Kind::Exists {
             exists(dest)

@@ -61,7 +61,7 @@ pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> 
     let mut buf = vec![0u8; 1 << 20];
     let mut bytes = 0u64;
     loop {
-        crate::ffi::interrupt::check()?;
+        crate::interrupt::check()?;
         let n = match reader.read(&mut buf) {
             Ok(n) => n,
             Err(e) => return Err(read_error(&url, codec, e)),

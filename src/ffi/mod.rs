@@ -370,7 +370,7 @@ impl Connection {
             // SAFETY: backup is live until finish below.
             match unsafe { step(backup, pages) } {
                 SQLITE_DONE => break SQLITE_OK,
-                SQLITE_OK => match interrupt::check() {
+                SQLITE_OK => match crate::interrupt::check() {
                     Ok(()) => continue,
                     Err(e) => {
                         interrupted = Err(e);

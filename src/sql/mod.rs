@@ -52,8 +52,10 @@ fn define(db: *mut sqlite3, name: &'static str, flags: FunctionFlags, body: Body
             let call = Call { name, ctx, values };
             // A panic must never unwind into the host application.
             let outcome = catch_unwind(AssertUnwindSafe(|| {
-                let watch = crate::ffi::interrupt::watch(api::context_db_handle(ctx));
-                watch.finish(body(&call))
+                // SAFETY: the call's own connection, probed only on this thread during it.
+                let probe =
+                    unsafe { crate::ffi::interrupt::Probe::new(api::context_db_handle(ctx)) };
+                crate::interrupt::watch(probe).finish(body(&call))
             }));
             let reported = match outcome {
                 Ok(Ok(text)) => api::result_text(ctx, text),
