@@ -196,10 +196,10 @@ impl Connection {
         let rc = unsafe { open_v2(name.as_ptr(), &mut db, flags, ptr::null()) };
         // Even on failure SQLite may hand back a handle that must be closed.
         let conn = Connection { db, owned: true };
-        if rc == SQLITE_OK {
-            // Long statements on our connections (VACUUM INTO, integrity_check) stop when the
-            // caller's connection is interrupted.
-            let progress = routine!(progress_handler);
+        // Long statements on our connections (VACUUM INTO, integrity_check) stop when the
+        // caller's connection is interrupted; a SQLite built without progress handlers has
+        // none in its table, and then only our own loops notice.
+        if let (SQLITE_OK, Some(progress)) = (rc, api()?.progress_handler) {
             // SAFETY: db is live; the handler takes no argument and never unwinds.
             unsafe {
                 progress(
