@@ -665,3 +665,74 @@ fn interrupt_during_restore() {
     assert_eq!(list(&temp), Vec::<String>::new());
     assert_eq!(list(dir.path()), ["target.db", "tmp"]);
 }
+
+/// An application's time limit as a progress handler on its connection (Debian's python3:
+/// `set_progress_handler`, non-zero to stop): it is called while our function runs, and its
+/// answer stops the backup, for a small and a large instruction count.
+#[test]
+fn an_applications_progress_handler_stops_a_backup() {
+    const SCRIPT: &str = r#"
+import json, os, sqlite3, sys, threading, time
+db, dest, temp, ops = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+c = sqlite3.connect(db)
+c.enable_load_extension(True)
+c.load_extension(os.environ["EXT"])
+state = {"expired": None, "done": False}
+def limit():
+    # The time limit passes mid-snapshot.
+    while not state["done"]:
+        for n in os.listdir(temp):
+            try:
+                if os.path.getsize(os.path.join(temp, n)) >= 4 << 20:
+                    state["expired"] = time.time()
+                    return
+            except OSError:
+                pass
+        time.sleep(0.001)
+threading.Thread(target=limit, daemon=True).start()
+c.set_progress_handler(lambda: 1 if state["expired"] else 0, ops)
+try:
+    c.execute("SELECT backup_to_file(?, ?)", (dest, json.dumps({"temp_dir": temp}))).fetchone()
+    print("stored")
+except sqlite3.OperationalError as e:
+    print("error:", e)
+ended = time.time()
+state["done"] = True
+print("late", ended - state["expired"] if state["expired"] else "never")
+c.set_progress_handler(None, 0)
+print("alive", c.execute("SELECT backup_version()").fetchone()[0])
+"#;
+    for ops in ["1000", "100000"] {
+        let dir = tempdir();
+        let temp = dir.path().join("tmp");
+        fs::create_dir_all(&temp).unwrap();
+        let dest = dir.path().join("b.db.gz");
+        let out = python(
+            SCRIPT,
+            &[
+                big_db().to_str().unwrap(),
+                dest.to_str().unwrap(),
+                temp.to_str().unwrap(),
+                ops,
+            ],
+        );
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(out.ok(), "ops {ops}: {text}");
+        assert!(
+            text.contains(
+                "error: backup_to_file: interrupted: stopped before finishing, nothing was \
+                 stored or changed\n"
+            ),
+            "ops {ops}: {text}"
+        );
+        let late: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("late "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("ops {ops}: {text}"));
+        assert!(late < 1.0, "ops {ops}: stopped {late} s after the limit");
+        assert!(text.contains("alive v0.1.0"), "{text}");
+        assert_eq!(list(dir.path()), ["tmp"]);
+        assert_eq!(list(&temp), Vec::<String>::new());
+    }
+}
