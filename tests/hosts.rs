@@ -78,6 +78,57 @@ fn loads_under_any_file_name() {
     assert_alive(&conn);
 }
 
+/// SQLite loads extensions with RTLD_GLOBAL, so our `sqlite3_extension_init` is a global
+/// symbol once loaded; another extension loaded after ours must still get its own entry point
+/// (SQLite looks it up in that file and its dependencies only).
+#[test]
+fn another_extension_loaded_after_ours_keeps_its_own_entry_point() {
+    const FOO_C: &str = r#"
+#include "sqlite3ext.h"
+SQLITE_EXTENSION_INIT1
+static void foo(sqlite3_context *c, int n, sqlite3_value **v) {
+  sqlite3_result_text(c, "foo", -1, SQLITE_STATIC);
+}
+int sqlite3_foo_init(sqlite3 *db, char **err, const sqlite3_api_routines *api) {
+  SQLITE_EXTENSION_INIT2(api);
+  return sqlite3_create_function(db, "foo", 0, SQLITE_UTF8, 0, foo, 0, 0);
+}
+"#;
+    let dir = tempdir();
+    let src = dir.path().join("foo.c");
+    fs::write(&src, FOO_C).unwrap();
+    let foo = dir.path().join("foo.so");
+    let out = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-w", "-I"])
+        .arg(amalgamation("0.17.3", "3.31.0"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&foo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(SQLITE3)
+        .arg("-bail")
+        .arg("-cmd")
+        .arg(format!(".load {}", ext_load_name()))
+        .arg("-cmd")
+        .arg(format!(".load {}", foo.with_extension("").display()))
+        .arg(":memory:")
+        .arg("SELECT foo(), backup_version();")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text, "foo|v0.1.0\n");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Too-old SQLite (issue #9 item 8)
 
@@ -127,6 +178,34 @@ fn old_sqlite_host(crate_version: &str, sqlite_version: &str) -> PathBuf {
     if host.is_file() {
         return host;
     }
+    let amalgamation = amalgamation(crate_version, sqlite_version);
+    let probe = tempdir();
+    fs::create_dir_all(&cache).unwrap();
+    let src = probe.path().join("host.c");
+    fs::write(&src, HOST_C).unwrap();
+    let tmp = cache.join(format!("host.{}.tmp", std::process::id()));
+    let out = Command::new("gcc")
+        .args(["-O0", "-w", "-DSQLITE_THREADSAFE=1", "-I"])
+        .arg(&amalgamation)
+        .arg(&src)
+        .arg(amalgamation.join("sqlite3.c"))
+        .arg("-o")
+        .arg(&tmp)
+        .args(["-ldl", "-lpthread", "-lm"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::rename(&tmp, &host).unwrap();
+    host
+}
+
+/// The directory of sqlite3.c, sqlite3.h and sqlite3ext.h of the SQLite that libsqlite3-sys
+/// `crate_version` bundles (downloaded by cargo, or found in its cache).
+fn amalgamation(crate_version: &str, sqlite_version: &str) -> PathBuf {
     // A throwaway manifest: cargo downloads (or finds cached) the crate; nothing is built.
     let probe = tempdir();
     fs::create_dir_all(probe.path().join("src")).unwrap();
@@ -166,28 +245,7 @@ fn old_sqlite_host(crate_version: &str, sqlite_version: &str) -> PathBuf {
         )),
         "libsqlite3-sys {crate_version} does not bundle SQLite {sqlite_version}"
     );
-
-    fs::create_dir_all(&cache).unwrap();
-    let src = probe.path().join("host.c");
-    fs::write(&src, HOST_C).unwrap();
-    let tmp = cache.join(format!("host.{}.tmp", std::process::id()));
-    let out = Command::new("gcc")
-        .args(["-O0", "-w", "-DSQLITE_THREADSAFE=1", "-I"])
-        .arg(&amalgamation)
-        .arg(&src)
-        .arg(amalgamation.join("sqlite3.c"))
-        .arg("-o")
-        .arg(&tmp)
-        .args(["-ldl", "-lpthread", "-lm"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::rename(&tmp, &host).unwrap();
-    host
+    amalgamation
 }
 
 fn run_host(host: &Path, db: &Path, sql: &[&str]) -> String {
@@ -421,6 +479,7 @@ impl Interrupter {
             "{sql}: {message}"
         );
         let late = ended.duration_since(sent);
+        eprintln!("stopped {late:?} after the interrupt: {sql}");
         assert!(
             late < Duration::from_secs(1),
             "{sql}: stopped {late:?} after the interrupt"
