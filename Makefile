@@ -10,10 +10,11 @@ EXT := sqlite_backup.so
 .PHONY: deps tools loadable loadable-release test demo lint bench clean
 
 # System packages the build and tests need (bindgen needs libclang; tests drive the sqlite3
-# CLI, Debian's python3, gzip and zstd). Installed only when missing.
+# CLI, Debian's python3, gzip and zstd; gcc builds the old-SQLite hosts of tests/hosts.rs).
+# Installed only when missing.
 deps:
 	@missing=""; \
-	for p in libclang-dev sqlite3 zstd gzip python3 python3-venv; do \
+	for p in libclang-dev sqlite3 zstd gzip python3 python3-venv gcc libc6-dev; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
