@@ -463,3 +463,15 @@ pub unsafe fn set_load_error(api: *mut sqlite3_api_routines, out: *mut *mut c_ch
     *p.add(bytes.len()) = 0;
     *out = p.cast();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_numbers_read_as_sqlite_writes_them() {
+        assert_eq!(version_text(MIN_VERSION), "3.31.0");
+        assert_eq!(version_text(3_030_001), "3.30.1");
+        assert_eq!(version_text(3_054_001), "3.54.1");
+    }
+}
