@@ -409,30 +409,48 @@ print("verify", q("SELECT verify_backup('%s') ->> '$.ok'" % bak))
 // ---------------------------------------------------------------------------------------------
 // Interrupts (issue #9 item 9)
 
-/// A ~100 MB database, made once per test process: big enough that every step takes a while,
-/// with an indexed table so integrity_check has work too.
+/// Where the big shared files live: under `target/`, made once and kept for later runs (a
+/// temp dir held in a static would never be removed: statics are not dropped).
+fn fixtures() -> PathBuf {
+    let dir = built_ext()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("hosts-fixtures");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `fixtures()/name`, made by `make(temp path)` when missing, then renamed into place.
+fn fixture(name: &str, make: impl FnOnce(&Path)) -> PathBuf {
+    let path = fixtures().join(name);
+    if !path.is_file() {
+        let tmp = fixtures().join(format!("{}.{name}", std::process::id()));
+        make(&tmp);
+        fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+/// A ~100 MB database: big enough that every step takes a while, with an indexed table so
+/// integrity_check has work too.
 fn big_db() -> &'static Path {
-    static DB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DB.get_or_init(|| {
-        let dir = tempdir();
-        let path = dir.path().join("big.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE blobs(b);
-             CREATE TABLE rows(k TEXT);
-             CREATE INDEX rows_k ON rows(k);
-             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 22000)
-             INSERT INTO blobs SELECT randomblob(2000) || zeroblob(2000) FROM c;
-             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 200000)
-             INSERT INTO rows SELECT hex(randomblob(16)) FROM c;
-             PRAGMA wal_checkpoint(TRUNCATE);",
-        )
-        .unwrap();
-        drop(conn);
-        (dir, path)
+    static DB: OnceLock<PathBuf> = OnceLock::new();
+    DB.get_or_init(|| {
+        fixture("big.db", |path| {
+            let conn = Connection::open(path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE blobs(b);
+                 CREATE TABLE rows(k TEXT);
+                 CREATE INDEX rows_k ON rows(k);
+                 WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 22000)
+                 INSERT INTO blobs SELECT randomblob(2000) || zeroblob(2000) FROM c;
+                 WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 200000)
+                 INSERT INTO rows SELECT hex(randomblob(16)) FROM c;",
+            )
+            .unwrap();
+        })
     })
-    .1
 }
 
 /// Interrupts `conn` from another thread as soon as `ready()` holds; the thread returns when it
@@ -646,19 +664,13 @@ fn interrupt_during_an_s3_upload() {
 /// A backup of the big database, made once (uncompressed: verify and restore then spend
 /// their time in integrity_check and copying, not only in decompression).
 fn big_backup() -> &'static Path {
-    static BACKUP: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &BACKUP
-        .get_or_init(|| {
-            let dir = tempdir();
-            let path = dir.path().join("big-backup.db");
+    static BACKUP: OnceLock<PathBuf> = OnceLock::new();
+    BACKUP.get_or_init(|| {
+        fixture("big-backup.db", |path| {
             let conn = open(big_db());
-            call_json(
-                &conn,
-                &format!("SELECT backup_to_file({})", path_lit(&path)),
-            );
-            (dir, path)
+            call_json(&conn, &format!("SELECT backup_to_file({})", path_lit(path)));
         })
-        .1
+    })
 }
 
 /// verify_backup: while the backup is copied into the temp file, and during integrity_check
