@@ -10,10 +10,11 @@ EXT := sqlite_backup.so
 .PHONY: deps tools loadable loadable-release test test-hosts demo lint bench clean
 
 # System packages the build and tests need (bindgen needs libclang; tests drive the sqlite3
-# CLI, Debian's python3, gzip and zstd). Installed only when missing.
+# CLI, Debian's python3, gzip and zstd; gcc builds the old-SQLite hosts of tests/hosts.rs).
+# Installed only when missing.
 deps:
 	@missing=""; \
-	for p in libclang-dev sqlite3 zstd gzip python3 python3-venv; do \
+	for p in libclang-dev sqlite3 zstd gzip python3 python3-venv gcc libc6-dev; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -22,9 +23,9 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# Test tools, project-local: an S3 server that checks SigV4 signatures, and boto3/awscli as an
-# independent S3 client.
-tools: $(S3S_FS) $(VENV)/bin/aws
+# Test tools, project-local: an S3 server that checks SigV4 signatures, boto3/awscli as an
+# independent S3 client, and apsw (a second SQLite library beside Python's sqlite3).
+tools: $(S3S_FS) $(VENV)/bin/aws $(VENV)/.apsw
 
 $(S3S_FS):
 	$(CARGO) install --locked --features binary s3s-fs@0.14.1 --root $(TOOLS)
@@ -32,6 +33,10 @@ $(S3S_FS):
 $(VENV)/bin/aws:
 	/usr/bin/python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q boto3 awscli
+
+$(VENV)/.apsw: $(VENV)/bin/aws
+	$(VENV)/bin/pip install -q apsw
+	touch $@
 
 loadable: deps
 	$(CARGO) build

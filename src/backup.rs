@@ -135,11 +135,19 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
 
     let step = Instant::now();
     let mut file = reopen()?;
-    let mut hash_file = reopen()?;
+    let hash_file = reopen()?;
     let snapshot_file = snap.file;
+    // Set when compression fails (or is interrupted): the hash is then not needed, and the
+    // call should not wait for the rest of the file to be read.
+    let stop_hashing = std::sync::atomic::AtomicBool::new(false);
     let (stored, count) = std::thread::scope(|scope| -> Result<(Stored, u64)> {
         let hasher = (!sha256.is_ready()).then(|| {
             let cell = sha256.clone();
+            let stop = &stop_hashing;
+            let mut hash_file = StopReader {
+                inner: hash_file,
+                stop,
+            };
             scope.spawn(move || {
                 let started = Instant::now();
                 // Whatever happens, the cell gets a value: an upload may be waiting on it.
@@ -162,6 +170,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
             count,
         } = counted;
         if let Err(e) = compressed {
+            stop_hashing.store(true, std::sync::atomic::Ordering::SeqCst);
             upload.abort();
             return Err(e);
         }
@@ -169,6 +178,12 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         // takes a moment). The scope joins this thread, so it is gone when we return.
         scope.spawn(move || drop((snapshot_file, file)));
         timings.compress = ms_since(step);
+        // The last moment an interrupt can still leave nothing behind.
+        if let Err(e) = crate::interrupt::check() {
+            stop_hashing.store(true, std::sync::atomic::Ordering::SeqCst);
+            upload.abort();
+            return Err(e);
+        }
         let step = Instant::now();
         let stored = upload.commit()?;
         timings.commit = ms_since(step);
@@ -220,6 +235,21 @@ pub fn content_sha256(store: &dyn Store, name: &str) -> Result<String> {
     snapshot::sha256_reader(&mut reader, &store.url(name))
 }
 
+/// A reader that fails once `stop` is set.
+struct StopReader<'a, R> {
+    inner: R,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl<R: io::Read> io::Read for StopReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::other("the backup stopped"));
+        }
+        self.inner.read(buf)
+    }
+}
+
 struct CountingWriter<W> {
     inner: W,
     count: u64,
@@ -227,6 +257,8 @@ struct CountingWriter<W> {
 
 impl<W: Write> Write for CountingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Compression writes from the calling thread: the one that may ask about interrupts.
+        crate::interrupt::check().map_err(Error::into_io)?;
         let n = self.inner.write(buf)?;
         self.count += n as u64;
         Ok(n)

@@ -28,6 +28,8 @@ pub enum Kind {
     Transient,
     /// The remote store answered with an error that retrying will not fix.
     Remote,
+    /// The caller interrupted the call (sqlite3_interrupt): never retried.
+    Interrupted,
 }
 
 #[derive(Debug)]
@@ -52,6 +54,15 @@ impl Error {
 
     pub fn corrupt(message: impl Into<String>) -> Error {
         Error::new(Kind::Corrupt, message)
+    }
+
+    /// The call was interrupted (sqlite3_interrupt) and stopped before storing or changing
+    /// anything.
+    pub fn interrupted() -> Error {
+        Error::new(
+            Kind::Interrupted,
+            "interrupted: stopped before finishing, nothing was stored or changed",
+        )
     }
 
     /// An I/O error with what we were doing when it happened (`"cannot write /x/y"`).

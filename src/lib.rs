@@ -10,6 +10,7 @@ pub mod codec;
 pub mod error;
 pub mod ffi;
 mod header;
+pub mod interrupt;
 pub mod live;
 pub mod naming;
 pub mod notify;
@@ -25,8 +26,23 @@ use std::ffi::{c_char, c_int};
 
 use sqlite3ext_sys::{sqlite3, sqlite3_api_routines};
 
-/// The entry point SQLite derives from the file name `sqlite_backup.so`
-/// (`.load sqlite_backup` needs no entry-point argument).
+/// The entry point SQLite tries first for any file name, so a renamed file (`backup.so`,
+/// `libsqlite-backup.so`) loads too. Without it SQLite derives `sqlite3_<name>_init` from the
+/// file name, which for `backup.so` is `sqlite3_backup_init`: not ours.
+///
+/// # Safety
+/// Called by SQLite with a live connection and its API routines.
+#[no_mangle]
+pub unsafe extern "C" fn sqlite3_extension_init(
+    db: *mut sqlite3,
+    pz_err_msg: *mut *mut c_char,
+    p_api: *mut sqlite3_api_routines,
+) -> c_int {
+    load(db, pz_err_msg, p_api)
+}
+
+/// The entry point SQLite derives from the file name `sqlite_backup.so`, for hosts that ask
+/// for it by name.
 ///
 /// # Safety
 /// Called by SQLite with a live connection and its API routines.
@@ -36,12 +52,27 @@ pub unsafe extern "C" fn sqlite3_sqlitebackup_init(
     pz_err_msg: *mut *mut c_char,
     p_api: *mut sqlite3_api_routines,
 ) -> c_int {
+    load(db, pz_err_msg, p_api)
+}
+
+unsafe fn load(
+    db: *mut sqlite3,
+    pz_err_msg: *mut *mut c_char,
+    p_api: *mut sqlite3_api_routines,
+) -> c_int {
+    // Nothing is registered, and sqlite-loadable's own copy of the routines is left alone,
+    // unless this SQLite passes the checks.
+    let checked = std::panic::catch_unwind(|| ffi::init(p_api))
+        .unwrap_or_else(|_| Err(String::from("internal error while loading")));
+    if let Err(message) = checked {
+        ffi::set_load_error(p_api, pz_err_msg, &message);
+        return 1;
+    }
     sqlite_loadable::ext::faux_sqlite_extension_init2(p_api);
-    ffi::init(p_api);
     match std::panic::catch_unwind(|| sql::register(db)) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
-            ffi::set_load_error(pz_err_msg, &e.message);
+            ffi::set_load_error(p_api, pz_err_msg, &e.message);
             1
         }
         Err(_) => 1,

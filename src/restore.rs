@@ -59,6 +59,7 @@ pub fn to_file(
     }
     let checked = verify::fetch_checked(store, name, dir, quick)?;
     set_owner_and_mode(checked.file.as_file(), replaced.as_ref(), dest)?;
+    crate::interrupt::check()?;
     still_the_same(dest, replaced.as_ref())?;
     // Where there was no file, none is replaced: something that appeared meanwhile stays.
     persist(checked.file, dest, replaced.is_some()).map_err(|e| match e.kind {

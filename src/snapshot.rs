@@ -268,6 +268,8 @@ pub fn sha256_reader(reader: &mut dyn Read, what: &str) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
+        // if_changed hashes before compressing; on the hashing thread this is a no-op.
+        crate::interrupt::check()?;
         let n = reader
             .read(&mut buf)
             .map_err(|e| Error::io(format!("cannot read {what}"), e))?;

@@ -68,6 +68,7 @@ pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> 
         .map_err(|e| Error::io(format!("cannot write a temp file in {}", dir.display()), e))?;
     let mut bytes = head.len() as u64;
     loop {
+        crate::interrupt::check()?;
         let n = match reader.read(&mut buf) {
             Ok(n) => n,
             Err(e) => return Err(read_error(&url, codec, e)),

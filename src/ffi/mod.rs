@@ -5,7 +5,8 @@
 //!
 //! Every call goes through the host's `sqlite3_api_routines`, never a second linked SQLite:
 //! two SQLite copies in one process break each other's POSIX locks. Only routines that exist
-//! in SQLite 3.27 are used, since the struct a host hands us ends where its version ends.
+//! in SQLite 3.31 (`MIN_VERSION`) are used, since the struct a host hands us ends where its
+//! version ends.
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::{Path, PathBuf};
@@ -31,11 +32,60 @@ const SQLITE_FCNTL_VFS_POINTER: c_int = 27;
 
 static API: AtomicPtr<sqlite3_api_routines> = AtomicPtr::new(ptr::null_mut());
 
-/// Remembers the host's routines; called once from the entry point.
-pub fn init(api: *mut sqlite3_api_routines) {
-    if !api.is_null() {
-        API.store(api, Ordering::Release);
+/// The oldest SQLite we load into: 3.31.0 brought SQLITE_VTAB_DIRECTONLY (backup_list) and
+/// SQLITE_INNOCUOUS; older versions silently ignore flags they do not know, so a view inside
+/// a database file could call a function or table meant only for top-level SQL.
+pub const MIN_VERSION: c_int = 3_031_000;
+
+/// Checks the host's SQLite and remembers its routines; called by the entry point before
+/// anything else. Refuses a SQLite older than `MIN_VERSION`, and a second SQLite library in
+/// the same process: the routines are one global, so calls for the first library's
+/// connections would run through the other's code.
+///
+/// # Safety
+/// `api` is the pointer SQLite handed the entry point.
+pub unsafe fn init(api: *mut sqlite3_api_routines) -> std::result::Result<(), String> {
+    let Some(routines) = api.as_ref() else {
+        return Err(String::from("SQLite passed no API routines"));
+    };
+    // The table ends where the host's version ends: read nothing past libversion_number (in
+    // every version) before the version is known to be new enough.
+    let version = routines.libversion_number.map_or(0, |f| f());
+    if version < MIN_VERSION {
+        return Err(format!(
+            "sqlite_backup needs SQLite {} or newer (for DIRECTONLY functions and tables), \
+             and this program's SQLite is {}: use a newer SQLite",
+            version_text(MIN_VERSION),
+            version_text(version)
+        ));
     }
+    match API.compare_exchange(ptr::null_mut(), api, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Ok(()),
+        Err(first) if first == api => Ok(()),
+        Err(first) => {
+            // SAFETY: the first library's routines live as long as the process.
+            let first_version = first
+                .as_ref()
+                .and_then(|r| r.libversion_number)
+                .map_or(0, |f| f());
+            Err(format!(
+                "sqlite_backup is already loaded by another SQLite library in this process \
+                 ({}; this one is {}): load it from one library only",
+                version_text(first_version),
+                version_text(version)
+            ))
+        }
+    }
+}
+
+/// 3031000 → "3.31.0".
+pub fn version_text(number: c_int) -> String {
+    format!(
+        "{}.{}.{}",
+        number / 1_000_000,
+        number / 1000 % 1000,
+        number % 1000
+    )
 }
 
 fn api() -> Result<&'static sqlite3_api_routines> {
@@ -57,6 +107,7 @@ macro_rules! routine {
 }
 
 pub mod batched_vfs;
+pub mod interrupt;
 
 fn cstring(text: &str, what: &str) -> Result<CString> {
     CString::new(text).map_err(|_| Error::usage(format!("{what} contains a NUL character")))
@@ -155,6 +206,20 @@ impl Connection {
         let rc = unsafe { open_v2(name.as_ptr(), &mut db, flags, ptr::null()) };
         // Even on failure SQLite may hand back a handle that must be closed.
         let conn = Connection { db, owned: true };
+        // Long statements on our connections (VACUUM INTO, integrity_check) stop when the
+        // caller's connection is interrupted; a SQLite built without progress handlers has
+        // none in its table, and then only our own loops notice.
+        if let (SQLITE_OK, Some(progress)) = (rc, api()?.progress_handler) {
+            // SAFETY: db is live; the handler takes no argument and never unwinds.
+            unsafe {
+                progress(
+                    db,
+                    interrupt::PROGRESS_OPS,
+                    Some(interrupt::progress),
+                    ptr::null_mut(),
+                )
+            };
+        }
         if rc != SQLITE_OK {
             let msg = if db.is_null() {
                 format!("error code {rc}")
@@ -330,9 +395,12 @@ impl Connection {
         Ok(unsafe { f(self.db) } != 0)
     }
 
-    /// Copies `from_schema` of `from` over `to_schema` of `self` with the online backup API,
-    /// in one step, so the copy is one read transaction on the source. A busy source or
-    /// destination is retried until `busy_ms` has passed.
+    /// Copies `from_schema` of `from` over `to_schema` of `self` with the online backup API.
+    /// A busy source or destination is retried until `busy_ms` has passed. A source file the
+    /// caller's connection reads is copied in one step, so the copy is one read transaction
+    /// (between steps another process's write would restart it); our own temp files and
+    /// in-memory databases, which nobody else writes, go in steps with an interrupt check
+    /// between them. An interrupted copy is rolled back: the destination is unchanged.
     pub fn backup_from(
         &self,
         to_schema: &str,
@@ -351,13 +419,25 @@ impl Connection {
         if backup.is_null() {
             return Err(Error::new(Kind::Sqlite, self.errmsg()));
         }
+        let pages = if from.owned || from.filename(from_schema).ok().flatten().is_none() {
+            STEP_PAGES
+        } else {
+            -1
+        };
         let started = Instant::now();
         let mut busy = false;
+        let mut interrupted = Ok(());
         let rc = loop {
             // SAFETY: backup is live until finish below.
-            match unsafe { step(backup, -1) } {
+            match unsafe { step(backup, pages) } {
                 SQLITE_DONE => break SQLITE_OK,
-                SQLITE_OK => continue,
+                SQLITE_OK => match crate::interrupt::check() {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        interrupted = Err(e);
+                        break SQLITE_OK;
+                    }
+                },
                 SQLITE_BUSY | SQLITE_LOCKED
                     if started.elapsed() < Duration::from_millis(busy_ms) =>
                 {
@@ -370,8 +450,10 @@ impl Connection {
                 rc => break rc,
             }
         };
-        // SAFETY: finish exactly once; it reports the step's error if any.
+        // SAFETY: finish exactly once; it reports the step's error if any, and rolls back
+        // an unfinished copy.
         let finish_rc = unsafe { finish(backup) };
+        interrupted?;
         if busy {
             return Err(busy_error(busy_ms));
         }
@@ -382,6 +464,9 @@ impl Connection {
         Ok(())
     }
 }
+
+/// Pages per backup step when copying in steps: 4 MiB at 4 KiB pages, a few milliseconds.
+const STEP_PAGES: c_int = 1024;
 
 /// The message for a database that stayed locked past the caller's patience.
 pub fn busy_error(busy_ms: u64) -> Error {
@@ -420,12 +505,13 @@ impl Drop for Connection {
     }
 }
 
-/// Hands an error message back to `sqlite3_load_extension` (it frees it with sqlite3_free).
+/// Hands an error message back to `sqlite3_load_extension`, allocated with the routines of
+/// the library that loads us (it frees it with its own sqlite3_free).
 ///
 /// # Safety
-/// `out` is the entry point's `pzErrMsg` (may be null).
-pub unsafe fn set_load_error(out: *mut *mut c_char, message: &str) {
-    let Ok(api) = api() else { return };
+/// `out` is the entry point's `pzErrMsg` (may be null); `api` the routines it was given.
+pub unsafe fn set_load_error(api: *mut sqlite3_api_routines, out: *mut *mut c_char, message: &str) {
+    let Some(api) = api.as_ref() else { return };
     let (Some(malloc), false) = (api.malloc, out.is_null()) else {
         return;
     };
@@ -437,4 +523,16 @@ pub unsafe fn set_load_error(out: *mut *mut c_char, message: &str) {
     ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
     *p.add(bytes.len()) = 0;
     *out = p.cast();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_numbers_read_as_sqlite_writes_them() {
+        assert_eq!(version_text(MIN_VERSION), "3.31.0");
+        assert_eq!(version_text(3_030_001), "3.30.1");
+        assert_eq!(version_text(3_054_001), "3.54.1");
+    }
 }

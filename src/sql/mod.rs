@@ -51,7 +51,12 @@ fn define(db: *mut sqlite3, name: &'static str, flags: FunctionFlags, body: Body
         move |ctx: *mut sqlite3_context, values: &[*mut sqlite3_value]| {
             let call = Call { name, ctx, values };
             // A panic must never unwind into the host application.
-            let outcome = catch_unwind(AssertUnwindSafe(|| body(&call)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                // SAFETY: the call's own connection, probed only on this thread during it.
+                let probe =
+                    unsafe { crate::ffi::interrupt::Probe::new(api::context_db_handle(ctx)) };
+                crate::interrupt::watch(probe).finish(body(&call))
+            }));
             let reported = match outcome {
                 Ok(Ok(text)) => api::result_text(ctx, text),
                 Ok(Err(e)) => api::result_error(ctx, &format!("{name}: {}", e.message)),

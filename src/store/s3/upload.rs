@@ -355,8 +355,11 @@ impl S3Upload {
     /// Hands a part to the pool (blocks while every worker is busy).
     fn send_part(&mut self, part: Vec<u8>) -> Result<()> {
         let url = &self.target.url;
+        // Held parts go out in one write: an interrupt must not wait for all of them.
+        let interrupted = crate::interrupt::check();
         let sent = match self.multipart.as_mut() {
             None => Err(None),
+            Some(_) if interrupted.is_err() => Err(interrupted.err()),
             Some(m) if m.sent >= MAX_PARTS => Err(Some(Error::usage(format!(
                 "{url} needs more than {MAX_PARTS} parts: raise part_size"
             )))),
