@@ -113,6 +113,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
     // and only a store that needs it early (S3 metadata) waits for it.
     let sha256 = Sha256Cell::default();
     if req.if_changed {
+        crate::progress::phase("hashing", None);
         let step = Instant::now();
         let hex = snapshot::sha256_reader(&mut reopen()?, "the snapshot")?;
         timings.hash = ms_since(step);
@@ -164,7 +165,11 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
             inner: upload,
             count: 0,
         };
-        let compressed = codec::compress(&mut file, &mut counted, codec, level, req.threads);
+        let mut metered = Metered {
+            inner: &mut file,
+            meter: crate::progress::phase("compressing and storing", Some(snap.bytes)),
+        };
+        let compressed = codec::compress(&mut metered, &mut counted, codec, level, req.threads);
         let CountingWriter {
             inner: upload,
             count,
@@ -185,6 +190,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
             return Err(e);
         }
         let step = Instant::now();
+        crate::progress::phase("committing", None);
         let stored = upload.commit()?;
         timings.commit = ms_since(step);
         if let Some(ms) = hasher.and_then(|h| h.join().ok()) {
@@ -247,6 +253,20 @@ impl<R: io::Read> io::Read for StopReader<'_, R> {
             return Err(io::Error::other("the backup stopped"));
         }
         self.inner.read(buf)
+    }
+}
+
+/// Counts what compression reads (on its reader thread) for the progress line.
+struct Metered<R> {
+    inner: R,
+    meter: crate::progress::Meter,
+}
+
+impl<R: io::Read> io::Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.meter.add(n as u64);
+        Ok(n)
     }
 }
 

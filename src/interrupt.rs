@@ -85,6 +85,8 @@ impl Drop for Guard {
 /// `Err(interrupted)` once the call running on this thread was interrupted; cheap enough for
 /// any loop (the probe runs at most every `POLL_EVERY`).
 pub fn check() -> Result<()> {
+    // The places that look for interrupts are the long loops: they redraw progress too.
+    crate::progress::tick();
     let interrupted = WATCH.with(|w| match w.try_borrow_mut() {
         Ok(mut w) => w.as_mut().is_some_and(poll),
         Err(_) => false,

@@ -14,6 +14,7 @@ pub mod interrupt;
 pub mod live;
 pub mod naming;
 pub mod notify;
+pub mod progress;
 pub mod prune;
 pub mod restore;
 pub mod retention;

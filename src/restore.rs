@@ -243,6 +243,7 @@ pub fn into_connection(
     let checked = verify::fetch_checked(store, name, temp_dir, quick)?;
     check_wal_page_size(conn, schema, checked.report.page_size)?;
     let source = Connection::open(checked.file.path(), OpenMode::ReadWrite)?;
+    crate::progress::phase("restoring", None);
     conn.backup_from(schema, &source, "main", busy_ms)
         .map_err(|e| e.context(format!("cannot restore into '{schema}'")))?;
     Ok(Report {
@@ -255,9 +256,14 @@ pub fn into_connection(
 /// to write a readonly database"): say what is wrong and how to get past it.
 fn check_wal_page_size(conn: &Connection, schema: &str, backup_page_size: u32) -> Result<()> {
     let quoted = crate::snapshot::quote_identifier(schema);
-    let mode = conn.query_value(&format!("PRAGMA {quoted}.journal_mode"))?;
+    // A locked database cannot answer yet: the copy below waits for it (busy_timeout_ms).
+    let Ok(mode) = conn.query_value(&format!("PRAGMA {quoted}.journal_mode")) else {
+        return Ok(());
+    };
     let size: Option<u32> = conn
-        .query_value(&format!("PRAGMA {quoted}.page_size"))?
+        .query_value(&format!("PRAGMA {quoted}.page_size"))
+        .ok()
+        .flatten()
         .and_then(|v| v.parse().ok());
     match (mode.as_deref(), size) {
         (Some(m), Some(size)) if m.eq_ignore_ascii_case("wal") && size != backup_page_size => {

@@ -84,6 +84,12 @@ pub fn take(
         return Err(open_write_transaction(schema));
     }
     let file = temp_file_in(temp_dir, ".snapshot")?;
+    // The copy grows toward the size of the source file (less its free pages).
+    let estimate = source
+        .as_deref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len());
+    crate::progress::phase_file("taking a snapshot", estimate, file.path().to_path_buf());
     match (&method, &source) {
         (Method::Vacuum, Some(path)) => {
             // The caller's connection reads first, so it (not our short-lived read-only one)

@@ -67,6 +67,8 @@ pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> 
     file.write_all(&head)
         .map_err(|e| Error::io(format!("cannot write a temp file in {}", dir.display()), e))?;
     let mut bytes = head.len() as u64;
+    let meter = crate::progress::phase("reading", header.declared);
+    meter.add(bytes);
     loop {
         crate::interrupt::check()?;
         let n = match reader.read(&mut buf) {
@@ -83,6 +85,7 @@ pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> 
         file.write_all(&buf[..n])
             .map_err(|e| Error::io(format!("cannot write a temp file in {}", dir.display()), e))?;
         bytes += n as u64;
+        meter.add(n as u64);
     }
     drop(reader);
     let stored_bytes = counted.count;
@@ -106,6 +109,7 @@ pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> 
         }
     }
 
+    crate::progress::phase("checking integrity", None);
     let (integrity, tables) = check_database(file.path(), quick, &url)?;
     Ok(Checked {
         file,

@@ -441,6 +441,11 @@ impl Connection {
                 SQLITE_BUSY | SQLITE_LOCKED
                     if started.elapsed() < Duration::from_millis(busy_ms) =>
                 {
+                    // Waiting for a lock is a long loop too: interruptible, with progress.
+                    if let Err(e) = crate::interrupt::check() {
+                        interrupted = Err(e);
+                        break SQLITE_OK;
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 rc @ (SQLITE_BUSY | SQLITE_LOCKED) => {

@@ -44,6 +44,7 @@ struct BackupOptions {
     notify: Option<String>,
     notify_style: Option<Style>,
     notify_timeout_ms: Option<u64>,
+    progress: Option<bool>,
 }
 
 pub const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5000;
@@ -98,6 +99,7 @@ pub fn to_file(call: &Call) -> Result<String> {
     options::take_s3(&mut map, false)?;
     let opts: BackupOptions = options::decode(map)?;
     confine(&opts)?;
+    let _progress = crate::progress::show(call.name, opts.progress);
     monitored(&opts, || {
         let pattern_name = Path::new(&pattern)
             .file_name()
@@ -140,6 +142,7 @@ pub fn to_s3(call: &Call) -> Result<String> {
     let opts: BackupOptions = options::decode(map)?;
     confine(&opts)?;
     allow::s3_options(&s3)?;
+    let _progress = crate::progress::show(call.name, opts.progress);
     monitored(&opts, || {
         let req = request(&opts, &pattern)?;
         // `mybucket`, `s3://mybucket` or `s3://mybucket/some/prefix`.

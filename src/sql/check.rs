@@ -19,6 +19,7 @@ use crate::verify;
 struct VerifyOptions {
     quick: Option<bool>,
     temp_dir: Option<String>,
+    progress: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -29,6 +30,7 @@ struct RestoreOptions {
     schema: Option<String>,
     busy_timeout_ms: Option<u64>,
     temp_dir: Option<String>,
+    progress: Option<bool>,
 }
 
 pub fn verify(call: &Call) -> Result<String> {
@@ -37,6 +39,7 @@ pub fn verify(call: &Call) -> Result<String> {
     let mut map = call.options(1)?;
     let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
     let opts: VerifyOptions = options::decode(map)?;
+    let _progress = crate::progress::show(call.name, opts.progress);
     allow::location(&location, "location")?;
     allow::s3_options(&s3)?;
     if let Some(dir) = &opts.temp_dir {
@@ -59,6 +62,7 @@ pub fn restore(call: &Call) -> Result<String> {
     let mut map = call.options(2)?;
     let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
     let opts: RestoreOptions = options::decode(map)?;
+    let _progress = crate::progress::show(call.name, opts.progress);
     allow::location(&location, "location")?;
     allow::s3_options(&s3)?;
     if let Some(dir) = &opts.temp_dir {
