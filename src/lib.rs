@@ -8,6 +8,7 @@ pub mod backup;
 pub mod codec;
 pub mod error;
 pub mod ffi;
+pub mod integrity;
 pub mod naming;
 pub mod notify;
 pub mod prune;

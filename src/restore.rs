@@ -27,6 +27,7 @@ pub fn to_file(
     dest: &Path,
     overwrite: bool,
     quick: bool,
+    caller: &Connection,
 ) -> Result<Report> {
     let dir = parent_dir(dest);
     if !dir.is_dir() {
@@ -60,7 +61,7 @@ pub fn to_file(
             )));
         }
     }
-    let checked = verify::fetch_checked(store, name, dir, quick)?;
+    let checked = verify::fetch_checked(store, name, dir, quick, Some(caller))?;
     // Temp files are private (0600); a restored database gets the mode of the file it
     // replaces, or the usual 0644, so the application that opens it still can.
     let mode = fs::metadata(dest)
@@ -108,7 +109,7 @@ pub fn into_connection(
     }
     // Fails early, before any download, when the schema does not exist.
     conn.filename(schema)?;
-    let checked = verify::fetch_checked(store, name, temp_dir, quick)?;
+    let checked = verify::fetch_checked(store, name, temp_dir, quick, Some(conn))?;
     check_wal_page_size(conn, schema, checked.report.page_size)?;
     let source = Connection::open(checked.file.path(), OpenMode::ReadWrite)?;
     conn.backup_from(schema, &source, "main", busy_ms)

@@ -292,6 +292,18 @@ impl Connection {
         Ok(unsafe { f(self.db, name.as_ptr()) } == SQLITE_TXN_WRITE)
     }
 
+    /// True when any schema of this connection has a transaction open, even a read one (a
+    /// statement of the connection is reading). Unknown before 3.34 (no sqlite3_txn_state):
+    /// true there.
+    pub fn any_transaction(&self) -> Result<bool> {
+        if libversion_number() < 3_034_000 {
+            return Ok(true);
+        }
+        let f = routine!(txn_state);
+        // SAFETY: db is live; a null schema asks about every schema.
+        Ok(unsafe { f(self.db, ptr::null()) } != 0)
+    }
+
     /// True when no transaction is open on this connection.
     pub fn autocommit(&self) -> Result<bool> {
         let f = routine!(get_autocommit);

@@ -40,6 +40,7 @@ pub fn verify(call: &Call) -> Result<String> {
         &name,
         &temp_dir(opts.temp_dir.as_deref()),
         opts.quick.unwrap_or(false),
+        Some(&call.connection()),
     )?;
     json(&checked.report)
 }
@@ -75,6 +76,7 @@ pub fn restore(call: &Call) -> Result<String> {
                 &PathBuf::from(dest),
                 opts.overwrite.unwrap_or(false),
                 quick,
+                &call.connection(),
             )?
         }
         None => {

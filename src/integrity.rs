@@ -1,0 +1,293 @@
+//! integrity_check of a decompressed backup, with the application's own definitions.
+//!
+//! Indexes, CHECK constraints and generated columns may use collations and functions that only
+//! the application defines on its connection (`sqlite3_create_collation`, ORM helpers): a
+//! connection of ours cannot evaluate them, and SQLite then fails the whole check with "no such
+//! collation sequence". So the copy is attached to the calling connection when that is safe and
+//! checked there. When the connection that runs the check still lacks a definition, every table
+//! is checked on its own, as far as it can be, and what could not be checked is listed in
+//! `skipped` with SQLite's reason: a backup is called corrupt only for problems found.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, Kind, Result};
+use crate::ffi::{Connection, OpenMode};
+use crate::snapshot::quote_identifier;
+
+/// How many integrity errors to list in a failure message.
+const ERRORS_SHOWN: usize = 5;
+
+/// The result of a check that found no problem.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `"ok"`: everything was checked; `"partial"`: see `skipped`.
+    pub integrity: &'static str,
+    pub tables: u64,
+    /// `"caller"`: on the calling connection (its collations and functions); `"separate"`: on
+    /// a connection of our own (SQLite's built-in definitions only).
+    pub checked_on: &'static str,
+    pub skipped: Vec<Skipped>,
+}
+
+/// A part of the database the check could not cover.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// The table, or None for the checks of the database as a whole.
+    pub table: Option<String>,
+    pub not_checked: &'static str,
+    pub reason: String,
+}
+
+/// True for SQLite's messages about a definition the connection lacks (as opposed to damage).
+pub fn is_missing_definition(message: &str) -> bool {
+    missing_definition(message).is_some()
+}
+
+/// SQLite's own words about the missing definition, from a message that may have context in
+/// front of them ("no such collation sequence: APPCOLL").
+pub fn missing_definition(message: &str) -> Option<&str> {
+    [
+        "no such collation sequence: ",
+        "no such function: ",
+        "unknown function: ",
+        "no such module: ",
+        // trusted_schema=OFF and a function not marked innocuous: it exists, but may not run.
+        "unsafe use of ",
+    ]
+    .iter()
+    .filter_map(|m| message.find(m))
+    .min()
+    .and_then(|at| message.get(at..))
+}
+
+/// Checks the database file at `path` (`url` names it in errors). With `caller`, the check runs
+/// on that connection when it can attach the file there; otherwise on a connection of our own.
+pub fn check(path: &Path, quick: bool, url: &str, caller: Option<&Connection>) -> Result<Outcome> {
+    if let Some(conn) = caller.filter(|c| can_attach(c)) {
+        if let Ok(attached) = Attached::new(conn, path) {
+            let outcome = run(conn, &attached.schema, quick, url, "caller");
+            let detached = attached.detach();
+            let outcome = outcome?;
+            detached?;
+            return Ok(outcome);
+        }
+    }
+    let own = Connection::open(path, OpenMode::ReadWrite)?;
+    run(&own, "main", quick, url, "separate")
+}
+
+/// ATTACH works in autocommit mode only, and DETACH fails ("database is locked") while another
+/// statement of the connection still reads (the caller's SELECT may be scanning a table): the
+/// attached file would then stay attached. Without any open transaction on any schema, no
+/// statement of the caller reads, and the copy can be detached right after the check.
+fn can_attach(conn: &Connection) -> bool {
+    matches!(conn.autocommit(), Ok(true)) && matches!(conn.any_transaction(), Ok(false))
+}
+
+/// The copy attached to the caller's connection under a name of its own.
+struct Attached<'c> {
+    conn: &'c Connection,
+    schema: String,
+    attached: bool,
+}
+
+impl<'c> Attached<'c> {
+    fn new(conn: &'c Connection, path: &Path) -> Result<Attached<'c>> {
+        // Absolute: never read as a `file:` URI, whatever the connection's URI setting.
+        let path = std::path::absolute(path)
+            .map_err(|e| Error::io("cannot resolve the temp file's path", e))?;
+        let path = path
+            .to_str()
+            .ok_or_else(|| Error::usage("the temp directory's path is not UTF-8"))?;
+        let schema = format!("sqlite_backup_check_{:016x}", fastrand::u64(..));
+        conn.exec(&format!(
+            "ATTACH '{}' AS {}",
+            path.replace('\'', "''"),
+            quote_identifier(&schema)
+        ))?;
+        Ok(Attached {
+            conn,
+            schema,
+            attached: true,
+        })
+    }
+
+    fn detach(mut self) -> Result<()> {
+        self.attached = false;
+        self.conn
+            .exec(&format!("DETACH {}", quote_identifier(&self.schema)))
+            .map_err(|e| e.context("cannot detach the checked copy from this connection"))
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        if self.attached {
+            let _ = self
+                .conn
+                .exec(&format!("DETACH {}", quote_identifier(&self.schema)));
+        }
+    }
+}
+
+fn run(
+    conn: &Connection,
+    schema: &str,
+    quick: bool,
+    url: &str,
+    checked_on: &'static str,
+) -> Result<Outcome> {
+    let q = quote_identifier(schema);
+    let pragma = if quick {
+        "quick_check"
+    } else {
+        "integrity_check"
+    };
+    let mut skipped = Vec::new();
+    match lines(conn, &format!("PRAGMA {q}.{pragma}({ERRORS_SHOWN})")) {
+        Ok(found) => problems(found, url, pragma)?,
+        Err(e) if is_missing_definition(&e.message) => {
+            skipped = table_by_table(conn, &q, quick, url)?;
+        }
+        Err(e) => return Err(failed(url, pragma, &e)),
+    }
+    let tables = conn
+        .query_value(&format!(
+            "SELECT count(*) FROM {q}.sqlite_master WHERE type = 'table'"
+        ))
+        .map_err(|e| Error::corrupt(format!("{url}: cannot read the schema: {}", e.message)))?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Outcome {
+        integrity: if skipped.is_empty() { "ok" } else { "partial" },
+        tables,
+        checked_on,
+        skipped,
+    })
+}
+
+/// The check of each table on its own (`PRAGMA integrity_check(table)`): full where the
+/// connection has what the table needs, else quick_check (which does not compare index
+/// entries with the rows), else nothing; free pages are checked only with the whole database.
+fn table_by_table(conn: &Connection, q: &str, quick: bool, url: &str) -> Result<Vec<Skipped>> {
+    let names = conn
+        .query(&format!(
+            "SELECT name FROM {q}.sqlite_master WHERE type = 'table' AND rootpage > 0 \
+             ORDER BY name"
+        ))
+        .map_err(|e| Error::corrupt(format!("{url}: cannot read the schema: {}", e.message)))?;
+    let mut skipped = Vec::new();
+    let mut reason = String::new();
+    for name in names
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+    {
+        let table = format!("'{}'", name.replace('\'', "''"));
+        let pragmas: &[(&str, &str)] = if quick {
+            &[("quick_check", "")]
+        } else {
+            &[
+                ("integrity_check", ""),
+                ("quick_check", "index entries against the rows"),
+            ]
+        };
+        let mut missing = None;
+        let mut not_checked = "the table and its indexes";
+        for (pragma, what) in pragmas {
+            match lines(conn, &format!("PRAGMA {q}.{pragma}({table})")) {
+                Ok(found) => {
+                    problems(found, url, pragma)?;
+                    if missing.is_some() {
+                        not_checked = what;
+                    }
+                    break;
+                }
+                Err(e) if is_missing_definition(&e.message) => {
+                    missing.get_or_insert(e.message);
+                }
+                Err(e) => return Err(failed(url, pragma, &e)),
+            }
+        }
+        if let Some(why) = missing {
+            reason = format!("{why}, not defined on the connection that ran the check");
+            skipped.push(Skipped {
+                table: Some(name),
+                not_checked,
+                reason: reason.clone(),
+            });
+        }
+    }
+    if !skipped.is_empty() {
+        skipped.push(Skipped {
+            table: None,
+            not_checked: "free pages and pages in no table",
+            reason: format!("checked only with the whole database ({reason})"),
+        });
+    } else {
+        // Every table passed alone, yet the whole check could not run: say so rather than
+        // claim a full check.
+        skipped.push(Skipped {
+            table: None,
+            not_checked: "the database as a whole",
+            reason: String::from("a definition the check needs is missing on this connection"),
+        });
+    }
+    Ok(skipped)
+}
+
+/// The rows of a check; an error when SQLite could not run it.
+fn lines(conn: &Connection, sql: &str) -> Result<Vec<String>> {
+    Ok(conn
+        .query(sql)?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect())
+}
+
+fn problems(found: Vec<String>, url: &str, pragma: &str) -> Result<()> {
+    if found == ["ok"] {
+        return Ok(());
+    }
+    let shown: Vec<String> = found.into_iter().take(ERRORS_SHOWN).collect();
+    Err(Error::corrupt(format!(
+        "{url} failed {pragma}: {}",
+        shown.join("; ")
+    )))
+}
+
+fn failed(url: &str, pragma: &str, e: &Error) -> Error {
+    Error::new(
+        Kind::Corrupt,
+        format!("{url}: {pragma} failed: {}", e.message),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_definitions_are_told_from_damage() {
+        for m in [
+            "no such collation sequence: APPCOLL",
+            "no such function: appfn",
+            "unknown function: appfn()",
+            "no such module: appvtab",
+            "unsafe use of appfn()",
+        ] {
+            assert_eq!(
+                missing_definition(&format!("VACUUM INTO from /a: b failed: {m}")),
+                Some(m)
+            );
+        }
+        for m in [
+            "database disk image is malformed",
+            "file is not a database",
+            "malformed database schema (x) - near \"(\": syntax error",
+        ] {
+            assert!(!is_missing_definition(m), "{m}");
+        }
+    }
+}
