@@ -68,14 +68,25 @@ pub fn check(path: &Path, quick: bool, url: &str, caller: Option<&Connection>) -
     if let Some(conn) = caller.filter(|c| can_attach(c)) {
         if let Ok(attached) = Attached::new(conn, path) {
             let outcome = run(conn, &attached.schema, quick, url, "caller");
-            let detached = attached.detach();
-            let outcome = outcome?;
-            detached?;
-            return Ok(outcome);
+            attached.detach()?;
+            match outcome {
+                Ok(outcome) => return Ok(outcome),
+                Err(Failure::Found(e)) => return Err(e),
+                Err(Failure::NotRun(e)) if e.kind != Kind::Corrupt => return Err(e),
+                // The caller's connection could not run it (its VFS, a read-only connection
+                // and a WAL copy, a progress handler…): not a finding about the backup.
+                Err(Failure::NotRun(_)) => {}
+            }
         }
     }
     let own = Connection::open(path, OpenMode::ReadWrite)?;
-    run(&own, "main", quick, url, "separate")
+    run(&own, "main", quick, url, "separate").map_err(|(Failure::Found(e) | Failure::NotRun(e))| e)
+}
+
+/// Why a check did not pass: it found problems, or it could not run.
+enum Failure {
+    Found(Error),
+    NotRun(Error),
 }
 
 /// ATTACH works in autocommit mode only, and DETACH fails ("database is locked") while another
@@ -138,7 +149,7 @@ fn run(
     quick: bool,
     url: &str,
     checked_on: &'static str,
-) -> Result<Outcome> {
+) -> std::result::Result<Outcome, Failure> {
     let q = quote_identifier(schema);
     let pragma = if quick {
         "quick_check"
@@ -147,17 +158,17 @@ fn run(
     };
     let mut skipped = Vec::new();
     match lines(conn, &format!("PRAGMA {q}.{pragma}({ERRORS_SHOWN})")) {
-        Ok(found) => problems(found, url, pragma)?,
+        Ok(found) => problems(found, url, pragma).map_err(Failure::Found)?,
         Err(e) if is_missing_definition(&e.message) => {
             skipped = table_by_table(conn, &q, quick, url)?;
         }
-        Err(e) => return Err(failed(url, pragma, &e)),
+        Err(e) => return Err(not_run(url, pragma, &e)),
     }
     let tables = conn
         .query_value(&format!(
             "SELECT count(*) FROM {q}.sqlite_master WHERE type = 'table'"
         ))
-        .map_err(|e| Error::corrupt(format!("{url}: cannot read the schema: {}", e.message)))?
+        .map_err(|e| Failure::NotRun(unreadable_schema(url, &e)))?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     Ok(Outcome {
@@ -171,13 +182,18 @@ fn run(
 /// The check of each table on its own (`PRAGMA integrity_check(table)`): full where the
 /// connection has what the table needs, else quick_check (which does not compare index
 /// entries with the rows), else nothing; free pages are checked only with the whole database.
-fn table_by_table(conn: &Connection, q: &str, quick: bool, url: &str) -> Result<Vec<Skipped>> {
+fn table_by_table(
+    conn: &Connection,
+    q: &str,
+    quick: bool,
+    url: &str,
+) -> std::result::Result<Vec<Skipped>, Failure> {
     let names = conn
         .query(&format!(
             "SELECT name FROM {q}.sqlite_master WHERE type = 'table' AND rootpage > 0 \
              ORDER BY name"
         ))
-        .map_err(|e| Error::corrupt(format!("{url}: cannot read the schema: {}", e.message)))?;
+        .map_err(|e| Failure::NotRun(unreadable_schema(url, &e)))?;
     let mut skipped = Vec::new();
     let mut reason = String::new();
     for name in names
@@ -198,7 +214,7 @@ fn table_by_table(conn: &Connection, q: &str, quick: bool, url: &str) -> Result<
         for (pragma, what) in pragmas {
             match lines(conn, &format!("PRAGMA {q}.{pragma}({table})")) {
                 Ok(found) => {
-                    problems(found, url, pragma)?;
+                    problems(found, url, pragma).map_err(Failure::Found)?;
                     if missing.is_some() {
                         not_checked = what;
                     }
@@ -207,7 +223,7 @@ fn table_by_table(conn: &Connection, q: &str, quick: bool, url: &str) -> Result<
                 Err(e) if is_missing_definition(&e.message) => {
                     missing.get_or_insert(e.message);
                 }
-                Err(e) => return Err(failed(url, pragma, &e)),
+                Err(e) => return Err(not_run(url, pragma, &e)),
             }
         }
         if let Some(why) = missing {
@@ -257,7 +273,25 @@ fn problems(found: Vec<String>, url: &str, pragma: &str) -> Result<()> {
     )))
 }
 
+/// A check SQLite could not finish: SQLITE_CORRUPT is a finding about the backup; anything
+/// else may be the connection's doing.
+fn not_run(url: &str, pragma: &str, e: &Error) -> Failure {
+    if e.kind == Kind::Corrupt {
+        Failure::Found(failed(url, pragma, e))
+    } else {
+        Failure::NotRun(failed(url, pragma, e))
+    }
+}
+
+fn unreadable_schema(url: &str, e: &Error) -> Error {
+    Error::corrupt(format!("{url}: cannot read the schema: {}", e.message))
+}
+
 fn failed(url: &str, pragma: &str, e: &Error) -> Error {
+    // sqlite3_interrupt on the caller's connection (or its progress handler) stopped it.
+    if e.message == "interrupted" {
+        return Error::new(Kind::Sqlite, format!("the check of {url} was interrupted"));
+    }
     Error::new(
         Kind::Corrupt,
         format!("{url}: {pragma} failed: {}", e.message),
