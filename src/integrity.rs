@@ -67,7 +67,7 @@ pub fn missing_definition(message: &str) -> Option<&str> {
 pub fn check(path: &Path, quick: bool, url: &str, caller: Option<&Connection>) -> Result<Outcome> {
     if let Some(conn) = caller.filter(|c| can_attach(c)) {
         if let Ok(attached) = Attached::new(conn, path) {
-            let outcome = run(conn, &attached.schema, quick, url, "caller");
+            let outcome = run(conn, &attached.schema, quick, url, "caller", path);
             attached.detach()?;
             match outcome {
                 Ok(outcome) => return Ok(outcome),
@@ -80,7 +80,8 @@ pub fn check(path: &Path, quick: bool, url: &str, caller: Option<&Connection>) -
         }
     }
     let own = Connection::open(path, OpenMode::ReadWrite)?;
-    run(&own, "main", quick, url, "separate").map_err(|(Failure::Found(e) | Failure::NotRun(e))| e)
+    run(&own, "main", quick, url, "separate", path)
+        .map_err(|(Failure::Found(e) | Failure::NotRun(e))| e)
 }
 
 /// Why a check did not pass: it found problems, or it could not run.
@@ -149,6 +150,7 @@ fn run(
     quick: bool,
     url: &str,
     checked_on: &'static str,
+    path: &Path,
 ) -> std::result::Result<Outcome, Failure> {
     let q = quote_identifier(schema);
     let pragma = if quick {
@@ -160,7 +162,7 @@ fn run(
     match lines(conn, &format!("PRAGMA {q}.{pragma}({ERRORS_SHOWN})")) {
         Ok(found) => problems(found, url, pragma).map_err(Failure::Found)?,
         Err(e) if is_missing_definition(&e.message) => {
-            skipped = table_by_table(conn, &q, quick, url)?;
+            skipped = table_by_table(conn, &q, quick, url, path)?;
         }
         Err(e) => return Err(not_run(url, pragma, &e)),
     }
@@ -181,12 +183,14 @@ fn run(
 
 /// The check of each table on its own (`PRAGMA integrity_check(table)`): full where the
 /// connection has what the table needs, else quick_check (which does not compare index
-/// entries with the rows), else nothing; free pages are checked only with the whole database.
+/// entries with the rows). Then the pages of every table and index, the free list and the
+/// pages in no table, with stand-ins for what is missing (`structure`).
 fn table_by_table(
     conn: &Connection,
     q: &str,
     quick: bool,
     url: &str,
+    path: &Path,
 ) -> std::result::Result<Vec<Skipped>, Failure> {
     let names = conn
         .query(&format!(
@@ -194,30 +198,25 @@ fn table_by_table(
              ORDER BY name"
         ))
         .map_err(|e| Failure::NotRun(unreadable_schema(url, &e)))?;
-    let mut skipped = Vec::new();
-    let mut reason = String::new();
+    // (table, quick_check passed, why the full check could not run)
+    let mut partly = Vec::new();
     for name in names
         .into_iter()
         .filter_map(|r| r.into_iter().next().flatten())
     {
         let table = format!("'{}'", name.replace('\'', "''"));
-        let pragmas: &[(&str, &str)] = if quick {
-            &[("quick_check", "")]
+        let pragmas: &[&str] = if quick {
+            &["quick_check"]
         } else {
-            &[
-                ("integrity_check", ""),
-                ("quick_check", "index entries against the rows"),
-            ]
+            &["integrity_check", "quick_check"]
         };
         let mut missing = None;
-        let mut not_checked = "the table and its indexes";
-        for (pragma, what) in pragmas {
+        let mut quick_passed = false;
+        for pragma in pragmas {
             match lines(conn, &format!("PRAGMA {q}.{pragma}({table})")) {
                 Ok(found) => {
                     problems(found, url, pragma).map_err(Failure::Found)?;
-                    if missing.is_some() {
-                        not_checked = what;
-                    }
+                    quick_passed = missing.is_some();
                     break;
                 }
                 Err(e) if is_missing_definition(&e.message) => {
@@ -227,30 +226,99 @@ fn table_by_table(
             }
         }
         if let Some(why) = missing {
-            reason = format!("{why}, not defined on the connection that ran the check");
-            skipped.push(Skipped {
-                table: Some(name),
-                not_checked,
-                reason: reason.clone(),
-            });
+            let why = missing_definition(&why).unwrap_or(&why).to_string();
+            partly.push((name, quick_passed, why));
         }
     }
-    if !skipped.is_empty() {
+    let structure = structure(path, url)?;
+    let why_not = |why: &str| format!("{why}, not defined on the connection that ran the check");
+    let mut skipped: Vec<Skipped> = partly
+        .iter()
+        .map(|(table, quick_passed, why)| Skipped {
+            table: Some(table.clone()),
+            not_checked: match (quick_passed, structure) {
+                (true, _) => "index entries against the rows",
+                (false, true) => "index entries, CHECK constraints and column values",
+                (false, false) => "the table and its indexes",
+            },
+            reason: why_not(why),
+        })
+        .collect();
+    if !structure {
+        let why = partly.first().map_or("a definition is missing", |p| &p.2);
         skipped.push(Skipped {
             table: None,
             not_checked: "free pages and pages in no table",
-            reason: format!("checked only with the whole database ({reason})"),
-        });
-    } else {
-        // Every table passed alone, yet the whole check could not run: say so rather than
-        // claim a full check.
-        skipped.push(Skipped {
-            table: None,
-            not_checked: "the database as a whole",
-            reason: String::from("a definition the check needs is missing on this connection"),
+            reason: format!("checked only with the whole database ({})", why_not(why)),
         });
     }
     Ok(skipped)
+}
+
+/// quick_check of the whole copy on a connection of ours, with stand-ins (byte order, a
+/// function returning NULL) for the collations and functions it lacks and CHECK constraints
+/// off: every page of every table and index, the free list and the pages in no table. Index
+/// entries are not compared with rows in quick_check, so what the stand-ins compute does not
+/// matter; column values they compute (generated columns) are not trusted. False when it could
+/// not run to the end.
+fn structure(path: &Path, url: &str) -> std::result::Result<bool, Failure> {
+    /// Bounds the rounds of "missing X, define X, again".
+    const MAX_STAND_INS: usize = 64;
+    /// Enough rows to see past values computed by stand-ins.
+    const ROWS: usize = 100;
+    let Ok(own) = Connection::open(path, OpenMode::ReadWrite) else {
+        return Ok(false);
+    };
+    if own.exec("PRAGMA ignore_check_constraints = ON").is_err() {
+        return Ok(false);
+    }
+    let mut defined: Vec<String> = Vec::new();
+    for _ in 0..=MAX_STAND_INS {
+        match lines(&own, &format!("PRAGMA main.quick_check({ROWS})")) {
+            Ok(found) if found == ["ok"] => return Ok(true),
+            Ok(found) => {
+                let all = found.len();
+                // "NULL value in t.c", "TEXT value in t.c": may come from a stand-in's NULL.
+                let real: Vec<String> = found
+                    .into_iter()
+                    .filter(|l| defined.is_empty() || !l.contains(" value in "))
+                    .collect();
+                if !real.is_empty() {
+                    problems(real, url, "quick_check").map_err(Failure::Found)?;
+                }
+                return Ok(all < ROWS);
+            }
+            Err(e) => {
+                let Some(missing) = missing_definition(&e.message) else {
+                    return Err(not_run(url, "quick_check", &e));
+                };
+                let (name, collation) = match missing.strip_prefix("no such collation sequence: ") {
+                    Some(name) => (name, true),
+                    None => match missing
+                        .strip_prefix("unknown function: ")
+                        .or_else(|| missing.strip_prefix("no such function: "))
+                    {
+                        Some(name) => (name.split('(').next().unwrap_or(name), false),
+                        None => return Ok(false),
+                    },
+                };
+                let name = name.trim().to_string();
+                if name.is_empty() || defined.contains(&name) {
+                    return Ok(false);
+                }
+                let added = if collation {
+                    own.define_stand_in_collation(&name)
+                } else {
+                    own.define_stand_in_function(&name)
+                };
+                if added.is_err() {
+                    return Ok(false);
+                }
+                defined.push(name);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// The rows of a check; an error when SQLite could not run it.

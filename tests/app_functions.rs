@@ -337,11 +337,17 @@ fn without_the_definitions_the_check_is_partial_and_says_what_it_skipped() {
             "{table}: {what} not in {v}"
         );
     };
-    expect("by_collation", "the table and its indexes");
+    // Their pages, the free list and the pages in no table were checked, with stand-ins.
+    expect(
+        "by_collation",
+        "index entries, CHECK constraints and column values",
+    );
     expect("by_expression", "index entries against the rows");
-    expect("with_check", "the table and its indexes");
-    expect("", "free pages and pages in no table");
-    assert!(!skipped.iter().any(|(t, _)| t == "plain"), "{v}");
+    expect(
+        "with_check",
+        "index entries, CHECK constraints and column values",
+    );
+    assert_eq!(skipped.len(), 3, "{v}");
     let reasons = v["skipped"].to_string();
     assert!(
         reasons.contains("no such collation sequence: APPCOLL"),
@@ -440,35 +446,43 @@ fn a_damaged_backup_is_still_corrupt() {
     assert!(err.contains("by_expression_upper"), "{err}");
     assert!(!dest.exists());
 
-    // Damaged pages of a table: corrupt, whoever checks.
-    let pages = dir.path().join("pages.db");
-    let mut bytes = fs::read(&good).unwrap();
-    let page_size = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
-    let root: i64 = Connection::open(&good)
-        .unwrap()
-        .query_row(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'plain'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let at = (root as usize - 1) * page_size;
-    bytes[at..at + 100].fill(0x55);
-    fs::write(&pages, &bytes).unwrap();
-    let out = sqlite3_cli(
-        Path::new(":memory:"),
-        &[],
-        &format!("SELECT verify_backup({});", path_lit(&pages)),
-        None,
-    );
-    assert!(!out.ok(), "{}", out.stdout);
-    assert!(out.stderr.contains("verify_backup: "), "{}", out.stderr);
-    assert!(!out.stderr.contains("no such collation"), "{}", out.stderr);
-    let err = call_err(
-        &conn,
-        &format!("SELECT verify_backup({})", path_lit(&pages)),
-    );
-    assert!(!err.contains("no such collation"), "{err}");
+    // Damaged pages of a table or index, even one whose full check needs the application's
+    // definitions: corrupt, whoever checks.
+    for object in ["plain", "by_collation", "by_collation_name", "with_check"] {
+        let damaged = dir.path().join(format!("{object}-pages.db"));
+        let mut bytes = fs::read(&good).unwrap();
+        let page_size = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+        let root: i64 = Connection::open(&good)
+            .unwrap()
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+                [object],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let at = (root as usize - 1) * page_size;
+        bytes[at..at + 100].fill(0x55);
+        fs::write(&damaged, &bytes).unwrap();
+        let out = sqlite3_cli(
+            Path::new(":memory:"),
+            &[],
+            &format!("SELECT verify_backup({});", path_lit(&damaged)),
+            None,
+        );
+        assert!(!out.ok(), "{object}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("verify_backup: ") && out.stderr.contains("_check"),
+            "{object}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("no such"), "{object}: {}", out.stderr);
+        let err = call_err(
+            &conn,
+            &format!("SELECT verify_backup({})", path_lit(&damaged)),
+        );
+        assert!(err.contains("_check"), "{object}: {err}");
+        assert!(!err.contains("no such"), "{object}: {err}");
+    }
     assert_eq!(attached(&conn), ["main"]);
     assert_no_temp_files_except(dir.path(), &["app.db-wal", "app.db-shm"]);
 }
