@@ -292,17 +292,10 @@ fn structure(path: &Path, url: &str) -> std::result::Result<bool, Failure> {
                 let Some(missing) = missing_definition(&e.message) else {
                     return Err(not_run(url, "quick_check", &e));
                 };
-                let (name, collation) = match missing.strip_prefix("no such collation sequence: ") {
-                    Some(name) => (name, true),
-                    None => match missing
-                        .strip_prefix("unknown function: ")
-                        .or_else(|| missing.strip_prefix("no such function: "))
-                    {
-                        Some(name) => (name.split('(').next().unwrap_or(name), false),
-                        None => return Ok(false),
-                    },
+                let Some((name, collation)) = stand_in_for(missing) else {
+                    return Ok(false);
                 };
-                let name = name.trim().to_string();
+                let name = name.to_string();
                 if name.is_empty() || defined.contains(&name) {
                     return Ok(false);
                 }
@@ -319,6 +312,22 @@ fn structure(path: &Path, url: &str) -> std::result::Result<bool, Failure> {
         }
     }
     Ok(false)
+}
+
+/// The name a stand-in must have for SQLite's complaint, and whether it is a collation (else a
+/// function); None when no stand-in can help (a module, a function that may not run).
+fn stand_in_for(missing: &str) -> Option<(&str, bool)> {
+    let (name, collation) = match missing.strip_prefix("no such collation sequence: ") {
+        Some(name) => (name, true),
+        None => {
+            let name = missing
+                .strip_prefix("unknown function: ")
+                .or_else(|| missing.strip_prefix("no such function: "))?;
+            (name.split('(').next().unwrap_or(name), false)
+        }
+    };
+    let name = name.trim();
+    (!name.is_empty()).then_some((name, collation))
 }
 
 /// The rows of a check; an error when SQLite could not run it.
@@ -369,6 +378,25 @@ fn failed(url: &str, pragma: &str, e: &Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stand_ins_are_named_from_the_message() {
+        assert_eq!(
+            stand_in_for("no such collation sequence: APP COLL"),
+            Some(("APP COLL", true))
+        );
+        assert_eq!(
+            stand_in_for("unknown function: app_upper()"),
+            Some(("app_upper", false))
+        );
+        assert_eq!(
+            stand_in_for("no such function: app_upper"),
+            Some(("app_upper", false))
+        );
+        assert_eq!(stand_in_for("no such module: fts9"), None);
+        assert_eq!(stand_in_for("unsafe use of app_upper()"), None);
+        assert_eq!(stand_in_for("unknown function: ()"), None);
+    }
 
     #[test]
     fn missing_definitions_are_told_from_damage() {

@@ -147,6 +147,21 @@ fn backup_falls_back_to_the_page_copy_and_says_why() {
     assert!(!dir.path().join("forced.db.gz").exists());
     assert_no_temp_files_except(dir.path(), &["app.db-wal", "app.db-shm"]);
 
+    // Uncommitted writes of the caller: the page copy cannot take them either; say so.
+    conn.execute_batch("BEGIN; INSERT INTO plain (v) VALUES ('uncommitted');")
+        .unwrap();
+    let err = call_err(
+        &conn,
+        &format!(
+            "SELECT backup_to_file({})",
+            path_lit(dir.path().join("busy.db.gz"))
+        ),
+    );
+    assert!(err.contains("uncommitted writes"), "{err}");
+    conn.execute_batch("ROLLBACK").unwrap();
+    assert!(!dir.path().join("busy.db.gz").exists());
+    assert_eq!(list(&tmp), Vec::<String>::new());
+
     // The sqlite3 CLI lacks the definitions: its VACUUM INTO fails the same way.
     drop(conn);
     let out = sqlite3_cli(
