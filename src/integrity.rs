@@ -5,8 +5,9 @@
 //! connection of ours cannot evaluate them, and SQLite then fails the whole check with "no such
 //! collation sequence". So the copy is attached to the calling connection when that is safe and
 //! checked there. When the connection that runs the check still lacks a definition, every table
-//! is checked on its own, as far as it can be, and what could not be checked is listed in
-//! `skipped` with SQLite's reason: a backup is called corrupt only for problems found.
+//! is checked on its own as far as it can be, every page is checked with stand-ins for what is
+//! missing, and what could not be checked is listed in `skipped` with SQLite's reason: a backup
+//! is called corrupt only for problems found.
 
 use std::path::Path;
 
