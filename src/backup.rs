@@ -36,6 +36,9 @@ pub struct Request {
 pub struct Report {
     pub destination: String,
     pub method: &'static str,
+    /// Why method `pages` was used instead of the default `vacuum`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
     pub compression: &'static str,
     /// Size of the uncompressed snapshot.
     pub bytes: u64,
@@ -94,6 +97,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
     let mut report = Report {
         destination: store.url(name),
         method: snap.method.name(),
+        fallback: snap.fallback.clone(),
         compression: codec.name(),
         bytes: snap.bytes,
         stored_bytes: 0,

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod error;
 pub mod ffi;
 mod header;
+pub mod integrity;
 pub mod interrupt;
 pub mod live;
 pub mod naming;

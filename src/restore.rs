@@ -29,6 +29,7 @@ pub fn to_file(
     dest: &Path,
     overwrite: bool,
     quick: bool,
+    caller: &Connection,
 ) -> Result<Report> {
     let dir = parent_dir(dest);
     if !dir.is_dir() {
@@ -57,7 +58,7 @@ pub fn to_file(
             )));
         }
     }
-    let checked = verify::fetch_checked(store, name, dir, quick)?;
+    let checked = verify::fetch_checked(store, name, dir, quick, Some(caller))?;
     set_owner_and_mode(checked.file.as_file(), replaced.as_ref(), dest)?;
     crate::interrupt::check()?;
     still_the_same(dest, replaced.as_ref())?;
@@ -240,7 +241,7 @@ pub fn into_connection(
     }
     // Fails early, before any download, when the schema does not exist.
     conn.filename(schema)?;
-    let checked = verify::fetch_checked(store, name, temp_dir, quick)?;
+    let checked = verify::fetch_checked(store, name, temp_dir, quick, Some(conn))?;
     check_wal_page_size(conn, schema, checked.report.page_size)?;
     let source = Connection::open(checked.file.path(), OpenMode::ReadWrite)?;
     crate::progress::phase("restoring", None);

@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub bytes: u64,
     pub page_size: u32,
     pub page_count: u64,
+    /// Why `pages` was used when `vacuum` was asked for by default.
+    pub fallback: Option<String>,
 }
 
 /// Copies `schema` of `conn` into a new temp file in `temp_dir`. `method` None picks `vacuum`
@@ -59,7 +61,8 @@ pub fn take(
         Some(_) => conn.custom_vfs(schema)?,
         None => None,
     };
-    let method = match (method, &source, &custom_vfs) {
+    let forced = method.is_some();
+    let mut method = match (method, &source, &custom_vfs) {
         (Some(Method::Vacuum), None, _) => {
             return Err(Error::usage(format!(
                 "method 'vacuum' needs a database file, and '{schema}' is in memory: \
@@ -83,7 +86,8 @@ pub fn take(
     if writing && method == Method::Pages {
         return Err(open_write_transaction(schema));
     }
-    let file = temp_file_in(temp_dir, ".snapshot")?;
+    let mut file = temp_file_in(temp_dir, ".snapshot")?;
+    let mut fallback = None;
     // The copy grows toward the size of the source file (less its free pages).
     let estimate = source
         .as_deref()
@@ -104,13 +108,26 @@ pub fn take(
             });
             // Our lock holder would be the caller itself: no point waiting for it.
             let wait_ms = if writing { 0 } else { busy_ms };
-            vacuum_into(path, file.path(), wait_ms).map_err(|e| {
+            let copied = vacuum_into(path, file.path(), wait_ms).map_err(|e| {
                 if writing && e.kind == Kind::Busy {
                     open_write_transaction(schema)
                 } else {
                     e
                 }
-            })?
+            });
+            if let Err(e) = copied {
+                let (pages, why) = pages_instead(e, forced, writing, schema)?;
+                // A fresh file: the failed attempt's is removed when replaced.
+                file = temp_file_in(temp_dir, ".snapshot")?;
+                crate::progress::phase_file(
+                    "taking a snapshot",
+                    estimate,
+                    file.path().to_path_buf(),
+                );
+                copy_pages(conn, schema, file.path(), busy_ms)?;
+                method = pages;
+                fallback = Some(why);
+            }
         }
         _ => copy_pages(conn, schema, file.path(), busy_ms)?,
     }
@@ -125,7 +142,40 @@ pub fn take(
         } else {
             bytes / page_size as u64
         },
+        fallback,
     })
+}
+
+/// VACUUM INTO runs on a second connection, which lacks the collations and functions the
+/// application defined on its own (an index `COLLATE APPCOLL`, a CHECK calling an app
+/// function): the page copy from the caller's connection needs none of them. Returns the
+/// method to use instead and why, or the error when it cannot be replaced.
+fn pages_instead(e: Error, forced: bool, writing: bool, schema: &str) -> Result<(Method, String)> {
+    if !crate::integrity::is_missing_definition(&e.message) || e.kind == Kind::Busy {
+        return Err(e);
+    }
+    if forced {
+        return Err(Error::new(
+            e.kind,
+            format!(
+                "{}: the schema uses a definition of the application's own connection, which \
+                 VACUUM INTO's separate connection lacks: use method 'pages' (or leave method \
+                 unset)",
+                e.message
+            ),
+        ));
+    }
+    if writing {
+        return Err(open_write_transaction(schema));
+    }
+    let cause = crate::integrity::missing_definition(&e.message).unwrap_or_default();
+    Ok((
+        Method::Pages,
+        format!(
+            "VACUUM INTO failed ({cause}: a collation or function of the application's own \
+             connection); copied the pages from this connection instead"
+        ),
+    ))
 }
 
 fn open_write_transaction(schema: &str) -> Error {

@@ -11,8 +11,9 @@ use tempfile::NamedTempFile;
 
 use crate::codec::{self, Codec};
 use crate::error::{Error, Kind, Result};
-use crate::ffi::{Connection, OpenMode};
+use crate::ffi::Connection;
 use crate::header;
+use crate::integrity;
 use crate::snapshot;
 use crate::store::file::temp_file_in;
 use crate::store::Store;
@@ -21,7 +22,13 @@ use crate::store::Store;
 pub struct Report {
     pub location: String,
     pub ok: bool,
+    /// `ok`, or `partial` when the checking connection lacked a collation or function the
+    /// schema uses: then `skipped` says what was not checked and why.
     pub integrity: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<integrity::Skipped>,
+    /// `caller` (attached to the calling connection, with its definitions) or `separate`.
+    pub checked_on: &'static str,
     pub compression: &'static str,
     pub tables: u64,
     pub page_size: u32,
@@ -39,12 +46,17 @@ pub struct Checked {
     pub report: Report,
 }
 
-/// How many integrity errors to list in a failure message.
-const ERRORS_SHOWN: usize = 5;
-
 /// Downloads `name` from `store` into a temp file in `dir` and checks it. Any problem is an
 /// error (a cron job's `sqlite3` must exit non-zero); the temp file never outlives a failure.
-pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> Result<Checked> {
+/// The check runs on `caller` (the connection the SQL function was called on) when it can, so
+/// the application's own collations and functions are there (see `integrity`).
+pub fn fetch_checked(
+    store: &dyn Store,
+    name: &str,
+    dir: &Path,
+    quick: bool,
+    caller: Option<&Connection>,
+) -> Result<Checked> {
     let started = Instant::now();
     let url = store.url(name);
     let entry = store
@@ -110,15 +122,17 @@ pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> 
     }
 
     crate::progress::phase("checking integrity", None);
-    let (integrity, tables) = check_database(file.path(), quick, &url)?;
+    let checked = integrity::check(file.path(), quick, &url, caller)?;
     Ok(Checked {
         file,
         report: Report {
             location: url,
             ok: true,
-            integrity,
+            integrity: checked.integrity.to_string(),
+            skipped: checked.skipped,
+            checked_on: checked.checked_on,
             compression: codec.name(),
-            tables,
+            tables: checked.tables,
             page_size,
             page_count: if page_size == 0 {
                 0
@@ -207,35 +221,6 @@ fn too_long(url: &str, codec: Codec, header: &header::Header, limit: u64) -> Err
             header::MIN_UNDECLARED >> 20
         ),
     })
-}
-
-/// Runs integrity_check (or quick_check) on a database file; returns ("ok", table count).
-pub fn check_database(path: &Path, quick: bool, url: &str) -> Result<(String, u64)> {
-    let conn = Connection::open(path, OpenMode::ReadWrite)?;
-    let pragma = if quick {
-        "quick_check"
-    } else {
-        "integrity_check"
-    };
-    let rows = conn
-        .query(&format!("PRAGMA {pragma}({ERRORS_SHOWN})"))
-        .map_err(|e| Error::corrupt(format!("{url}: {pragma} failed: {}", e.message)))?;
-    let lines: Vec<String> = rows
-        .into_iter()
-        .filter_map(|r| r.into_iter().next().flatten())
-        .collect();
-    if lines != ["ok"] {
-        return Err(Error::corrupt(format!(
-            "{url} failed {pragma}: {}",
-            lines.join("; ")
-        )));
-    }
-    let tables = conn
-        .query_value("SELECT count(*) FROM sqlite_master WHERE type = 'table'")
-        .map_err(|e| Error::corrupt(format!("{url}: cannot read the schema: {}", e.message)))?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok((String::from("ok"), tables))
 }
 
 struct CountingReader<R> {

@@ -29,6 +29,7 @@ const SQLITE_OPEN_CREATE: c_int = 0x4;
 const SQLITE_OPEN_URI: c_int = 0x40;
 const SQLITE_VTAB_DIRECTONLY: c_int = 3;
 const SQLITE_FCNTL_VFS_POINTER: c_int = 27;
+const SQLITE_UTF8: c_int = 1;
 
 static API: AtomicPtr<sqlite3_api_routines> = AtomicPtr::new(ptr::null_mut());
 
@@ -388,11 +389,78 @@ impl Connection {
         Ok(Some(unsafe { owned_text((*vfs).zName) }))
     }
 
+    /// True when any schema of this connection has a transaction open, even a read one (a
+    /// statement of the connection is reading). Unknown before 3.34 (no sqlite3_txn_state):
+    /// true there.
+    pub fn any_transaction(&self) -> Result<bool> {
+        if libversion_number() < 3_034_000 {
+            return Ok(true);
+        }
+        let f = routine!(txn_state);
+        // SAFETY: db is live; a null schema asks about every schema.
+        Ok(unsafe { f(self.db, ptr::null()) } != 0)
+    }
+
     /// True when no transaction is open on this connection.
     pub fn autocommit(&self) -> Result<bool> {
         let f = routine!(get_autocommit);
         // SAFETY: db is live.
         Ok(unsafe { f(self.db) } != 0)
+    }
+
+    /// A stand-in for a collation the schema names and this connection lacks: byte order.
+    /// Only for a structural check (quick_check) of a copy on a connection of ours, which
+    /// opens index cursors but compares no key with it.
+    pub fn define_stand_in_collation(&self, name: &str) -> Result<()> {
+        let f = routine!(create_collation_v2);
+        let text = cstring(name, "collation name")?;
+        // SAFETY: db is live; no user data, the callback is a plain function.
+        let rc = unsafe {
+            f(
+                self.db,
+                text.as_ptr(),
+                SQLITE_UTF8,
+                ptr::null_mut(),
+                Some(byte_order),
+                None,
+            )
+        };
+        if rc != SQLITE_OK {
+            return Err(Error::new(sqlite_kind(rc), self.errmsg()));
+        }
+        Ok(())
+    }
+
+    /// A stand-in for a function the schema calls and this connection lacks: returns NULL,
+    /// any number of arguments. Same use as `define_stand_in_collation`.
+    pub fn define_stand_in_function(&self, name: &str) -> Result<()> {
+        const SQLITE_DETERMINISTIC: c_int = 0x800;
+        const SQLITE_INNOCUOUS: c_int = 0x20_0000;
+        let f = routine!(create_function_v2);
+        let text = cstring(name, "function name")?;
+        // INNOCUOUS (3.31+) lets it run where trusted_schema is off; older hosts reject the flag.
+        let mut flags = SQLITE_UTF8 | SQLITE_DETERMINISTIC;
+        if libversion_number() >= 3_031_000 {
+            flags |= SQLITE_INNOCUOUS;
+        }
+        // SAFETY: db is live; a scalar function with no user data.
+        let rc = unsafe {
+            f(
+                self.db,
+                text.as_ptr(),
+                -1,
+                flags,
+                ptr::null_mut(),
+                Some(returns_null),
+                None,
+                None,
+                None,
+            )
+        };
+        if rc != SQLITE_OK {
+            return Err(Error::new(sqlite_kind(rc), self.errmsg()));
+        }
+        Ok(())
     }
 
     /// Copies `from_schema` of `from` over `to_schema` of `self` with the online backup API.
@@ -472,6 +540,36 @@ impl Connection {
 
 /// Pages per backup step when copying in steps: 4 MiB at 4 KiB pages, a few milliseconds.
 const STEP_PAGES: c_int = 1024;
+
+/// memcmp order, then the shorter first: SQLite's BINARY.
+unsafe extern "C" fn byte_order(
+    _: *mut std::ffi::c_void,
+    len_a: c_int,
+    a: *const std::ffi::c_void,
+    len_b: c_int,
+    b: *const std::ffi::c_void,
+) -> c_int {
+    let slice = |p: *const std::ffi::c_void, len: c_int| -> &[u8] {
+        match usize::try_from(len) {
+            // SAFETY: SQLite passes `len` readable bytes at `p`.
+            Ok(n) if n > 0 && !p.is_null() => unsafe { std::slice::from_raw_parts(p.cast(), n) },
+            _ => &[],
+        }
+    };
+    match slice(a, len_a).cmp(slice(b, len_b)) {
+        std::cmp::Ordering::Less => -1,
+        std::cmp::Ordering::Equal => 0,
+        std::cmp::Ordering::Greater => 1,
+    }
+}
+
+/// Sets no result: SQLite's result is then NULL.
+unsafe extern "C" fn returns_null(
+    _: *mut sqlite3ext_sys::sqlite3_context,
+    _: c_int,
+    _: *mut *mut sqlite3ext_sys::sqlite3_value,
+) {
+}
 
 /// The message for a database that stayed locked past the caller's patience.
 pub fn busy_error(busy_ms: u64) -> Error {

@@ -51,6 +51,7 @@ pub fn verify(call: &Call) -> Result<String> {
         &name,
         &temp_dir(opts.temp_dir.as_deref()),
         opts.quick.unwrap_or(false),
+        Some(&call.connection()),
     )?;
     json(&checked.report)
 }
@@ -109,6 +110,7 @@ pub fn restore(call: &Call) -> Result<String> {
                 &dest,
                 opts.overwrite.unwrap_or(false),
                 quick,
+                &call.connection(),
             )?
         }
         None => {
