@@ -11,11 +11,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use tempfile::NamedTempFile;
 
 use crate::error::{Error, Kind, Result};
 use crate::ffi::{self, Connection, OpenMode};
-use crate::store::file::temp_file_in;
+use crate::temp::{self, NamedTemp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,8 +33,8 @@ impl Method {
 }
 
 pub struct Snapshot {
-    /// The copy; removed when this is dropped.
-    pub file: NamedTempFile,
+    /// The copy; removed with its journal when dropped, by a later call after a kill.
+    pub file: NamedTemp,
     pub method: Method,
     pub bytes: u64,
     pub page_size: u32,
@@ -69,7 +68,7 @@ pub fn take(
         (None, Some(_)) => Method::Vacuum,
         (None, None) => Method::Pages,
     };
-    let file = temp_file_in(temp_dir, ".snapshot")?;
+    let file = temp::named(temp_dir, temp::Ext::Snapshot)?;
     match (&method, &source) {
         (Method::Vacuum, Some(path)) => {
             // The caller's connection reads first, so it (not our short-lived read-only one)

@@ -8,14 +8,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tempfile::NamedTempFile;
 
 use crate::codec::{self, Codec};
 use crate::error::{Error, Kind, Result};
 use crate::ffi::{Connection, OpenMode};
 use crate::snapshot;
-use crate::store::file::temp_file_in;
 use crate::store::Store;
+use crate::temp::{self, NamedTemp};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -33,9 +32,10 @@ pub struct Report {
     pub elapsed_ms: u64,
 }
 
-/// A verified database in a temp file (removed on drop), and what was found.
+/// A verified database in a temp file (removed on drop; by a later call after a kill), and
+/// what was found.
 pub struct Checked {
-    pub file: NamedTempFile,
+    pub file: NamedTemp,
     pub report: Report,
 }
 
@@ -56,7 +56,7 @@ pub fn fetch_checked(store: &dyn Store, name: &str, dir: &Path, quick: bool) -> 
         count: 0,
     };
     let (codec, mut reader) = codec::decoder(Box::new(&mut counted))?;
-    let mut file = temp_file_in(dir, ".db")?;
+    let mut file = temp::named(dir, temp::Ext::Db)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut bytes = 0u64;

@@ -1,19 +1,17 @@
-//! Backups in a local directory. Writes are atomic: a temp file beside the destination, fsync,
-//! rename over the destination, fsync the directory. A crash or error at any point leaves the
-//! previous backup whole and no temp file behind (the temp file is removed on drop).
+//! Backups in a local directory. Writes are atomic: a file with no name yet in the destination
+//! directory (`temp::Staged`), fsync, then its name (over the destination only when allowed),
+//! fsync the directory. An error, a crash or a kill at any point leaves the previous backup
+//! whole and no temp file behind.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use tempfile::NamedTempFile;
 
 use super::{Entry, PutMeta, Store, Stored, Upload};
 use crate::error::{Error, Kind, Result};
-
-/// Temp files we create start with this, so listings skip them and a human knows whose they are.
-pub const TEMP_PREFIX: &str = ".sqlite-backup-";
+use crate::temp::Staged;
 
 pub struct FileStore {
     dir: PathBuf,
@@ -72,46 +70,11 @@ impl FileStore {
     }
 }
 
-/// Creates a temp file in `dir` with our prefix; removed when dropped unless persisted.
-pub fn temp_file_in(dir: &Path, suffix: &str) -> Result<NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .suffix(suffix)
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(format!("cannot create a file in {}", dir.display()), e))
-}
-
 /// fsync a directory so a rename in it survives a power cut.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("cannot sync directory {}", dir.display()), e))
-}
-
-/// Moves a finished temp file to `dest` atomically: replaces `dest` only when `overwrite`,
-/// otherwise fails with `Kind::Exists` and leaves both files as they were (temp removed on drop).
-pub fn persist(temp: NamedTempFile, dest: &Path, overwrite: bool) -> Result<()> {
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(format!("cannot sync {}", temp.path().display()), e))?;
-    let result = if overwrite {
-        temp.persist(dest)
-    } else {
-        temp.persist_noclobber(dest)
-    };
-    if let Err(e) = result {
-        if e.error.kind() == io::ErrorKind::AlreadyExists {
-            return Err(Error::new(
-                Kind::Exists,
-                format!("{} already exists", dest.display()),
-            ));
-        }
-        return Err(Error::io(
-            format!("cannot move the new file to {}", dest.display()),
-            e.error,
-        ));
-    }
-    sync_dir(parent_dir(dest))
 }
 
 /// The directory holding `path` ("." for a bare file name, whose parent is "").
@@ -123,7 +86,7 @@ pub fn parent_dir(path: &Path) -> &Path {
 }
 
 struct FileUpload {
-    temp: NamedTempFile,
+    temp: Staged,
     dest: PathBuf,
     url: String,
     meta: PutMeta,
@@ -154,7 +117,7 @@ impl Upload for FileUpload {
         let _ = temp
             .as_file()
             .set_modified(std::time::SystemTime::from(meta.backup_time));
-        persist(temp, &dest, !meta.create_only)?;
+        temp.persist(&dest, !meta.create_only)?;
         Ok(Stored {
             url,
             etag: None,
@@ -163,7 +126,7 @@ impl Upload for FileUpload {
     }
 
     fn abort(self: Box<Self>) {
-        // Dropping the NamedTempFile removes it.
+        // Dropping the unnamed file frees it (a named fallback is removed).
     }
 }
 
@@ -180,7 +143,7 @@ impl Store for FileStore {
                 format!("{} already exists and create_only is set", dest.display()),
             ));
         }
-        let temp = temp_file_in(&self.dir, ".tmp")?;
+        let temp = Staged::create(&self.dir)?;
         Ok(Box::new(FileUpload {
             temp,
             url: self.url(name),
