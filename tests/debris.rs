@@ -85,6 +85,15 @@ impl Cli {
         }
     }
 
+    /// Polls (at most 60 s) until `seen`, whatever the process does meanwhile.
+    fn wait_for_state(&self, what: &str, mut seen: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !seen() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Sends `signal` and reaps the process.
     fn kill(mut self, signal: libc::c_int) -> ExitStatus {
         self.signal(signal);
@@ -228,6 +237,20 @@ fn kill_9_during_a_backup_leaves_nothing_the_next_call_keeps() {
     );
     assert_eq!(list(&d.out), Vec::<String>::new());
     d.next_call_cleans_up();
+
+    // 1b. The same, but the killed process is not reaped yet (a zombie, as under a parent
+    // that has not called wait): it will never run again, so its files go too.
+    let mut cli = Cli::start(big_db(), &sql);
+    cli.wait_for("the snapshot appears", || has_temp(&d.tmp, ".snapshot"));
+    cli.signal(libc::SIGKILL);
+    let stat = format!("/proc/{}/stat", cli.pid());
+    cli.wait_for_state("a zombie", || {
+        let text = fs::read_to_string(&stat).unwrap_or_default();
+        text.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    });
+    d.next_call_cleans_up();
+    drop(cli);
 
     // 2. Mid-compression: the backup is being written into `out`.
     let mut cli = Cli::start(big_db(), &sql);
