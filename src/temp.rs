@@ -7,9 +7,9 @@
 //! - SQLite needs a name for the snapshot and for the database that verify and restore check.
 //!   Those are named `.sqlite-backup-<pid>-<start>-<host>-<random>.<snapshot|db|tmp>`: the
 //!   owner's pid and start time (field 22 of `/proc/<pid>/stat`, which tells a reused pid
-//!   apart), and `<host>`, a hash of the boot id and the pid namespace, so that a process only
-//!   judges owners it can see (not another machine's on a shared disk, not another container's,
-//!   not an earlier boot's). Before a call creates a temp file in a directory, it removes the
+//!   apart), and `<host>`, a hash of the boot id and the pid and time namespaces, so that a
+//!   process only judges owners it can see (not another machine's on a shared disk, not
+//!   another container's, not an earlier boot's). Before a call creates a temp file in a directory, it removes the
 //!   files of that form there whose owner is gone, with their `-journal`, `-wal` and `-shm`:
 //!   regular files of its own user only, never a running (or stopped) owner's.
 //!
@@ -381,14 +381,19 @@ fn parse_stat(text: &str) -> Option<Stat> {
     Some(Stat { pid, state, start })
 }
 
-/// 8 hex digits naming this boot of this machine and this pid namespace.
+/// 8 hex digits naming this boot of this machine, this pid namespace (pids mean other
+/// processes elsewhere) and this time namespace (start times are shifted in another).
 fn host_tag() -> Option<String> {
     let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let namespace = fs::read_link("/proc/self/ns/pid").ok()?;
+    let pids = fs::read_link("/proc/self/ns/pid").ok()?;
+    // Kernels before 5.6 have no time namespaces, and so no link.
+    let time = fs::read_link("/proc/self/ns/time").unwrap_or_default();
     let digest = Sha256::new()
         .chain_update(boot.trim().as_bytes())
         .chain_update([0u8])
-        .chain_update(namespace.as_os_str().as_bytes())
+        .chain_update(pids.as_os_str().as_bytes())
+        .chain_update([0u8])
+        .chain_update(time.as_os_str().as_bytes())
         .finalize();
     Some(digest.iter().take(4).map(|b| format!("{b:02x}")).collect())
 }
