@@ -33,7 +33,7 @@ impl Method {
 }
 
 pub struct Snapshot {
-    /// The copy; removed with its journal when dropped, by a later call after a kill.
+    /// The copy; removed with its journal when dropped (after a kill, by a later call).
     pub file: NamedTemp,
     pub method: Method,
     pub bytes: u64,

@@ -9,9 +9,10 @@
 //!   owner's pid and start time (field 22 of `/proc/<pid>/stat`, which tells a reused pid
 //!   apart), and `<host>`, a hash of the boot id and the pid and time namespaces, so that a
 //!   process only judges owners it can see (not another machine's on a shared disk, not
-//!   another container's, not an earlier boot's). Before a call creates a temp file in a directory, it removes the
-//!   files of that form there whose owner is gone, with their `-journal`, `-wal` and `-shm`:
-//!   regular files of its own user only, never a running (or stopped) owner's.
+//!   another container's, not an earlier boot's). Before a call creates a temp file in a
+//!   directory, it removes the files of that form there whose owner is gone, with their
+//!   `-journal`, `-wal` and `-shm`: regular files of its own user only, never a running (or
+//!   stopped) owner's.
 //!
 //! File systems without `O_TMPFILE` get a named `.tmp` file instead, swept the same way.
 
@@ -92,15 +93,19 @@ fn cannot_create(dir: &Path, e: io::Error) -> Error {
     Error::io(format!("cannot create a file in {}", dir.display()), e)
 }
 
-fn create_named(dir: &Path, ext: Ext) -> io::Result<NamedTemp> {
+/// `.sqlite-backup-<pid>-<start>-<host>-`: what a temp name of this process starts with.
+fn owner_prefix() -> String {
     // Without a readable /proc no later call could judge the owner: no owner in the name, and
     // such a file is never swept (only removed on drop).
-    let prefix = match Owner::current() {
+    match Owner::current() {
         Some(me) => format!("{PREFIX}{}-{}-{}-", me.pid, me.start, me.host),
         None => PREFIX.to_string(),
-    };
+    }
+}
+
+fn create_named(dir: &Path, ext: Ext) -> io::Result<NamedTemp> {
     let file = tempfile::Builder::new()
-        .prefix(&prefix)
+        .prefix(&owner_prefix())
         .rand_bytes(RAND_LEN)
         .suffix(&format!(".{}", ext.as_str()))
         .tempfile_in(dir)?;
@@ -293,10 +298,7 @@ fn link(from: &str, to: &Path) -> io::Result<()> {
 
 /// Links `fd` under a fresh temp name (our form, `.tmp`) in `dir`; returns that path.
 fn link_to_temp_name(fd: &str, dir: &Path) -> io::Result<PathBuf> {
-    let prefix = match Owner::current() {
-        Some(me) => format!("{PREFIX}{}-{}-{}-", me.pid, me.start, me.host),
-        None => PREFIX.to_string(),
-    };
+    let prefix = owner_prefix();
     let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
     for _ in 0..16 {
         let random: String = std::iter::repeat_with(fastrand::alphanumeric)
@@ -324,7 +326,7 @@ struct Owner {
     pid: u32,
     /// Start time in clock ticks after boot (`/proc/<pid>/stat` field 22).
     start: u64,
-    /// 8 hex digits: hash of the boot id and the pid namespace.
+    /// 8 hex digits: hash of the boot id and the pid and time namespaces.
     host: String,
 }
 
