@@ -102,21 +102,11 @@ impl Cli {
 
     fn output(&mut self) -> String {
         let mut text = String::new();
-        for pipe in [
-            self.child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read>),
-            self.child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let mut pipe = pipe;
-            let _ = pipe.read_to_string(&mut text);
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_string(&mut text);
+        }
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = err.read_to_string(&mut text);
         }
         text
     }
