@@ -486,5 +486,27 @@ fn a_full_temp_dir_fails_clearly_and_leaves_nothing() {
     );
     assert!(err.contains("cannot write a temp file"), "{err}");
     assert_eq!(list(&full.0), Vec::<String>::new(), "verify");
+
+    // The destination's directory full: the backup (an unnamed file there) fails, and so
+    // does a restore's temp database there.
+    let err = call_err(
+        &conn,
+        &format!(
+            "SELECT backup_to_file({})",
+            path_lit(full.0.join("b.db.gz"))
+        ),
+    );
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(list(&full.0), Vec::<String>::new(), "backup into it");
+    let err = call_err(
+        &conn,
+        &format!(
+            "SELECT restore_backup({}, {})",
+            path_lit(&backup),
+            path_lit(full.0.join("r.db"))
+        ),
+    );
+    assert!(err.contains("cannot write a temp file"), "{err}");
+    assert_eq!(list(&full.0), Vec::<String>::new(), "restore into it");
     assert_no_temp_files(root.path());
 }
