@@ -22,6 +22,7 @@ pub mod retention;
 pub mod snapshot;
 mod sql;
 pub mod store;
+pub mod temp;
 pub mod verify;
 
 use std::ffi::{c_char, c_int};

@@ -11,11 +11,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use tempfile::NamedTempFile;
 
 use crate::error::{Error, Kind, Result};
 use crate::ffi::{self, Connection, OpenMode};
-use crate::store::file::temp_file_in;
+use crate::temp::{self, NamedTemp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,8 +33,8 @@ impl Method {
 }
 
 pub struct Snapshot {
-    /// The copy; removed when this is dropped.
-    pub file: NamedTempFile,
+    /// The copy; removed with its journal when dropped (after a kill, by a later call).
+    pub file: NamedTemp,
     pub method: Method,
     pub bytes: u64,
     pub page_size: u32,
@@ -86,7 +85,7 @@ pub fn take(
     if writing && method == Method::Pages {
         return Err(open_write_transaction(schema));
     }
-    let mut file = temp_file_in(temp_dir, ".snapshot")?;
+    let mut file = temp::named(temp_dir, temp::Ext::Snapshot)?;
     let mut fallback = None;
     // The copy grows toward the size of the source file (less its free pages).
     let estimate = source
@@ -118,7 +117,7 @@ pub fn take(
             if let Err(e) = copied {
                 let (pages, why) = pages_instead(e, forced, writing, schema)?;
                 // A fresh file: the failed attempt's is removed when replaced.
-                file = temp_file_in(temp_dir, ".snapshot")?;
+                file = temp::named(temp_dir, temp::Ext::Snapshot)?;
                 crate::progress::phase_file(
                     "taking a snapshot",
                     estimate,

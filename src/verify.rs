@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tempfile::NamedTempFile;
 
 use crate::codec::{self, Codec};
 use crate::error::{Error, Kind, Result};
@@ -15,8 +14,8 @@ use crate::ffi::Connection;
 use crate::header;
 use crate::integrity;
 use crate::snapshot;
-use crate::store::file::temp_file_in;
 use crate::store::Store;
+use crate::temp::{self, NamedTemp};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -40,9 +39,10 @@ pub struct Report {
     pub elapsed_ms: u64,
 }
 
-/// A verified database in a temp file (removed on drop), and what was found.
+/// A verified database in a temp file (removed on drop; by a later call after a kill), and
+/// what was found.
 pub struct Checked {
-    pub file: NamedTempFile,
+    pub file: NamedTemp,
     pub report: Report,
 }
 
@@ -68,7 +68,7 @@ pub fn fetch_checked(
         count: 0,
     };
     let (codec, mut reader) = codec::decoder(Box::new(&mut counted))?;
-    let mut file = temp_file_in(dir, ".db")?;
+    let mut file = temp::named(dir, temp::Ext::Db)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     // The header first: a foreign file or a bomb of zeros stops here, before any real write.

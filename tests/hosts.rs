@@ -514,6 +514,20 @@ fn file_of(dir: &Path, min: u64, except: &str) -> bool {
             && e.metadata()
                 .map(|m| m.is_file() && m.len() >= min)
                 .unwrap_or(false)
+    }) || open_file_in("self", dir, min)
+}
+
+/// True when process `pid` ("self" for this one) has a file of at least `min` bytes open in
+/// `dir`, named or not: a backup being written has no name until it is complete (O_TMPFILE),
+/// and shows in /proc as `<dir>/#<inode> (deleted)`.
+fn open_file_in(pid: &str, dir: &Path, min: u64) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|target| target.parent() == Some(dir.as_path()))
+            && fs::metadata(fd.path()).is_ok_and(|m| m.is_file() && m.len() >= min)
     })
 }
 
@@ -547,7 +561,7 @@ fn ctrl_c_in_the_sqlite3_shell_stops_a_backup() {
         .unwrap();
     // Compression has begun once the store's temp file beside the destination has data.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !file_of(&out, 1, "big.db.gz") {
+    while !(file_of(&out, 1, "big.db.gz") || open_file_in(&child.id().to_string(), &out, 1)) {
         assert!(Instant::now() < deadline, "compression never started");
         assert!(
             child.try_wait().unwrap().is_none(),

@@ -1,19 +1,17 @@
-//! Backups in a local directory. Writes are atomic: a temp file beside the destination, fsync,
-//! rename over the destination, fsync the directory. A crash or error at any point leaves the
-//! previous backup whole and no temp file behind (the temp file is removed on drop).
+//! Backups in a local directory. Writes are atomic: a file with no name yet in the destination
+//! directory (`temp::Staged`), fsync, then its name (over the destination only when allowed),
+//! fsync the directory. An error, a crash or a kill at any point leaves the previous backup
+//! whole and no temp file behind.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use tempfile::NamedTempFile;
 
 use super::{Entry, PutMeta, Store, Stored, Upload};
 use crate::error::{Error, Kind, Result};
-
-/// Temp files we create start with this, so listings skip them and a human knows whose they are.
-pub const TEMP_PREFIX: &str = ".sqlite-backup-";
+use crate::temp::Staged;
 
 /// O_NONBLOCK (libc is not a dependency); the same on every Linux architecture we build for.
 const O_NONBLOCK: i32 = 0o4000;
@@ -75,15 +73,6 @@ impl FileStore {
     }
 }
 
-/// Creates a temp file in `dir` with our prefix; removed when dropped unless persisted.
-pub fn temp_file_in(dir: &Path, suffix: &str) -> Result<NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .suffix(suffix)
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(format!("cannot create a file in {}", dir.display()), e))
-}
-
 /// What a non-regular file is, for messages ("a directory", "a FIFO", ...).
 pub fn kind_of(meta: &fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
@@ -114,32 +103,6 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("cannot sync directory {}", dir.display()), e))
 }
 
-/// Moves a finished temp file to `dest` atomically: replaces `dest` only when `overwrite`,
-/// otherwise fails with `Kind::Exists` and leaves both files as they were (temp removed on drop).
-pub fn persist(temp: NamedTempFile, dest: &Path, overwrite: bool) -> Result<()> {
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(format!("cannot sync {}", temp.path().display()), e))?;
-    let result = if overwrite {
-        temp.persist(dest)
-    } else {
-        temp.persist_noclobber(dest)
-    };
-    if let Err(e) = result {
-        if e.error.kind() == io::ErrorKind::AlreadyExists {
-            return Err(Error::new(
-                Kind::Exists,
-                format!("{} already exists", dest.display()),
-            ));
-        }
-        return Err(Error::io(
-            format!("cannot move the new file to {}", dest.display()),
-            e.error,
-        ));
-    }
-    sync_dir(parent_dir(dest))
-}
-
 /// The directory holding `path` ("." for a bare file name, whose parent is "").
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
@@ -149,7 +112,7 @@ pub fn parent_dir(path: &Path) -> &Path {
 }
 
 struct FileUpload {
-    temp: NamedTempFile,
+    temp: Staged,
     dest: PathBuf,
     url: String,
     meta: PutMeta,
@@ -180,7 +143,7 @@ impl Upload for FileUpload {
         let _ = temp
             .as_file()
             .set_modified(std::time::SystemTime::from(meta.backup_time));
-        persist(temp, &dest, !meta.create_only)?;
+        temp.persist(&dest, !meta.create_only)?;
         Ok(Stored {
             url,
             etag: None,
@@ -189,7 +152,7 @@ impl Upload for FileUpload {
     }
 
     fn abort(self: Box<Self>) {
-        // Dropping the NamedTempFile removes it.
+        // Dropping the unnamed file frees it (a named fallback is removed).
     }
 }
 
@@ -225,7 +188,7 @@ impl Store for FileStore {
 
     fn put(&self, name: &str, meta: &PutMeta) -> Result<Box<dyn Upload + '_>> {
         let dest = self.path(name);
-        let temp = temp_file_in(&self.dir, ".tmp")?;
+        let temp = Staged::create(&self.dir)?;
         Ok(Box::new(FileUpload {
             temp,
             url: self.url(name),

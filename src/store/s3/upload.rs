@@ -478,7 +478,7 @@ impl S3Upload {
 }
 
 /// Parts waiting on disk, read back in the order they were written. The file has no name
-/// (`tempfile` unlinks it at once), so nothing is left behind whatever happens.
+/// (`temp::unnamed`), so nothing is left behind whatever happens.
 #[derive(Default)]
 struct Spool {
     file: Option<File>,
@@ -492,7 +492,7 @@ impl Spool {
     fn push(&mut self, part: &[u8], dir: &std::path::Path) -> io::Result<()> {
         let file = match self.file.as_mut() {
             Some(file) => file,
-            None => self.file.insert(tempfile::tempfile_in(dir)?),
+            None => self.file.insert(crate::temp::unnamed(dir)?),
         };
         file.write_all_at(part, self.written)?;
         self.written += part.len() as u64;
