@@ -16,6 +16,7 @@ pub mod retention;
 pub mod snapshot;
 mod sql;
 pub mod store;
+mod threads;
 pub mod verify;
 
 use std::ffi::{c_char, c_int};
