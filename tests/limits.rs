@@ -423,3 +423,63 @@ fn a_full_disk_on_another_thread_does_not_fail_this_backup() {
 fn dir_of(path: &Path) -> PathBuf {
     path.parent().unwrap().to_path_buf()
 }
+
+/// Resident memory of the process running the `.shell` command: `VmRSS` (now) and `VmHWM`
+/// (its peak) of the sqlite3 CLI, in KiB.
+fn memory_kib(stdout: &str, field: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(field))
+        .filter_map(|l| l.trim().trim_end_matches("kB").trim().parse().ok())
+        .collect()
+}
+
+/// Issue #9 item 5: zstd level 19 with many threads took 725 MiB. The README's bound is per
+/// thread: at most 20 MiB per compression thread at any zstd level (4 MiB at level 3), plus
+/// 16 MiB. Checked at the cap (64 threads) with 64 one-MiB blocks (one for every thread), on
+/// data that level 19 compresses quickly.
+#[test]
+fn compression_memory_stays_within_the_documented_bound_at_the_thread_cap() {
+    let dir = tempdir();
+    let db = dir.path().join("src.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE t (b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 66)
+             INSERT INTO t SELECT zeroblob(1000000) || randomblob(64) FROM n;",
+        )
+        .unwrap();
+    let load = format!(".load {}", ext_load_name());
+    for (level, per_thread_mib) in [(19, 20), (3, 4)] {
+        let out = dir.path().join(format!("out-{level}.db.zst"));
+        let script = format!(
+            ".shell grep VmRSS /proc/$PPID/status\n\
+             SELECT backup_to_file({}, '{{\"level\": {level}, \"threads\": 64}}') ->> '$.bytes';\n\
+             .shell grep VmHWM /proc/$PPID/status\n",
+            path_lit(&out)
+        );
+        let run = run(
+            SQLITE3,
+            &["-bail", "-cmd", &load, db.to_str().unwrap()],
+            &script,
+            dir.path(),
+            Duration::from_secs(120),
+        );
+        assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+        let (idle, peak) = (
+            memory_kib(&run.stdout, "VmRSS:"),
+            memory_kib(&run.stdout, "VmHWM:"),
+        );
+        let (Some(idle), Some(peak)) = (idle.first(), peak.first()) else {
+            panic!("no memory figures in {}", run.stdout);
+        };
+        let bound = idle + (64 * per_thread_mib + 16) * 1024;
+        eprintln!("level {level}, 64 threads: idle {idle} KiB, peak {peak} KiB, bound {bound} KiB");
+        assert!(
+            *peak <= bound,
+            "level {level}: peak {peak} KiB above the bound {bound} KiB"
+        );
+        std::fs::remove_file(&out).unwrap();
+    }
+}
