@@ -319,6 +319,32 @@ fn a_thread_that_cannot_start_is_an_sql_error() {
         assert_empty_dir(&out);
         assert_empty_dir(&tmp);
     }
+
+    // S3 requests start no thread of their own (ureq's resolver used to, with a panic).
+    let server = S3Server::start();
+    server.create_bucket("bkt");
+    let opts = s3_options(&server, json!({}));
+    let run = run(
+        "prlimit",
+        &[
+            "--nproc=1",
+            "--",
+            "setpriv",
+            "--reuid=54321",
+            "--regid=54321",
+            "--clear-groups",
+            "--",
+            SQLITE3,
+            "-bail",
+            "-cmd",
+            &load,
+            db.to_str().unwrap(),
+        ],
+        &format!("SELECT verify_backup('s3://bkt/missing.db.gz', {opts});"),
+        &tmp,
+        Duration::from_secs(30),
+    );
+    run.assert_sql_error("verify_backup: there is no backup at s3://bkt/missing.db.gz");
 }
 
 /// A 1 MiB tmpfs, unmounted on drop.

@@ -351,9 +351,16 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
         )));
     }
     let backoff_ms = match env.var(BACKOFF_ENV) {
+        // At most a minute: the cap is 25 × this, and a larger base only hangs the call.
         Some(text) => text
             .parse::<u64>()
-            .map_err(|_| Error::usage(format!("{BACKOFF_ENV} must be a number of milliseconds")))?,
+            .ok()
+            .filter(|ms| *ms <= 60_000)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "{BACKOFF_ENV} must be a number of milliseconds up to 60000"
+                ))
+            })?,
         None => DEFAULT_BACKOFF_MS,
     };
 
@@ -771,5 +778,8 @@ region = not-this-one
             resolve(&o, &Environment::empty(), "b").is_ok(),
             "4 × 512 MiB = 2 GiB"
         );
+        // A huge backoff base would overflow the cap (25 × base) into a panic.
+        let env = Environment::empty().with_var(BACKOFF_ENV, "18446744073709551615");
+        assert!(resolve(&o, &env, "b").is_err());
     }
 }
