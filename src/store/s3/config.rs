@@ -351,7 +351,7 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
         )));
     }
     let backoff_ms = match env.var(BACKOFF_ENV) {
-        // At most a minute: the cap is 25 × this, and a larger base only hangs the call.
+        // At most a minute: a retry sleeps up to 25 × this, and a larger base only hangs the call.
         Some(text) => text
             .parse::<u64>()
             .ok()
@@ -778,7 +778,7 @@ region = not-this-one
             resolve(&o, &Environment::empty(), "b").is_ok(),
             "4 × 512 MiB = 2 GiB"
         );
-        // A huge backoff base would overflow the cap (25 × base) into a panic.
+        // A huge backoff base made a retry sleep for ages: the call never returned.
         let env = Environment::empty().with_var(BACKOFF_ENV, "18446744073709551615");
         assert!(resolve(&o, &env, "b").is_err());
     }
