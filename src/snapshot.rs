@@ -141,8 +141,8 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
     let path = dest
         .to_str()
         .ok_or_else(|| Error::usage("the temp directory's path is not UTF-8"))?;
-    // Through the batching VFS when the host lets us register it:
-    // one write per 64 KiB, not one per page. Its failures are counted for this copy alone.
+    // Through the batching VFS when the host lets us register it: one write per 64 KiB, not
+    // one per page. Its failed writes are counted for this copy alone (a `Watch`).
     let watch = ffi::batched_vfs::Watch::new();
     let target = match ffi::batched_vfs::name() {
         Some(vfs) => {

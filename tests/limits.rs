@@ -284,13 +284,9 @@ fn a_thread_that_cannot_start_is_an_sql_error() {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     let load = format!(".load {}", base.join("sqlite_backup").display());
-    for (name, options) in [
-        ("a.db.gz", r#"{"threads": 2}"#),
-        ("b.db.zst", r#"{"threads": 1}"#),
-        ("c.db", "{}"),
-    ] {
-        let target = out.join(name);
-        let run = run(
+    // sqlite3 as uid 54321, allowed one thread (RLIMIT_NPROC counts threads per user).
+    let as_limited_user = |script: &str| {
+        run(
             "prlimit",
             &[
                 "--nproc=1",
@@ -306,14 +302,22 @@ fn a_thread_that_cannot_start_is_an_sql_error() {
                 &load,
                 db.to_str().unwrap(),
             ],
-            &format!(
-                "SELECT backup_to_file({}, {});",
-                path_lit(&target),
-                lit(options)
-            ),
+            script,
             &tmp,
             Duration::from_secs(30),
-        );
+        )
+    };
+    for (name, options) in [
+        ("a.db.gz", r#"{"threads": 2}"#),
+        ("b.db.zst", r#"{"threads": 1}"#),
+        ("c.db", "{}"),
+    ] {
+        let target = out.join(name);
+        let run = as_limited_user(&format!(
+            "SELECT backup_to_file({}, {});",
+            path_lit(&target),
+            lit(options)
+        ));
         run.assert_sql_error("backup_to_file: cannot start a thread (the process's thread or");
         assert!(run.stderr.contains("lower threads"), "{}", run.stderr);
         assert_empty_dir(&out);
@@ -324,27 +328,18 @@ fn a_thread_that_cannot_start_is_an_sql_error() {
     let server = S3Server::start();
     server.create_bucket("bkt");
     let opts = s3_options(&server, json!({}));
-    let run = run(
-        "prlimit",
-        &[
-            "--nproc=1",
-            "--",
-            "setpriv",
-            "--reuid=54321",
-            "--regid=54321",
-            "--clear-groups",
-            "--",
-            SQLITE3,
-            "-bail",
-            "-cmd",
-            &load,
-            db.to_str().unwrap(),
-        ],
-        &format!("SELECT verify_backup('s3://bkt/missing.db.gz', {opts});"),
-        &tmp,
-        Duration::from_secs(30),
-    );
+    let run = as_limited_user(&format!(
+        "SELECT verify_backup('s3://bkt/missing.db.gz', {opts});"
+    ));
     run.assert_sql_error("verify_backup: there is no backup at s3://bkt/missing.db.gz");
+
+    // Listing HEADs every object from a few threads: none can start, so an error (not an
+    // empty listing, which would look like "no backups").
+    std::fs::write(server.object_path("bkt", "app.db"), b"x").unwrap();
+    let run = as_limited_user(&format!(
+        "SELECT count(*) FROM backup_list('s3://bkt', {opts});"
+    ));
+    run.assert_sql_error("cannot start a thread (the process's thread or memory limit?)");
 }
 
 /// A 1 MiB tmpfs, unmounted on drop.

@@ -312,9 +312,7 @@ impl Store for S3Store {
             }
             started
         });
-        if !keys.is_empty() {
-            started?;
-        }
+        started?;
         let mut entries = Vec::new();
         let slots = results
             .into_inner()
