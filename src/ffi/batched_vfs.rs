@@ -614,3 +614,21 @@ unsafe extern "C" fn current_time_int64(vfs: *mut sqlite3_vfs, out: *mut sqlite3
         .xCurrentTimeInt64
         .map_or(SQLITE_ERROR, |f| f(real, out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_watch_has_its_own_count_and_leaves_the_registry_when_dropped() {
+        let (a, b) = (Watch::new(), Watch::new());
+        assert_ne!(a.uri_parameter(), b.uri_parameter());
+        let counter = |w: &Watch| watches().get(&w.token).cloned().unwrap();
+        counter(&a).fetch_add(1, Ordering::SeqCst);
+        assert_eq!((a.failed_writes(), b.failed_writes()), (1, 0));
+        let token = a.token;
+        drop(a);
+        assert!(watches().get(&token).is_none());
+        assert!(watches().contains_key(&b.token));
+    }
+}
