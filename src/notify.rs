@@ -129,7 +129,12 @@ impl Notifier {
         if !env_proxy {
             config = config.proxy(None);
         }
-        let agent = config.build().into();
+        // Our resolver: ureq's starts threads with a panicking `thread::spawn`.
+        let agent = ureq::Agent::with_parts(
+            config.build(),
+            ureq::unversioned::transport::DefaultConnector::new(),
+            crate::threads::Resolver,
+        );
         Ok(Notifier {
             base,
             style,

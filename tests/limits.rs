@@ -340,6 +340,41 @@ fn a_thread_that_cannot_start_is_an_sql_error() {
         "SELECT count(*) FROM backup_list('s3://bkt', {opts});"
     ));
     run.assert_sql_error("cannot start a thread (the process's thread or memory limit?)");
+
+    // Monitoring pings look names up on a thread of their own (ureq's panicked when refused):
+    // by IP and by name, the backup's own error comes back, never a panic.
+    for url in ["http://127.0.0.1:9/ping", "http://localhost:9/ping"] {
+        let target = out.join("d.db.gz");
+        let run = as_limited_user(&format!(
+            "SELECT backup_to_file({}, '{{\"notify\": \"{url}\", \"notify_style\": \"healthchecks\", \"notify_timeout_ms\": 2000}}');",
+            path_lit(&target)
+        ));
+        run.assert_sql_error("backup_to_file: cannot start a thread (the process's thread or");
+        assert_empty_dir(&out);
+    }
+}
+
+/// Names that are not IP literals are still looked up (on a thread we start), for S3 and pings.
+#[test]
+fn host_names_still_resolve() {
+    let dir = tempdir();
+    let db = dir.path().join("src.db");
+    make_sample_db(&db, Journal::Wal, 100);
+    let server = S3Server::start();
+    server.create_bucket("bkt");
+    let conn = open(&db);
+    let endpoint = format!("http://localhost:{}", server.port());
+    let opts = s3_options(&server, json!({"endpoint": endpoint, "path_style": true}));
+    let report = call_json(
+        &conn,
+        &format!("SELECT backup_to_s3('s3://bkt', 'app.db.gz', {opts})"),
+    );
+    assert_eq!(report["parts"], 1);
+    let verified = call_json(
+        &conn,
+        &format!("SELECT verify_backup('s3://bkt/app.db.gz', {opts})"),
+    );
+    assert_eq!(verified["ok"], true);
 }
 
 /// A 1 MiB tmpfs, unmounted on drop.

@@ -124,9 +124,7 @@ impl Client {
             // (following would resend a signed PUT somewhere else).
             .max_redirects(0)
             .timeout_connect(Some(cfg.connect_timeout))
-            // No resolve timeout: ureq enforces one with a `thread::spawn` per lookup, which
-            // panics where the process may not start a thread (and outlives a timeout). The
-            // system resolver's own timeouts (resolv.conf) bound a lookup instead.
+            .timeout_resolve(Some(cfg.connect_timeout))
             .timeout_per_read(Some(cfg.timeout))
             .timeout_per_write(Some(cfg.timeout))
             // Byte offsets for resumed downloads must be offsets of the stored bytes.
@@ -134,7 +132,12 @@ impl Client {
             .user_agent(concat!("sqlite-backup/", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(Client {
-            agent: config.new_agent(),
+            // Our resolver: ureq's starts threads with a panicking `thread::spawn`.
+            agent: Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::new(),
+                crate::threads::Resolver,
+            ),
             bucket,
             credentials,
             endpoint,
