@@ -13,6 +13,7 @@ use crate::error::{Error, Kind, Result};
 use crate::ffi::Connection;
 use crate::snapshot::{self, Method};
 use crate::store::{PutMeta, Sha256Cell, Store, Stored};
+use crate::threads::spawn_scoped;
 
 /// What to back up and how; the SQL layer fills it from the arguments and options.
 #[derive(Debug, Clone)]
@@ -153,7 +154,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
                 inner: hash_file,
                 stop,
             };
-            scope.spawn(move || {
+            spawn_scoped(scope, "backup-sha256", move || {
                 let started = Instant::now();
                 // Whatever happens, the cell gets a value: an upload may be waiting on it.
                 let hashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -164,6 +165,8 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
                 ms_since(started)
             })
         });
+        // Nothing is stored yet: a hasher that cannot start is a plain error.
+        let hasher = hasher.transpose()?;
         let upload = store.put(name, &meta)?;
         let mut counted = CountingWriter {
             inner: upload,
@@ -184,8 +187,9 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
             return Err(e);
         }
         // The snapshot is read: remove it while the store commits (freeing a big file's pages
-        // takes a moment). The scope joins this thread, so it is gone when we return.
-        scope.spawn(move || drop((snapshot_file, file)));
+        // takes a moment). The scope joins this thread, so it is gone when we return. If no
+        // thread can start, the closure is dropped at once, and the files with it.
+        let _ = spawn_scoped(scope, "backup-unlink", move || drop((snapshot_file, file)));
         timings.compress = ms_since(step);
         // The last moment an interrupt can still leave nothing behind.
         if let Err(e) = crate::interrupt::check() {

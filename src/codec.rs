@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crate::error::{Error, Result};
+use crate::threads::spawn_scoped;
 
 /// Bytes per gzip member. 1 MiB keeps the lost cross-block context (32 KiB window) under 1%
 /// of size while giving every core work.
@@ -21,6 +22,12 @@ const GZIP_BLOCK: usize = 1 << 20;
 /// Bytes per zstd frame: 0.2% larger output than 2 MiB frames at level 3 (1 GiB benchmark
 /// database), for about 7 MiB less memory with two workers (input, window and queue).
 const ZSTD_BLOCK: usize = 1 << 20;
+/// zstd's window: a frame is one 1 MiB block, so a larger window finds nothing more and only
+/// costs memory (level 19 asks for 8 MiB, and its match tables grow with the window).
+const ZSTD_WINDOW_LOG: u32 = 20;
+/// Most compression threads one call may use: each holds a compressor and a few blocks, so
+/// the cap bounds memory (see the README) and a typo cannot ask for millions.
+pub const MAX_THREADS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -96,7 +103,7 @@ pub fn compress(
     level: u32,
     threads: usize,
 ) -> Result<u64> {
-    let threads = threads.max(1);
+    let threads = threads.clamp(1, MAX_THREADS);
     match codec {
         Codec::None => copy(input, output),
         Codec::Zstd => compress_zstd(input, output, level, threads),
@@ -114,6 +121,7 @@ fn compress_zstd(
         // One compression context per worker, reused for every block it takes.
         let mut zstd = zstd::bulk::Compressor::new(level as i32)?;
         zstd.include_checksum(true)?;
+        zstd.window_log(ZSTD_WINDOW_LOG)?;
         Ok(move |block: &[u8]| zstd.compress(block))
     })
 }
@@ -166,7 +174,8 @@ fn read_block(input: &mut dyn Read, size: usize) -> io::Result<Vec<u8>> {
 
 /// A reader thread cuts `block`-sized pieces, `threads` workers compress them (each with the
 /// compressor `make` gives it), and this thread writes them in order. Channels are bounded, so
-/// at most about 2 × threads + 3 blocks are in memory.
+/// at most about 2 × threads + 3 blocks are in memory. A thread that cannot be started (a
+/// process or memory limit) is an error, never a panic.
 fn compress_blocks<M, C>(
     input: &mut (dyn Read + Send),
     output: &mut dyn Write,
@@ -186,7 +195,7 @@ where
         let (done_tx, done_rx) = sync_channel::<(u64, io::Result<Vec<u8>>)>(1);
         let job_rx = Arc::new(Mutex::new(job_rx));
 
-        let reader = scope.spawn(move || -> io::Result<u64> {
+        let reader = spawn_scoped(scope, "backup-read", move || -> io::Result<u64> {
             let mut total = 0u64;
             let mut seq = 0u64;
             loop {
@@ -205,12 +214,14 @@ where
                     return Ok(total);
                 }
             }
-        });
+        })?;
         for _ in 0..threads {
             let job_rx = Arc::clone(&job_rx);
             let done_tx = done_tx.clone();
             let make = &make;
-            scope.spawn(move || {
+            // On an error here, returning drops the channels' ends: the threads already
+            // started see them closed and stop, and the scope joins them.
+            spawn_scoped(scope, "backup-compress", move || {
                 let mut compress = match make() {
                     Ok(c) => Some(c),
                     Err(e) => {
@@ -228,7 +239,7 @@ where
                         return;
                     }
                 }
-            });
+            })?;
         }
         drop(done_tx);
         drop(job_rx);

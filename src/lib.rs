@@ -23,6 +23,7 @@ pub mod snapshot;
 mod sql;
 pub mod store;
 pub mod temp;
+mod threads;
 pub mod verify;
 
 use std::ffi::{c_char, c_int};

@@ -400,7 +400,12 @@ fn agent(timeout: Duration, env_proxy: bool, follow_redirects: bool) -> ureq::Ag
     if !follow_redirects {
         config = config.max_redirects(0);
     }
-    config.build().into()
+    // Our resolver: ureq's starts threads with a panicking `thread::spawn`.
+    ureq::Agent::with_parts(
+        config.build(),
+        ureq::unversioned::transport::DefaultConnector::new(),
+        crate::threads::Resolver,
+    )
 }
 
 /// An http(s) URL as a person writes it, `scheme://host[:port]/path`, and nothing a URL parser

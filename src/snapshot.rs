@@ -226,16 +226,20 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
         .to_str()
         .ok_or_else(|| Error::usage("the temp directory's path is not UTF-8"))?;
     // Through the batching VFS when the host lets us register it: one write per 64 KiB, not
-    // one per page.
+    // one per page. Its failed writes are counted for this copy alone (a `Watch`).
+    let watch = ffi::batched_vfs::Watch::new();
     let target = match ffi::batched_vfs::name() {
         Some(vfs) => {
             let absolute = std::path::absolute(dest)
                 .map_err(|e| Error::io("cannot resolve the temp directory", e))?;
-            format!("{}?vfs={vfs}", file_uri(&absolute))
+            format!(
+                "{}?vfs={vfs}&{}",
+                file_uri(&absolute),
+                watch.uri_parameter()
+            )
         }
         None => path.to_string(),
     };
-    let failed_writes = ffi::batched_vfs::failed_writes();
     // The snapshot is a temp file we hash and compress at once: no fsync needed (a crash just
     // means a new backup), and VACUUM INTO honours the connection's synchronous setting.
     let sql = format!(
@@ -255,7 +259,7 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
         }
     })?;
     // VACUUM INTO has closed the copy; a write that failed there went unreported.
-    if ffi::batched_vfs::failed_writes() != failed_writes {
+    if watch.failed_writes() != 0 {
         return Err(Error::new(
             Kind::Io,
             format!(

@@ -11,12 +11,15 @@
 //!
 //! SQLite ignores the result of xClose (and of xUnlock in places), so a write that fails
 //! there would go unseen: every failed write is also counted, and the snapshot checks the
-//! count (`failed_writes`) after `VACUUM INTO`.
+//! count after `VACUUM INTO`. The count belongs to the one file a snapshot writes (a `Watch`
+//! named in its URI), never to the process: a full disk under another thread's temp_dir must
+//! not fail this backup.
 
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sqlite3ext_sys::{sqlite3_file, sqlite3_int64, sqlite3_io_methods, sqlite3_vfs};
 
@@ -32,8 +35,14 @@ const SQLITE_ERROR: c_int = 1;
 const SQLITE_IOERR_WRITE: c_int = 10 | (3 << 8);
 const SQLITE_OPEN_MAIN_DB: c_int = 0x100;
 
-static FAILED_WRITES: AtomicU64 = AtomicU64::new(0);
+/// The URI parameter that names a file's `Watch`.
+const WATCH_PARAMETER: &CStr = c"sqlite_backup_watch";
+
 static REGISTERED: OnceLock<bool> = OnceLock::new();
+/// The failure counts of the watches alive now, by token. A token is only a key to look up:
+/// a URI naming no live watch (or a made-up one) gets no count.
+static WATCHES: Mutex<BTreeMap<u64, Arc<AtomicU64>>> = Mutex::new(BTreeMap::new());
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 /// The name to put in a `file:` URI (`?vfs=`), registering the shim on first use; `None` when
 /// this host cannot register it (then the snapshot writes through the default VFS).
@@ -42,9 +51,65 @@ pub fn name() -> Option<&'static str> {
     ok.then(|| NAME.to_str().unwrap_or_default())
 }
 
-/// Writes that failed so far, in this process, in any file written through the shim.
-pub fn failed_writes() -> u64 {
-    FAILED_WRITES.load(Ordering::SeqCst)
+/// Counts the failed writes of the files opened with its URI parameter (one snapshot's copy).
+pub struct Watch {
+    token: u64,
+    failed: Arc<AtomicU64>,
+}
+
+impl Watch {
+    pub fn new() -> Watch {
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        let failed = Arc::new(AtomicU64::new(0));
+        watches().insert(token, Arc::clone(&failed));
+        Watch { token, failed }
+    }
+
+    /// `name=value` to append to the file's URI.
+    pub fn uri_parameter(&self) -> String {
+        format!(
+            "{}={}",
+            WATCH_PARAMETER.to_str().unwrap_or_default(),
+            self.token
+        )
+    }
+
+    /// Writes that failed so far in the watched files.
+    pub fn failed_writes(&self) -> u64 {
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+impl Default for Watch {
+    fn default() -> Watch {
+        Watch::new()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        watches().remove(&self.token);
+    }
+}
+
+/// The registry, even after a panic elsewhere poisoned it (a map of counters stays valid).
+fn watches() -> std::sync::MutexGuard<'static, BTreeMap<u64, Arc<AtomicU64>>> {
+    WATCHES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The counter of the watch a main database file's URI names, if it is alive.
+unsafe fn watch_of(name: *const c_char) -> Option<Arc<AtomicU64>> {
+    let uri_parameter = api().ok()?.uri_parameter?;
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: `name` is the filename SQLite gave xOpen, which uri_parameter accepts.
+    let value = uri_parameter(name, WATCH_PARAMETER.as_ptr());
+    if value.is_null() {
+        return None;
+    }
+    let token: u64 = CStr::from_ptr(value).to_str().ok()?.parse().ok()?;
+    watches().get(&token).cloned()
 }
 
 /// Granularity of the window: SQLite pages are at least 512 bytes and aligned to their size.
@@ -59,6 +124,8 @@ struct BatchedFile {
     real: *mut sqlite3_file,
     /// The older window first; the second is in use only when the first is.
     windows: [Window; 2],
+    /// Where failed writes are counted: the watch named in the file's URI.
+    failed: Option<Arc<AtomicU64>>,
 }
 
 /// `BATCH` bytes of the file starting at `start`, some of them written by SQLite and not yet
@@ -94,7 +161,7 @@ impl Window {
         self.filled != [0; 2]
     }
 
-    /// Writes each contiguous run of filled sectors. Failures are counted (see the module doc).
+    /// Writes each contiguous run of filled sectors.
     unsafe fn flush(&mut self, real: *mut sqlite3_file) -> c_int {
         let mut rc = SQLITE_OK;
         while self.in_use() && rc == SQLITE_OK {
@@ -110,8 +177,21 @@ impl Window {
             self.set_filled(self.filled() & !sectors(first, run));
         }
         self.set_filled(0);
+        rc
+    }
+}
+
+impl BatchedFile {
+    /// Writes out window `i`; a failure is also counted (see the module doc).
+    unsafe fn flush_window(&mut self, i: usize) -> c_int {
+        let Some(window) = self.windows.get_mut(i) else {
+            return SQLITE_OK;
+        };
+        let rc = window.flush(self.real);
         if rc != SQLITE_OK {
-            FAILED_WRITES.fetch_add(1, Ordering::SeqCst);
+            if let Some(failed) = &self.failed {
+                failed.fetch_add(1, Ordering::SeqCst);
+            }
         }
         rc
     }
@@ -228,6 +308,7 @@ unsafe extern "C" fn open(
             base: sqlite3_file { pMethods: &METHODS },
             real,
             windows: [Window::EMPTY, Window::EMPTY],
+            failed: watch_of(name),
         },
     );
     SQLITE_OK
@@ -243,9 +324,8 @@ unsafe fn real_methods<'a>(f: &BatchedFile) -> &'a sqlite3_io_methods {
 
 /// Writes everything gathered.
 unsafe fn flush(f: &mut BatchedFile) -> c_int {
-    let [older, newer] = &mut f.windows;
-    let rc = older.flush(f.real);
-    let rc2 = newer.flush(f.real);
+    let rc = f.flush_window(0);
+    let rc2 = f.flush_window(1);
     if rc != SQLITE_OK {
         rc
     } else {
@@ -330,7 +410,7 @@ unsafe fn window_for(
         return Ok(Some(&mut f.windows[i]));
     }
     if f.windows[1].in_use() {
-        let rc = f.windows[0].flush(f.real);
+        let rc = f.flush_window(0);
         if rc != SQLITE_OK {
             return Err(rc);
         }
@@ -355,8 +435,9 @@ unsafe extern "C" fn close(file: *mut sqlite3_file) -> c_int {
         Some(close) => close(f.real),
         None => SQLITE_OK,
     };
-    // SQLite never touches a closed file again: free the buffers.
+    // SQLite never touches a closed file again: free the buffers, let go of the watch.
     ptr::drop_in_place(&mut f.windows);
+    ptr::drop_in_place(&mut f.failed);
     if flushed != SQLITE_OK {
         flushed
     } else {
@@ -532,4 +613,22 @@ unsafe extern "C" fn current_time_int64(vfs: *mut sqlite3_vfs, out: *mut sqlite3
     (*real)
         .xCurrentTimeInt64
         .map_or(SQLITE_ERROR, |f| f(real, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_watch_has_its_own_count_and_leaves_the_registry_when_dropped() {
+        let (a, b) = (Watch::new(), Watch::new());
+        assert_ne!(a.uri_parameter(), b.uri_parameter());
+        let counter = |w: &Watch| watches().get(&w.token).cloned().unwrap();
+        counter(&a).fetch_add(1, Ordering::SeqCst);
+        assert_eq!((a.failed_writes(), b.failed_writes()), (1, 0));
+        let token = a.token;
+        drop(a);
+        assert!(watches().get(&token).is_none());
+        assert!(watches().contains_key(&b.token));
+    }
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::{json, options, to_value, Call};
 use crate::allow;
 use crate::backup::{self, Request};
+use crate::codec::MAX_THREADS;
 use crate::error::{Error, Result};
 use crate::ffi::Connection;
 use crate::live::{self, Protected};
@@ -72,8 +73,14 @@ fn request(opts: &BackupOptions, pattern_name: &str) -> Result<Request> {
     crate::retention::compile_match(opts.match_glob.as_deref())?;
     let threads = match opts.threads {
         Some(0) => return Err(Error::usage("option 'threads' must be at least 1")),
+        Some(n) if n > MAX_THREADS => {
+            return Err(Error::usage(format!(
+                "option 'threads' must be at most {MAX_THREADS}, not {n}: each thread holds \
+                 its own compressor, and more threads than cores only cost memory"
+            )))
+        }
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS)),
     };
     Ok(Request {
         schema: opts.schema.clone().unwrap_or_else(|| "main".to_string()),

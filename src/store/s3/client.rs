@@ -7,7 +7,6 @@ use std::io::Read;
 use std::time::Duration;
 
 use ureq::http::{HeaderMap, Response};
-use ureq::unversioned::resolver::DefaultResolver;
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
 };
@@ -138,7 +137,8 @@ impl Client {
             .build();
         let connector = DefaultConnector::new().chain(HearRefusals);
         Ok(Client {
-            agent: Agent::with_parts(config, connector, DefaultResolver::default()),
+            // Our resolver: ureq's starts threads with a panicking `thread::spawn`.
+            agent: Agent::with_parts(config, connector, crate::threads::Resolver),
             bucket,
             credentials,
             endpoint,

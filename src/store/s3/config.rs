@@ -34,8 +34,9 @@ pub struct S3Options {
     pub connect_timeout_ms: Option<u64>,
     /// Longest wait for any single read or write of a request; default 60 s.
     pub timeout_ms: Option<u64>,
-    /// Size of multipart parts in bytes; default 6 MiB. AWS needs at least 5 MiB (every part but
-    /// the last); smaller sizes are allowed for servers that accept them (and for tests).
+    /// Size of multipart parts in bytes; default 6 MiB, at most `MAX_PART_SIZE`. AWS needs at
+    /// least 5 MiB (every part but the last); smaller sizes are allowed for servers that accept
+    /// them (and for tests).
     pub part_size: Option<u64>,
     /// Streams longer than this go multipart; default = part size.
     pub multipart_threshold: Option<u64>,
@@ -88,8 +89,14 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_PART_SIZE: u64 = 6 << 20;
 /// AWS refuses parts (other than the last) below this.
 pub const AWS_MIN_PART_SIZE: u64 = 5 << 20;
-/// AWS limit for one part and for one PutObject.
-pub const MAX_PART_SIZE: u64 = 5 << 30;
+/// Our ceiling for `part_size` and `multipart_threshold` (AWS allows 5 GiB): every part is
+/// held in memory, so this bounds what one upload can take.
+pub const MAX_PART_SIZE: u64 = 512 << 20;
+/// What the parts of one upload may hold in memory: (concurrency + 1) parts, the one being
+/// filled and one per worker. Parts grow after every 1000 (see upload.rs) only up to
+/// `max_part_size`, which keeps them within this.
+pub const MAX_UPLOAD_MEMORY: u64 = 2 << 30;
+pub const MAX_CONCURRENCY: u32 = 64;
 pub const DEFAULT_CONCURRENCY: u32 = 4;
 pub const DEFAULT_RETRIES: u32 = 5;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
@@ -313,20 +320,28 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
     let part_size = opts.part_size.unwrap_or(DEFAULT_PART_SIZE);
     if !(1..=MAX_PART_SIZE).contains(&part_size) {
         return Err(Error::usage(format!(
-            "part_size must be between 1 and {MAX_PART_SIZE} bytes (AWS needs at least \
-             {AWS_MIN_PART_SIZE}), not {part_size}"
+            "part_size must be between 1 and {MAX_PART_SIZE} bytes (512 MiB: parts are held in \
+             memory; AWS needs at least {AWS_MIN_PART_SIZE}), not {part_size}"
         )));
     }
     let multipart_threshold = opts.multipart_threshold.unwrap_or(part_size);
     if multipart_threshold > MAX_PART_SIZE {
         return Err(Error::usage(format!(
-            "multipart_threshold must be at most {MAX_PART_SIZE} bytes (the largest single PUT)"
+            "multipart_threshold must be at most {MAX_PART_SIZE} bytes (512 MiB: a single PUT \
+             is held in memory), not {multipart_threshold}"
         )));
     }
     let concurrency = opts.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-    if !(1..=64).contains(&concurrency) {
+    if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
         return Err(Error::usage(format!(
-            "concurrency must be between 1 and 64, not {concurrency}"
+            "concurrency must be between 1 and {MAX_CONCURRENCY}, not {concurrency}"
+        )));
+    }
+    if (u64::from(concurrency) + 1).saturating_mul(part_size) > MAX_UPLOAD_MEMORY {
+        return Err(Error::usage(format!(
+            "(concurrency + 1) × part_size = {} bytes is more than the {MAX_UPLOAD_MEMORY} \
+             (2 GiB) an upload may hold in memory: lower part_size or concurrency",
+            (u64::from(concurrency) + 1).saturating_mul(part_size)
         )));
     }
     let retries = opts.retries.unwrap_or(DEFAULT_RETRIES);
@@ -336,9 +351,16 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
         )));
     }
     let backoff_ms = match env.var(BACKOFF_ENV) {
+        // At most a minute: a retry sleeps up to 25 × this, and a larger base only hangs the call.
         Some(text) => text
             .parse::<u64>()
-            .map_err(|_| Error::usage(format!("{BACKOFF_ENV} must be a number of milliseconds")))?,
+            .ok()
+            .filter(|ms| *ms <= 60_000)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "{BACKOFF_ENV} must be a number of milliseconds up to 60000"
+                ))
+            })?,
         None => DEFAULT_BACKOFF_MS,
     };
 
@@ -737,5 +759,27 @@ region = not-this-one
         );
         o.concurrency = Some(0);
         assert!(resolve(&o, &Environment::empty(), "b").is_err());
+        // Sizes that would not fit in memory are refused before anything is allocated.
+        o.concurrency = Some(4);
+        o.part_size = Some(5 << 30);
+        let err = resolve(&o, &Environment::empty(), "b").unwrap_err();
+        assert!(err.message.contains("part_size must be"), "{}", err.message);
+        o.part_size = Some(MAX_PART_SIZE);
+        o.multipart_threshold = Some(MAX_PART_SIZE + 1);
+        assert!(resolve(&o, &Environment::empty(), "b").is_err());
+        o.multipart_threshold = None;
+        o.concurrency = Some(4);
+        assert!(
+            resolve(&o, &Environment::empty(), "b").is_err(),
+            "5 × 512 MiB > 2 GiB"
+        );
+        o.concurrency = Some(3);
+        assert!(
+            resolve(&o, &Environment::empty(), "b").is_ok(),
+            "4 × 512 MiB = 2 GiB"
+        );
+        // A huge backoff base made a retry sleep for ages: the call never returned.
+        let env = Environment::empty().with_var(BACKOFF_ENV, "18446744073709551615");
+        assert!(resolve(&o, &env, "b").is_err());
     }
 }

@@ -290,9 +290,10 @@ impl Store for S3Store {
         let next = AtomicUsize::new(0);
         let results: Mutex<Vec<Option<Result<Option<Entry>>>>> =
             Mutex::new((0..keys.len()).map(|_| None).collect());
-        std::thread::scope(|scope| {
+        let started = std::thread::scope(|scope| {
+            let mut started = Ok(0);
             for _ in 0..LIST_HEAD_THREADS.min(keys.len()) {
-                scope.spawn(|| loop {
+                let spawned = crate::threads::spawn_scoped(scope, "s3-head", || loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some((name, key)) = keys.get(i) else {
                         return;
@@ -307,8 +308,16 @@ impl Store for S3Store {
                         return;
                     }
                 });
+                // One thread is enough to HEAD every key; none is an error, not "no entries".
+                match (spawned, &mut started) {
+                    (Ok(_), Ok(n)) => *n += 1,
+                    (Err(e), Ok(0)) => started = Err(e),
+                    _ => break,
+                }
             }
+            started
         });
+        started?;
         let mut entries = Vec::new();
         let slots = results
             .into_inner()

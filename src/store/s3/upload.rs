@@ -9,9 +9,11 @@
 //! more memory than the upload itself takes (if that file cannot be written, the writer waits).
 //!
 //! Part sizes: the total length is unknown up front, so the part size doubles every
-//! `PARTS_PER_SIZE` parts (capped at 5 GiB). Within each run of 1000 parts every part has the
-//! same size, and 10,000 parts of a configured size P hold P × 1000 × 1023 bytes: about 6 TiB
-//! for the default 6 MiB (AWS's object limit is 5 TiB), about 4.9 TiB for AWS's 5 MiB minimum.
+//! `PARTS_PER_SIZE` parts, up to `max_part_size` (512 MiB, or less so that (concurrency + 1)
+//! parts stay within 2 GiB of memory). Within each run of 1000 parts every part has the same
+//! size. With the defaults (6 MiB, concurrency 4: parts grow to 409.6 MiB) 10,000 parts hold
+//! 1,944 GiB of compressed backup. Every buffer is reserved fallibly: a part that cannot be
+//! allocated is an error, never an abort of the host process.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -27,6 +29,7 @@ use md5::{Digest as _, Md5};
 use rusty_s3::S3Action as _;
 
 use super::client::{Client, Method, Request, SIGN_FOR};
+use super::config::{MAX_PART_SIZE, MAX_UPLOAD_MEMORY};
 use super::errors::Target;
 use crate::error::{Error, Kind, Result};
 use crate::store::{PutMeta, Stored, Upload};
@@ -35,12 +38,45 @@ use crate::store::{PutMeta, Stored, Upload};
 pub const MAX_PARTS: u32 = 10_000;
 /// Parts per size step: the size doubles after each run of this many parts.
 pub const PARTS_PER_SIZE: u32 = 1000;
-const MAX_PART: u64 = super::config::MAX_PART_SIZE;
 
-/// Size of part `number` (1-based) when the configured part size is `base`.
-pub fn part_size_for(base: u64, number: u32) -> u64 {
+/// The largest part an upload grows to: 512 MiB, or less so that the (concurrency + 1) parts
+/// in memory stay within `MAX_UPLOAD_MEMORY`; never below the configured size.
+pub fn max_part_size(base: u64, concurrency: u32) -> u64 {
+    let per_part = MAX_UPLOAD_MEMORY / (u64::from(concurrency) + 1);
+    per_part.min(MAX_PART_SIZE).max(base)
+}
+
+/// Size of part `number` (1-based) when the configured part size is `base` and parts grow to
+/// at most `max`.
+pub fn part_size_for(base: u64, number: u32, max: u64) -> u64 {
     let doublings = (number.saturating_sub(1) / PARTS_PER_SIZE).min(30);
-    base.saturating_mul(1u64 << doublings).min(MAX_PART)
+    base.saturating_mul(1u64 << doublings).min(max)
+}
+
+/// Makes room for `additional` more bytes in `buf`, never past `limit` bytes of capacity:
+/// amortized doubling like `Vec`, but a failed allocation is an error instead of an abort.
+fn reserve(buf: &mut Vec<u8>, additional: usize, limit: usize) -> Result<()> {
+    let needed = buf.len().saturating_add(additional);
+    if needed <= buf.capacity() {
+        return Ok(());
+    }
+    let target = needed
+        .max(buf.capacity().saturating_mul(2))
+        .min(limit.max(needed));
+    buf.try_reserve_exact(target - buf.len())
+        .map_err(|_| out_of_memory(target))
+}
+
+/// The error for a buffer that cannot be allocated (a process memory limit, or none left).
+fn out_of_memory(bytes: usize) -> Error {
+    Error::new(
+        Kind::Io,
+        format!(
+            "cannot allocate {} MiB for an upload buffer (out of memory or above the process's \
+             memory limit): lower part_size, multipart_threshold or concurrency",
+            bytes.div_ceil(1 << 20)
+        ),
+    )
 }
 
 pub fn content_md5(body: &[u8]) -> String {
@@ -103,6 +139,8 @@ pub struct S3Upload {
     target: Target,
     meta: PutMeta,
     part_size: u64,
+    /// What parts grow to (`max_part_size`).
+    max_part: u64,
     threshold: u64,
     concurrency: u32,
     buf: Vec<u8>,
@@ -164,6 +202,7 @@ impl S3Upload {
             target,
             meta,
             part_size: sizes.part_size,
+            max_part: max_part_size(sizes.part_size, sizes.concurrency),
             threshold: sizes.threshold,
             concurrency: sizes.concurrency,
             buf: Vec::new(),
@@ -182,7 +221,7 @@ impl S3Upload {
     }
 
     fn current_part_size(&self) -> u64 {
-        part_size_for(self.part_size, self.parts_cut() + 1)
+        part_size_for(self.part_size, self.parts_cut() + 1, self.max_part)
     }
 
     /// Whether buffered data has passed the single-PUT threshold.
@@ -198,7 +237,11 @@ impl S3Upload {
             let part = if self.buf.len() == size {
                 std::mem::take(&mut self.buf)
             } else {
-                let rest = self.buf.split_off(size);
+                let mut rest = Vec::new();
+                rest.try_reserve_exact(self.buf.len() - size)
+                    .map_err(|_| out_of_memory(self.buf.len() - size))?;
+                rest.extend_from_slice(self.buf.get(size..).unwrap_or_default());
+                self.buf.truncate(size);
                 let mut part = std::mem::replace(&mut self.buf, rest);
                 // The buffer may have grown past one part: keep memory at one part each.
                 part.shrink_to_fit();
@@ -311,7 +354,7 @@ impl S3Upload {
             match spawned {
                 Ok(handle) => workers.push(handle),
                 Err(e) => {
-                    shared.fail(Error::io("cannot start an upload thread", e));
+                    shared.fail(crate::threads::error(e));
                     break;
                 }
             }
@@ -504,7 +547,10 @@ impl Spool {
         let (Some(len), Some(file)) = (self.parts.pop_front(), self.file.as_ref()) else {
             return Ok(None);
         };
-        let mut part = vec![0; len];
+        let mut part = Vec::new();
+        part.try_reserve_exact(len)
+            .map_err(|_| out_of_memory(len).into_io())?;
+        part.resize(len, 0);
         file.read_exact_at(&mut part, self.read)?;
         self.read += len as u64;
         if self.parts.is_empty() {
@@ -559,19 +605,24 @@ impl Write for S3Upload {
         }
         if self.multipart.is_none() && !self.past_threshold() {
             // Buffer one byte past the threshold: reaching it exactly still fits one PUT.
-            let room = (self.threshold + 1).saturating_sub(self.buf.len() as u64);
-            let n = data.len().min(room as usize);
+            let limit = usize::try_from(self.threshold + 1).unwrap_or(usize::MAX);
+            let n = data.len().min(limit.saturating_sub(self.buf.len()));
+            reserve(&mut self.buf, n, limit).map_err(Error::into_io)?;
             self.buf.extend_from_slice(&data[..n]);
             if self.buf.len() as u64 > self.threshold {
                 self.cut_parts().map_err(Error::into_io)?;
             }
             return Ok(n);
         }
-        let size = self.current_part_size() as usize;
+        let size = usize::try_from(self.current_part_size()).unwrap_or(usize::MAX);
         if self.buf.capacity() < size {
-            self.buf.reserve_exact(size - self.buf.len());
+            // The whole part at once: parts are filled to the end.
+            let more = size.saturating_sub(self.buf.len());
+            self.buf
+                .try_reserve_exact(more)
+                .map_err(|_| out_of_memory(size).into_io())?;
         }
-        let n = data.len().min(size - self.buf.len());
+        let n = data.len().min(size.saturating_sub(self.buf.len()));
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() >= size {
             self.cut_parts().map_err(Error::into_io)?;
@@ -620,14 +671,37 @@ mod tests {
     #[test]
     fn part_sizes_cover_5_tib_within_10000_parts() {
         let base = super::super::config::DEFAULT_PART_SIZE;
-        let total: u64 = (1..=MAX_PARTS).map(|n| part_size_for(base, n)).sum();
-        assert!(total >= 5 << 40, "{total}");
-        // Same size within a run, doubling between runs, never above 5 GiB.
-        assert_eq!(part_size_for(base, 1), base);
-        assert_eq!(part_size_for(base, 1000), base);
-        assert_eq!(part_size_for(base, 1001), 2 * base);
-        assert!((1..=MAX_PARTS).all(|n| part_size_for(base, n) <= MAX_PART));
-        assert!(part_size_for(u64::MAX / 2, 9999) <= MAX_PART);
+        let max = max_part_size(base, 4);
+        assert_eq!(max, MAX_UPLOAD_MEMORY / 5, "409.6 MiB with the defaults");
+        let total: u64 = (1..=MAX_PARTS).map(|n| part_size_for(base, n, max)).sum();
+        // The README's figure: 1,944 GiB of compressed backup with the defaults.
+        assert_eq!(total >> 30, 1944, "{total}");
+        // Same size within a run, doubling between runs, never above the ceiling.
+        assert_eq!(part_size_for(base, 1, max), base);
+        assert_eq!(part_size_for(base, 1000, max), base);
+        assert_eq!(part_size_for(base, 1001, max), 2 * base);
+        assert!((1..=MAX_PARTS).all(|n| part_size_for(base, n, max) <= max));
+        assert!(part_size_for(u64::MAX / 2, 9999, max) <= max);
+        // Memory stays within the budget for every concurrency; a part never shrinks.
+        for c in 1..=64u32 {
+            let max = max_part_size(base, c);
+            assert!((u64::from(c) + 1) * max <= MAX_UPLOAD_MEMORY, "{c}");
+            assert!(max >= base);
+        }
+        assert_eq!(max_part_size(MAX_PART_SIZE, 1), MAX_PART_SIZE);
+    }
+
+    #[test]
+    fn buffers_grow_fallibly_and_within_the_limit() {
+        let mut buf = Vec::new();
+        reserve(&mut buf, 10, 100).unwrap();
+        assert!(buf.capacity() >= 10 && buf.capacity() <= 100);
+        buf.resize(90, 0);
+        reserve(&mut buf, 10, 100).unwrap();
+        assert_eq!(buf.capacity(), 100, "never past the limit");
+        // An impossible size is an error (a Rust abort before).
+        let err = reserve(&mut Vec::new(), usize::MAX / 2, usize::MAX).unwrap_err();
+        assert!(err.message.contains("cannot allocate"), "{}", err.message);
     }
 
     #[test]
