@@ -47,8 +47,10 @@ pub fn built_ext() -> PathBuf {
 }
 
 /// The extension under its shipped name, `sqlite_backup.so` (so SQLite derives the entry point
-/// `sqlite3_sqlitebackup_init` exactly as for users), copied once per test process into
-/// `target/debug/test-ext/<pid>/` (replaced atomically; removed by `cargo clean`).
+/// `sqlite3_sqlitebackup_init` exactly as for users), linked once per test process into
+/// `target/debug/deps/test-ext/<pid>/`. A hard link costs no space and keeps this process's
+/// build even when cargo writes a new one meanwhile; the directories of test processes that
+/// have ended are removed here, so test runs never pile up copies.
 pub fn ext() -> &'static Path {
     static EXT: OnceLock<PathBuf> = OnceLock::new();
     EXT.get_or_init(|| {
@@ -58,15 +60,25 @@ pub fn ext() -> &'static Path {
             "extension not found at {} (build it, or set SQLITE_BACKUP_EXT)",
             built.display()
         );
-        let base = built
-            .parent()
-            .unwrap()
-            .join("test-ext")
-            .join(std::process::id().to_string());
+        let root = built.parent().unwrap().join("test-ext");
+        for entry in fs::read_dir(&root).into_iter().flatten().flatten() {
+            let gone = entry
+                .file_name()
+                .to_str()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if gone {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let base = root.join(std::process::id().to_string());
         fs::create_dir_all(&base).unwrap();
         let dest = base.join("sqlite_backup.so");
         let tmp = base.join(".sqlite_backup.so.tmp");
-        fs::copy(&built, &tmp).unwrap();
+        let _ = fs::remove_file(&tmp);
+        if fs::hard_link(&built, &tmp).is_err() {
+            fs::copy(&built, &tmp).unwrap();
+        }
         fs::rename(&tmp, &dest).unwrap();
         dest
     })
