@@ -1,4 +1,4 @@
-//! The transport: signs nothing itself (callers pass presigned URLs from rusty-s3), sends one
+//! The transport: signs nothing itself (`request` builds the signed requests), sends one
 //! request with ureq, reads S3 errors, and retries transient failures in one place
 //! (`with_retries`) with exponential backoff and full jitter.
 
@@ -6,61 +6,20 @@ use std::cell::Cell;
 use std::io::Read;
 use std::time::Duration;
 
+use rusty_s3::Method;
 use ureq::http::{HeaderMap, Response};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
 };
 use ureq::{Agent, Body};
-use url::Url;
 
 use super::config::{display_endpoint, Resolved};
 use super::errors::{self, Target, Timeouts};
+use super::request::Request;
 use crate::error::{Error, Kind, Result};
-
-/// How long a presigned URL stays valid; one request (with its retries) needs far less.
-pub const SIGN_FOR: Duration = Duration::from_secs(3600);
 
 /// Largest non-streamed response we read (a ListObjectsV2 page of 1000 keys is ~300 KiB).
 const MAX_SMALL_BODY: u64 = 16 << 20;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Head,
-    Put,
-    Post,
-    Delete,
-}
-
-/// One HTTP request: a presigned URL, extra headers, and an in-memory body (so retries can
-/// resend it, and so ureq sends `Content-Length`, never `Transfer-Encoding: chunked`).
-pub struct Request<'a> {
-    pub method: Method,
-    pub url: Url,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: &'a [u8],
-}
-
-impl<'a> Request<'a> {
-    pub fn new(method: Method, url: Url) -> Request<'a> {
-        Request {
-            method,
-            url,
-            headers: Vec::new(),
-            body: &[],
-        }
-    }
-
-    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Request<'a> {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    pub fn body(mut self, body: &'a [u8]) -> Request<'a> {
-        self.body = body;
-        self
-    }
-}
 
 /// A fully read answer.
 pub struct Reply {

@@ -5,11 +5,11 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use rusty_s3::S3Action as _;
 use ureq::BodyReader;
 
-use super::client::{header, Client, Method, Request, SIGN_FOR};
+use super::client::{header, Client};
 use super::errors::Target;
+use super::request::Range;
 use crate::error::{Error, Kind, Result};
 
 pub struct Download {
@@ -48,18 +48,13 @@ impl Download {
 
     /// GET from `offset` on (with retries), leaving the body ready to read.
     fn request(&mut self) -> Result<()> {
-        let action = self
-            .client
-            .bucket
-            .get_object(Some(&self.client.credentials), &self.key);
-        let mut req = Request::new(Method::Get, action.sign(SIGN_FOR));
-        if self.offset > 0 {
-            req = req.header("range", format!("bytes={}-", self.offset));
-            if let Some(etag) = &self.etag {
-                req = req.header("if-match", etag.clone());
-            }
-        }
-        let response = self.client.open(&req, &self.target)?;
+        // A resumed GET asks for the rest of the same object (If-Match its ETag).
+        let range = Range {
+            from: self.offset,
+            to: None,
+            if_match: self.etag.as_deref().filter(|_| self.offset > 0),
+        };
+        let response = self.client.get_object(&self.key, &range, &self.target)?;
         let status = response.status().as_u16();
         let headers = response.headers();
         if self.etag.is_none() {

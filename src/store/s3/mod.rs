@@ -10,22 +10,17 @@ mod client;
 mod config;
 mod download;
 mod errors;
+mod request;
 mod upload;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
-use rusty_s3::S3Action as _;
+pub use config::{Environment, S3Options, BACKOFF_ENV, OPTION_KEYS};
 
-pub use config::{
-    Environment, S3Options, AWS_MIN_PART_SIZE, BACKOFF_ENV, DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE,
-    DEFAULT_REGION, DEFAULT_RETRIES, OPTION_KEYS,
-};
-pub use upload::{part_size_for, MAX_PARTS, PARTS_PER_SIZE};
-
-use client::{Client, Method, Request, SIGN_FOR};
+use client::Client;
 use errors::Target;
+use request::Range;
 
 use super::{check_bucket_name, Entry, PutMeta, Store, Upload};
 use crate::error::{Error, Kind, Result};
@@ -112,25 +107,9 @@ impl S3Store {
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut action = self
+            let page = self
                 .client
-                .bucket
-                .list_objects_v2(Some(&self.client.credentials));
-            if !list_prefix.is_empty() {
-                action.with_prefix(list_prefix.as_str());
-            }
-            if let Some(token) = &token {
-                action.with_continuation_token(token.as_str());
-            }
-            let req = Request::new(Method::Get, action.sign(SIGN_FOR));
-            let reply = self.client.call(&req, &target)?;
-            let text = String::from_utf8_lossy(&reply.body);
-            let page = rusty_s3::actions::ListObjectsV2::parse_response(&text).map_err(|_| {
-                Error::new(
-                    Kind::Remote,
-                    format!("{}: the server sent a listing we cannot read", target.url),
-                )
-            })?;
+                .list_page(&list_prefix, token.as_deref(), &target)?;
             for item in page.contents {
                 keys.push((item.key, item.size.unwrap_or(0), item.last_modified));
             }
@@ -144,35 +123,13 @@ impl S3Store {
 
     /// HeadObject on a key: `None` when it does not exist.
     fn head_key(&self, name: &str, key: &str) -> Result<Option<Entry>> {
-        let action = self
-            .client
-            .bucket
-            .head_object(Some(&self.client.credentials), key);
-        let req = Request::new(Method::Head, action.sign(SIGN_FOR));
-        let reply = match self.client.call(&req, &self.target(key, false)) {
-            Ok(reply) => reply,
-            Err(e) if e.kind == Kind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let modified = reply
-            .header("x-amz-meta-backup-time")
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .or_else(|| {
-                reply
-                    .header("last-modified")
-                    .and_then(|t| DateTime::parse_from_rfc2822(t).ok())
-            })
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-        Ok(Some(Entry {
+        let head = self.client.head_object(key, &self.target(key, false))?;
+        Ok(head.map(|head| Entry {
             name: name.to_string(),
             url: self.url(name),
-            size: reply
-                .header("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-            modified,
-            sha256: reply.header("x-amz-meta-sha256").map(str::to_string),
+            size: head.size,
+            modified: head.modified,
+            sha256: head.sha256,
         }))
     }
 }
@@ -333,14 +290,14 @@ impl Store for S3Store {
 
     fn read_head(&self, name: &str, limit: u64) -> Result<Box<dyn std::io::Read + Send + '_>> {
         let key = self.key(name)?;
-        let action = self
+        let range = Range {
+            from: 0,
+            to: Some(limit.saturating_sub(1)),
+            if_match: None,
+        };
+        let response = self
             .client
-            .bucket
-            .get_object(Some(&self.client.credentials), &key);
-        let last = limit.saturating_sub(1);
-        let req = Request::new(Method::Get, action.sign(SIGN_FOR))
-            .header("range", format!("bytes=0-{last}"));
-        let response = self.client.open(&req, &self.target(&key, false))?;
+            .get_object(&key, &range, &self.target(&key, false))?;
         // A server that ignores the range still gets read no further than `limit`.
         Ok(Box::new(std::io::Read::take(
             response.into_body().into_reader(),
@@ -357,13 +314,7 @@ impl Store for S3Store {
                 format!("{} does not exist", self.url(name)),
             ));
         }
-        let action = self
-            .client
-            .bucket
-            .delete_object(Some(&self.client.credentials), &key);
-        let req = Request::new(Method::Delete, action.sign(SIGN_FOR));
-        self.client.call(&req, &self.target(&key, false))?;
-        Ok(())
+        self.client.delete_object(&key, &self.target(&key, false))
     }
 }
 

@@ -15,24 +15,20 @@
 //! 1,944 GiB of compressed backup. Every buffer is reserved fallibly: a part that cannot be
 //! allocated is an error, never an abort of the host process.
 
-use std::collections::VecDeque;
-use std::fs::File;
+mod pool;
+mod spool;
+
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
-use base64::Engine as _;
-use md5::{Digest as _, Md5};
-use rusty_s3::S3Action as _;
-
-use super::client::{Client, Method, Request, SIGN_FOR};
+use super::client::Client;
 use super::config::{MAX_PART_SIZE, MAX_UPLOAD_MEMORY};
 use super::errors::Target;
+use super::request::Header;
 use crate::error::{Error, Kind, Result};
 use crate::store::{PutMeta, Stored, Upload};
+use pool::Pool;
+use spool::Spool;
 
 /// S3's limit on the number of parts.
 pub const MAX_PARTS: u32 = 10_000;
@@ -79,13 +75,9 @@ fn out_of_memory(bytes: usize) -> Error {
     )
 }
 
-pub fn content_md5(body: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(Md5::digest(body))
-}
-
 /// Object metadata, sent on PutObject and CreateMultipartUpload and signed (AWS rejects unsigned
 /// `x-amz-*` headers).
-fn metadata(meta: &PutMeta) -> Result<Vec<(&'static str, String)>> {
+fn metadata(meta: &PutMeta) -> Result<Vec<Header>> {
     let sha256 = meta.sha256.wait()?;
     Ok(vec![
         (
@@ -99,30 +91,6 @@ fn metadata(meta: &PutMeta) -> Result<Vec<(&'static str, String)>> {
             env!("CARGO_PKG_VERSION").to_string(),
         ),
     ])
-}
-
-/// Adds each header to the action's signed headers (sorted, lowercase) and to the request.
-fn signed<'a>(
-    mut action: impl rusty_s3::S3Action<'a>,
-    method: Method,
-    headers: &'a [(&'static str, String)],
-) -> Request<'static> {
-    for (name, value) in headers {
-        action.headers_mut().insert(*name, value.as_str());
-    }
-    let mut req = Request::new(method, action.sign(SIGN_FOR));
-    for (name, value) in headers {
-        req = req.header(name, value.clone());
-    }
-    req
-}
-
-fn etag_of(headers: &ureq::http::HeaderMap) -> Option<String> {
-    super::client::header(headers, "etag").map(str::to_string)
-}
-
-fn unquote(etag: &str) -> String {
-    etag.trim_matches('"').to_string()
 }
 
 /// How an upload splits its stream (from the resolved options).
@@ -157,35 +125,9 @@ struct Multipart {
     upload_id: String,
     /// Parts sent so far; the next part is `sent + 1`.
     sent: u32,
-    sender: Option<SyncSender<(u32, Vec<u8>)>>,
     /// AbortMultipartUpload was sent: never twice.
     aborted: bool,
-    workers: Vec<JoinHandle<()>>,
-    shared: Arc<Shared>,
-}
-
-/// What the workers report back.
-struct Shared {
-    etags: Mutex<Vec<Option<String>>>,
-    error: Mutex<Option<Error>>,
-    failed: AtomicBool,
-}
-
-impl Shared {
-    fn fail(&self, err: Error) {
-        if let Ok(mut slot) = self.error.lock() {
-            slot.get_or_insert(err);
-        }
-        self.failed.store(true, Ordering::SeqCst);
-    }
-
-    fn take_error(&self) -> Error {
-        self.error
-            .lock()
-            .ok()
-            .and_then(|mut e| e.take())
-            .unwrap_or_else(|| Error::new(Kind::Remote, "a part upload failed"))
-    }
+    pool: Pool,
 }
 
 impl S3Upload {
@@ -216,7 +158,7 @@ impl S3Upload {
     fn parts_cut(&self) -> u32 {
         match self.multipart.as_ref() {
             Some(m) => m.sent,
-            None => self.spool.parts.len() as u32,
+            None => self.spool.len() as u32,
         }
     }
 
@@ -226,7 +168,7 @@ impl S3Upload {
 
     /// Whether buffered data has passed the single-PUT threshold.
     fn past_threshold(&self) -> bool {
-        !self.spool.parts.is_empty() || self.buf.len() as u64 > self.threshold
+        !self.spool.is_empty() || self.buf.len() as u64 > self.threshold
     }
 
     /// Moves every whole part out of the buffer, in order: to the workers once the multipart
@@ -270,108 +212,40 @@ impl S3Upload {
     }
 
     fn put_object(&self, body: &[u8]) -> Result<Stored> {
-        let headers = metadata(&self.meta)?;
-        let action = self
-            .client
-            .bucket
-            .put_object(Some(&self.client.credentials), &self.key);
-        let mut req = signed(action, Method::Put, &headers)
-            .header("content-md5", content_md5(body))
-            .body(body);
-        if self.meta.create_only {
-            req = req.header("if-none-match", "*");
-        }
-        let reply = self.client.call(&req, &self.target)?;
+        let etag = self.client.put_object(
+            &self.key,
+            &metadata(&self.meta)?,
+            body,
+            self.meta.create_only,
+            &self.target,
+        )?;
         Ok(Stored {
             url: self.target.url.clone(),
-            etag: etag_of(&reply.headers).map(|e| unquote(&e)),
+            etag,
             parts: 1,
         })
     }
 
     /// CreateMultipartUpload and the worker pool; then sends what the buffer already holds.
     fn start_multipart(&mut self) -> Result<()> {
-        let headers = metadata(&self.meta)?;
-        let action = self
-            .client
-            .bucket
-            .create_multipart_upload(Some(&self.client.credentials), &self.key);
-        let req = signed(action, Method::Post, &headers);
-        let reply = self.client.call(&req, &self.target)?;
-        let text = String::from_utf8_lossy(&reply.body);
-        let created =
-            rusty_s3::actions::CreateMultipartUpload::parse_response(&text).map_err(|_| {
-                Error::new(
-                    Kind::Remote,
-                    format!(
-                        "{}: unexpected answer to CreateMultipartUpload",
-                        self.target.url
-                    ),
-                )
-            })?;
-        let upload_id = created.upload_id().to_string();
-
-        let shared = Arc::new(Shared {
-            etags: Mutex::new(Vec::new()),
-            error: Mutex::new(None),
-            failed: AtomicBool::new(false),
-        });
-        let (sender, receiver) = sync_channel::<(u32, Vec<u8>)>(0);
-        let receiver = Arc::new(Mutex::new(receiver));
-        let mut workers = Vec::new();
-        for _ in 0..self.concurrency {
-            let client = Arc::clone(&self.client);
-            let worker_shared = Arc::clone(&shared);
-            let receiver = Arc::clone(&receiver);
-            let key = self.key.clone();
-            let upload_id = upload_id.clone();
-            let target = self.target.clone();
-            let spawned = std::thread::Builder::new()
-                .name("s3-upload-part".into())
-                .spawn(move || loop {
-                    let shared = &worker_shared;
-                    let next = match receiver.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok((number, body)) = next else { return };
-                    if shared.failed.load(Ordering::SeqCst) {
-                        continue; // drain: the upload is being abandoned
-                    }
-                    match upload_part(&client, &key, &upload_id, number, &body, &target) {
-                        Ok(etag) => {
-                            if let Ok(mut etags) = shared.etags.lock() {
-                                let index = (number - 1) as usize;
-                                if etags.len() <= index {
-                                    etags.resize(index + 1, None);
-                                }
-                                etags[index] = Some(etag);
-                            }
-                        }
-                        Err(e) => shared.fail(e),
-                    }
-                });
-            match spawned {
-                Ok(handle) => workers.push(handle),
-                Err(e) => {
-                    shared.fail(crate::threads::error(e));
-                    break;
-                }
-            }
-        }
+        let upload_id =
+            self.client
+                .create_multipart(&self.key, &metadata(&self.meta)?, &self.target)?;
+        let pool = Pool::start(
+            &self.client,
+            &self.key,
+            &upload_id,
+            &self.target,
+            self.concurrency,
+        );
+        let no_workers = pool.is_empty();
         self.multipart = Some(Multipart {
             upload_id,
             sent: 0,
-            sender: Some(sender),
             aborted: false,
-            workers,
-            shared,
+            pool,
         });
-        if self
-            .multipart
-            .as_ref()
-            .is_some_and(|m| m.workers.is_empty())
-        {
+        if no_workers {
             return Err(self.fail_multipart());
         }
         loop {
@@ -387,7 +261,7 @@ impl S3Upload {
                         e,
                     );
                     if let Some(m) = self.multipart.as_ref() {
-                        m.shared.fail(err);
+                        m.pool.fail(err);
                     }
                     return Err(self.fail_multipart());
                 }
@@ -406,12 +280,13 @@ impl S3Upload {
             Some(m) if m.sent >= MAX_PARTS => Err(Some(Error::usage(format!(
                 "{url} needs more than {MAX_PARTS} parts: raise part_size"
             )))),
-            Some(m) if m.shared.failed.load(Ordering::SeqCst) => Err(None),
+            Some(m) if m.pool.failed() => Err(None),
             Some(m) => {
                 m.sent += 1;
-                match m.sender.as_ref().map(|s| s.send((m.sent, part))) {
-                    Some(Ok(())) => Ok(()),
-                    _ => Err(None),
+                if m.pool.send(m.sent, part) {
+                    Ok(())
+                } else {
+                    Err(None)
                 }
             }
         };
@@ -419,7 +294,7 @@ impl S3Upload {
             Ok(()) => Ok(()),
             Err(Some(err)) => {
                 if let Some(m) = self.multipart.as_ref() {
-                    m.shared.fail(err);
+                    m.pool.fail(err);
                 }
                 Err(self.fail_multipart())
             }
@@ -431,7 +306,7 @@ impl S3Upload {
     fn fail_multipart(&mut self) -> Error {
         self.cleanup();
         match self.multipart.as_ref() {
-            Some(m) => m.shared.take_error(),
+            Some(m) => m.pool.take_error(),
             None => Error::new(Kind::Remote, "internal error: no multipart upload"),
         }
     }
@@ -442,15 +317,11 @@ impl S3Upload {
         let Some(m) = self.multipart.as_mut() else {
             return;
         };
-        m.shared.failed.store(true, Ordering::SeqCst);
-        m.sender = None;
-        for worker in m.workers.drain(..) {
-            let _ = worker.join();
-        }
+        m.pool.stop();
         if !m.aborted {
             m.aborted = true;
-            let upload_id = m.upload_id.clone();
-            abort_multipart(&self.client, &self.key, &upload_id, &self.target);
+            self.client
+                .abort_multipart(&self.key, &m.upload_id, &self.target);
         }
     }
 
@@ -465,44 +336,28 @@ impl S3Upload {
                 "internal error: no multipart upload",
             ));
         };
-        m.sender = None; // workers finish the queued parts, then see the channel closed
-        for worker in m.workers.drain(..) {
-            let _ = worker.join();
-        }
-        if m.shared.failed.load(Ordering::SeqCst) {
+        m.pool.finish();
+        if m.pool.failed() {
             return Err(self.fail_multipart());
         }
         let sent = m.sent;
-        let etags: Vec<String> = match m.shared.etags.lock() {
-            Ok(etags) => etags.iter().flatten().cloned().collect(),
-            Err(_) => Vec::new(),
-        };
+        let etags = m.pool.etags();
         if etags.len() != sent as usize {
-            m.shared.fail(Error::new(
+            m.pool.fail(Error::new(
                 Kind::Remote,
                 format!("{}: a part went missing", self.target.url),
             ));
             return Err(self.fail_multipart());
         }
         let upload_id = m.upload_id.clone();
-        let action = self.client.bucket.complete_multipart_upload(
-            Some(&self.client.credentials),
+        match self.client.complete_multipart(
             &self.key,
             &upload_id,
-            etags.iter().map(String::as_str),
-        );
-        let body = action.clone().body();
-        let mut req = Request::new(Method::Post, action.sign(SIGN_FOR)).body(body.as_bytes());
-        if self.meta.create_only {
-            req = req.header("if-none-match", "*");
-        }
-        match self.client.call(&req, &self.target) {
-            Ok(reply) => {
-                let text = String::from_utf8_lossy(&reply.body);
-                let etag = rusty_s3::actions::CompleteMultipartUploadResponse::parse(&text)
-                    .ok()
-                    .map(|r| unquote(r.etag()))
-                    .or_else(|| etag_of(&reply.headers).map(|e| unquote(&e)));
+            &etags,
+            self.meta.create_only,
+            &self.target,
+        ) {
+            Ok(etag) => {
                 self.finished = true;
                 Ok(Stored {
                     url: self.target.url.clone(),
@@ -512,87 +367,12 @@ impl S3Upload {
             }
             Err(e) => {
                 if let Some(m) = self.multipart.as_ref() {
-                    m.shared.fail(e);
+                    m.pool.fail(e);
                 }
                 Err(self.fail_multipart())
             }
         }
     }
-}
-
-/// Parts waiting on disk, read back in the order they were written. The file has no name
-/// (`temp::unnamed`), so nothing is left behind whatever happens.
-#[derive(Default)]
-struct Spool {
-    file: Option<File>,
-    written: u64,
-    read: u64,
-    /// Lengths of the parts not yet read back.
-    parts: VecDeque<usize>,
-}
-
-impl Spool {
-    fn push(&mut self, part: &[u8], dir: &std::path::Path) -> io::Result<()> {
-        let file = match self.file.as_mut() {
-            Some(file) => file,
-            None => self.file.insert(crate::temp::unnamed(dir)?),
-        };
-        file.write_all_at(part, self.written)?;
-        self.written += part.len() as u64;
-        self.parts.push_back(part.len());
-        Ok(())
-    }
-
-    fn pop(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let (Some(len), Some(file)) = (self.parts.pop_front(), self.file.as_ref()) else {
-            return Ok(None);
-        };
-        let mut part = Vec::new();
-        part.try_reserve_exact(len)
-            .map_err(|_| out_of_memory(len).into_io())?;
-        part.resize(len, 0);
-        file.read_exact_at(&mut part, self.read)?;
-        self.read += len as u64;
-        if self.parts.is_empty() {
-            *self = Spool::default(); // frees the disk space at once
-        }
-        Ok(Some(part))
-    }
-}
-
-fn upload_part(
-    client: &Client,
-    key: &str,
-    upload_id: &str,
-    number: u32,
-    body: &[u8],
-    target: &Target,
-) -> Result<String> {
-    let number16 = u16::try_from(number)
-        .map_err(|_| Error::usage(format!("{}: too many parts", target.url)))?;
-    let action = client
-        .bucket
-        .upload_part(Some(&client.credentials), key, number16, upload_id);
-    let req = Request::new(Method::Put, action.sign(SIGN_FOR))
-        .header("content-md5", content_md5(body))
-        .body(body);
-    let reply = client.call(&req, target)?;
-    etag_of(&reply.headers).ok_or_else(|| {
-        Error::new(
-            Kind::Remote,
-            format!("{}: the server sent no ETag for part {number}", target.url),
-        )
-    })
-}
-
-/// Best effort: a failed abort leaves an incomplete upload that a bucket lifecycle rule
-/// (AbortIncompleteMultipartUpload) removes; there is nothing better to do with the error.
-fn abort_multipart(client: &Client, key: &str, upload_id: &str, target: &Target) {
-    let action = client
-        .bucket
-        .abort_multipart_upload(Some(&client.credentials), key, upload_id);
-    let req = Request::new(Method::Delete, action.sign(SIGN_FOR));
-    let _ = client.call(&req, target);
 }
 
 impl Write for S3Upload {
@@ -702,10 +482,5 @@ mod tests {
         // An impossible size is an error (a Rust abort before).
         let err = reserve(&mut Vec::new(), usize::MAX / 2, usize::MAX).unwrap_err();
         assert!(err.message.contains("cannot allocate"), "{}", err.message);
-    }
-
-    #[test]
-    fn md5_is_base64() {
-        assert_eq!(content_md5(b""), "1B2M2Y8AsgTpgAmY7PhCfg==");
     }
 }
