@@ -1,7 +1,8 @@
 //! S3 options and where their values come from: options > environment > shared AWS files >
 //! defaults, as every AWS tool does it. `resolve` is a pure function of the options and an
 //! `Environment` (variables plus file contents), so the precedence rules are unit-tested without
-//! touching the real environment or home directory.
+//! touching the real environment or home directory. Finding, reading and parsing the files is
+//! `aws_files`'s.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use super::aws_files::{self, Profile};
 use crate::error::{Error, Kind, Result};
 
 /// S3 options a user may pass as JSON. Every field is optional; `None` means "from the
@@ -145,24 +147,12 @@ impl Environment {
             }
         }
         let home = std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE"));
-        let path = |var: &str, file: &str| {
-            env.var(var).map(std::path::PathBuf::from).or_else(|| {
-                home.as_ref()
-                    .map(|h| std::path::Path::new(h).join(".aws").join(file))
-            })
-        };
-        let read = |path: Option<std::path::PathBuf>| -> Result<Option<String>> {
-            let Some(path) = path else { return Ok(None) };
-            match std::fs::read_to_string(&path) {
-                Ok(text) => Ok(Some(text)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
-            }
-        };
-        let credentials_file = read(path("AWS_SHARED_CREDENTIALS_FILE", "credentials"))?;
-        let config_file = read(path("AWS_CONFIG_FILE", "config"))?;
-        env.credentials_file = credentials_file;
-        env.config_file = config_file;
+        let files = aws_files::read(
+            |name| env.var(name),
+            home.as_deref().map(std::path::Path::new),
+        )?;
+        env.credentials_file = files.credentials;
+        env.config_file = files.config;
         Ok(env)
     }
 
@@ -248,30 +238,14 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
     let profile_name = explicit_profile
         .clone()
         .unwrap_or_else(|| "default".to_string());
-    let credentials_file = env
-        .credentials_file
-        .as_deref()
-        .map(|t| ini_section(t, &profile_name, false))
-        .unwrap_or_default();
-    let config_file = env
-        .config_file
-        .as_deref()
-        .map(|t| ini_section(t, &profile_name, true))
-        .unwrap_or_default();
-    let profile = |key: &str| {
-        credentials_file
-            .as_ref()
-            .and_then(|s| s.get(key))
-            .or_else(|| config_file.as_ref().and_then(|s| s.get(key)))
-            .map(|v| v.to_string())
-    };
+    let profile = Profile::from_files(
+        env.credentials_file.as_deref(),
+        env.config_file.as_deref(),
+        &profile_name,
+    );
 
-    let secrets = resolve_secrets(opts, env, &|k| profile(k))?;
-    if secrets.is_none()
-        && explicit_profile.is_some()
-        && credentials_file.is_none()
-        && config_file.is_none()
-    {
+    let secrets = resolve_secrets(opts, env, &profile)?;
+    if secrets.is_none() && explicit_profile.is_some() && !profile.exists() {
         return Err(Error::usage(format!(
             "profile '{profile_name}' not found in ~/.aws/credentials or ~/.aws/config"
         )));
@@ -287,7 +261,7 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
     let region = non_empty(&opts.region)
         .or_else(|| env.var("AWS_REGION"))
         .or_else(|| env.var("AWS_DEFAULT_REGION"))
-        .or_else(|| config_file.as_ref().and_then(|s| s.get("region")).cloned())
+        .or_else(|| profile.config("region"))
         .unwrap_or_else(|| DEFAULT_REGION.to_string());
     if !region
         .chars()
@@ -299,12 +273,7 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
     let endpoint_text = non_empty(&opts.endpoint)
         .or_else(|| env.var("AWS_ENDPOINT_URL_S3"))
         .or_else(|| env.var("AWS_ENDPOINT_URL"))
-        .or_else(|| {
-            config_file
-                .as_ref()
-                .and_then(|s| s.get("endpoint_url"))
-                .cloned()
-        })
+        .or_else(|| profile.config("endpoint_url"))
         .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
     let endpoint = parse_endpoint(&endpoint_text)?;
     let path_style = opts
@@ -384,7 +353,7 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
 fn resolve_secrets(
     opts: &S3Options,
     env: &Environment,
-    profile: &dyn Fn(&str) -> Option<String>,
+    profile: &Profile,
 ) -> Result<Option<Secrets>> {
     match (
         non_empty(&opts.access_key_id),
@@ -418,13 +387,13 @@ fn resolve_secrets(
         }
     }
     match (
-        profile("aws_access_key_id"),
-        profile("aws_secret_access_key"),
+        profile.get("aws_access_key_id"),
+        profile.get("aws_secret_access_key"),
     ) {
         (Some(access_key_id), Some(secret_access_key)) => Ok(Some(Secrets {
             access_key_id,
             secret_access_key,
-            session_token: profile("aws_session_token"),
+            session_token: profile.get("aws_session_token"),
         })),
         _ => Ok(None),
     }
@@ -475,58 +444,6 @@ pub fn auto_path_style(endpoint: &Url, bucket: &str) -> bool {
     bare.parse::<IpAddr>().is_ok()
         || host.eq_ignore_ascii_case("localhost")
         || (endpoint.scheme() == "https" && bucket.contains('.'))
-}
-
-/// The `key = value` pairs of one profile's section, or `None` when the file has no such section.
-/// The config file names sections `[profile name]` (and `[default]`); the credentials file
-/// `[name]`. Nested blocks (`s3 =` followed by indented lines) are skipped.
-fn ini_section(text: &str, profile: &str, config_style: bool) -> Option<HashMap<String, String>> {
-    let mut found: Option<HashMap<String, String>> = None;
-    let mut in_section = false;
-    let mut in_nested = false;
-    for raw in text.lines() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            let name = name.trim();
-            let matches = if config_style {
-                (profile == "default" && name == "default")
-                    || name
-                        .strip_prefix("profile")
-                        .filter(|rest| rest.starts_with(char::is_whitespace))
-                        .is_some_and(|rest| rest.trim() == profile)
-            } else {
-                name == profile
-            };
-            in_section = matches;
-            in_nested = false;
-            if matches && found.is_none() {
-                found = Some(HashMap::new());
-            }
-            continue;
-        }
-        let indented = raw.starts_with(char::is_whitespace);
-        if in_nested && indented {
-            continue;
-        }
-        in_nested = false;
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        let (key, value) = (key.trim(), value.trim());
-        if value.is_empty() {
-            in_nested = true;
-            continue;
-        }
-        if in_section {
-            if let Some(section) = found.as_mut() {
-                section.insert(key.to_string(), value.to_string());
-            }
-        }
-    }
-    found
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! Streaming uploads of unknown length: buffer up to the threshold, then one PutObject if the
 //! stream ended, else a multipart upload whose parts go out from a bounded pool of worker
 //! threads. Memory stays within about (concurrency + 1) parts: the part being filled plus one
-//! per worker (the channel is a rendezvous, so a full pool blocks the writer).
+//! per worker (the channel is a rendezvous, so a full pool blocks the writer: `pool`).
 //!
 //! The multipart upload is created with the snapshot's sha256 as metadata, and that hash is
 //! still being computed beside compression. Until it is known, whole parts wait in an unnamed
 //! temp file, so compression keeps every core busy instead of waiting for the hash, in no
-//! more memory than the upload itself takes (if that file cannot be written, the writer waits).
+//! more memory than the upload itself takes (if that file cannot be written, the writer waits):
+//! `spool`.
 //!
 //! Part sizes: the total length is unknown up front, so the part size doubles every
 //! `PARTS_PER_SIZE` parts, up to `max_part_size` (512 MiB, or less so that (concurrency + 1)
