@@ -39,8 +39,9 @@ pub fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 pub struct Client {
     agent: Agent,
-    pub bucket: rusty_s3::Bucket,
-    pub credentials: rusty_s3::Credentials,
+    /// For `request`, which signs.
+    pub(super) bucket: rusty_s3::Bucket,
+    pub(super) credentials: rusty_s3::Credentials,
     /// For messages: scheme, host, port, path; never credentials.
     pub endpoint: String,
     timeouts: Timeouts,
@@ -146,7 +147,7 @@ impl Client {
 
     /// The one retry loop: `attempt` is tried up to `1 + retries` times while it fails with
     /// `Kind::Transient`; other errors return at once.
-    pub fn with_retries<T>(&self, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    fn with_retries<T>(&self, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -175,7 +176,7 @@ impl Client {
         ));
     }
 
-    pub fn transport_error(&self, err: ureq::Error) -> Error {
+    fn transport_error(&self, err: ureq::Error) -> Error {
         errors::from_transport(err, &self.endpoint, &self.timeouts)
     }
 
