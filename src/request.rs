@@ -470,3 +470,77 @@ pub fn prune(location: String, s3: S3Options, policy: Policy, opts: PruneOptions
         utc: opts.utc.unwrap_or(DEFAULT_UTC),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> T {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn file(pattern: &str) -> Target {
+        Target::File {
+            pattern: pattern.to_string(),
+        }
+    }
+
+    #[test]
+    fn backup_defaults_live_here() {
+        let job = backup(
+            file("/tmp/db-%Y.gz"),
+            options(serde_json::json!({"now": "2026-01-31T23:00:00Z", "notify": "http://127.0.0.1:9/x"})),
+        )
+        .unwrap();
+        let notify = job.notify.unwrap();
+        assert_eq!(notify.timeout, crate::notify::DEFAULT_TIMEOUT);
+        let plan = job.plan.unwrap();
+        assert!(plan.utc);
+        assert_eq!(plan.backup.schema, "main");
+        assert_eq!(plan.backup.busy_timeout_ms, 5000);
+        assert!(!plan.backup.if_changed && !plan.backup.create_only);
+        // The name pattern's own series when no `match` is given.
+        assert!(plan.backup.series.contains("db-2025.gz"));
+        assert!(!plan.backup.series.contains("db-x.gz"));
+        let Destination::File { path, name } = plan.destination else {
+            panic!("not a file destination");
+        };
+        assert_eq!(
+            (path.to_str(), name.as_str()),
+            (Some("/tmp/db-2026.gz"), "db-2026.gz")
+        );
+    }
+
+    #[test]
+    fn option_errors_wait_for_the_start_ping() {
+        // A bad policy, glob or clock is the plan's error: reported after `/start`, like a
+        // failed backup, so the monitor hears about a job that cannot run.
+        for bad in [
+            serde_json::json!({"notify": "http://127.0.0.1:9/x", "keep": {"keep_last": 0}}),
+            serde_json::json!({"notify": "http://127.0.0.1:9/x", "match": "["}),
+            serde_json::json!({"notify": "http://127.0.0.1:9/x", "now": "yesterday"}),
+            serde_json::json!({"notify": "http://127.0.0.1:9/x", "threads": 0}),
+        ] {
+            let job = backup(file("/tmp/db.gz"), options(bad.clone())).unwrap();
+            assert!(job.notify.is_some() && job.plan.is_err(), "{bad}");
+        }
+        let s3 = Target::S3 {
+            bucket: "s3://b/p".into(),
+            pattern: "/db.gz".into(),
+            s3: Box::default(),
+        };
+        assert!(backup(s3, BackupOptions::default()).unwrap().plan.is_err());
+    }
+
+    #[test]
+    fn prune_defaults() {
+        let req = prune(
+            "/tmp".into(),
+            S3Options::default(),
+            Policy::default(),
+            PruneOptions::default(),
+        )
+        .unwrap();
+        assert!(req.utc && !req.dry_run && req.series.is_none());
+    }
+}
