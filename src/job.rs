@@ -9,11 +9,11 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::allow;
 use crate::backup::{self, Report};
 use crate::error::Result;
 use crate::ffi::Connection;
 use crate::live::{self, Protected};
+use crate::naming;
 use crate::notify::{Notifier, Ping};
 use crate::prune::{self, Class};
 use crate::request::{self, Destination, Plan, RestoreInto};
@@ -47,7 +47,7 @@ pub fn backup(conn: &Connection, job: request::Backup) -> Result<Outcome> {
     let Some(notify) = job.notify else {
         return stored(conn, job.plan?);
     };
-    let notifier = if allow::current()?.is_some() {
+    let notifier = if notify.confined {
         Notifier::confined(&notify.url, notify.style, notify.timeout)?
     } else {
         Notifier::new(&notify.url, notify.style, notify.timeout)?
@@ -181,10 +181,7 @@ pub fn restore(conn: &Connection, req: &request::Restore) -> Result<restore::Rep
 pub fn list(conn: &Connection, req: &request::List) -> Result<Vec<(Entry, Class)>> {
     let store = open_location(&req.location, &req.s3)?;
     let listing = store.list()?;
-    let mut rows = match &req.series {
-        Some(series) => series.select(listing.clone()),
-        None => listing.clone(),
-    };
+    let mut rows = naming::select(req.series.as_ref(), listing.clone());
     // Newest first: the order a person looking for the latest backup wants.
     rows.sort_by(|a, b| {
         b.modified

@@ -122,6 +122,8 @@ pub struct Notify {
     pub url: String,
     pub style: Style,
     pub timeout: Duration,
+    /// Under SQLITE_BACKUP_ALLOW: a redirect is reported, never followed.
+    pub confined: bool,
 }
 
 /// One backup job, resolved.
@@ -153,13 +155,17 @@ pub fn backup(target: Target, opts: BackupOptions) -> Result<Backup> {
     if let Target::S3 { s3, .. } = &target {
         allow::s3_options(s3)?;
     }
-    let notify = opts.notify.clone().map(|url| Notify {
-        url,
-        style: opts.notify_style.unwrap_or_default(),
-        timeout: opts
-            .notify_timeout_ms
-            .map_or(DEFAULT_NOTIFY_TIMEOUT, Duration::from_millis),
-    });
+    let notify = match opts.notify.clone() {
+        None => None,
+        Some(url) => Some(Notify {
+            url,
+            style: opts.notify_style.unwrap_or_default(),
+            timeout: opts
+                .notify_timeout_ms
+                .map_or(DEFAULT_NOTIFY_TIMEOUT, Duration::from_millis),
+            confined: allow::current()?.is_some(),
+        }),
+    };
     let progress = opts.progress;
     Ok(Backup {
         notify,
