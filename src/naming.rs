@@ -162,7 +162,7 @@ const GLOB_OPTIONS: glob::MatchOptions = glob::MatchOptions {
 };
 
 /// The entries in `series`; no series: all of them.
-pub fn select(series: Option<&Series>, entries: Vec<Entry>) -> Vec<Entry> {
+pub(crate) fn select(series: Option<&Series>, entries: Vec<Entry>) -> Vec<Entry> {
     match series {
         Some(series) => series.select(entries),
         None => entries,
