@@ -15,7 +15,7 @@ use crate::snapshot::{self, Method};
 use crate::store::{PutMeta, Sha256Cell, Store, Stored};
 use crate::threads::spawn_scoped;
 
-/// What to back up and how; the SQL layer fills it from the arguments and options.
+/// What to back up and how; resolved from the options in `request.rs`.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub schema: String,
@@ -26,11 +26,11 @@ pub struct Request {
     pub temp_dir: PathBuf,
     /// The backup's time: names it and is recorded with it.
     pub time: DateTime<Utc>,
-    /// Skip storing when the newest backup matching `family` has the same sha256.
+    /// Skip storing when the newest backup in `series` has the same sha256.
     pub if_changed: bool,
     pub create_only: bool,
     /// The names that belong to this backup series (for `if_changed`).
-    pub family: crate::naming::Series,
+    pub series: crate::naming::Series,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,7 +122,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         let step = Instant::now();
         let hex = snapshot::sha256_reader(&mut reopen()?, "the snapshot")?;
         timings.hash = ms_since(step);
-        if let Some(same) = newest_with_same_content(store, &req.family, &hex)? {
+        if let Some(same) = newest_with_same_content(store, &req.series, &hex)? {
             report.sha256 = hex;
             report.skipped = true;
             report.same_as = Some(same);
@@ -221,10 +221,10 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
 /// hashed, which costs a read but never a wrong skip.
 fn newest_with_same_content(
     store: &dyn Store,
-    family: &crate::naming::Series,
+    series: &crate::naming::Series,
     sha256: &str,
 ) -> Result<Option<String>> {
-    let newest = family.select(store.list()?).into_iter().max_by(|a, b| {
+    let newest = series.select(store.list()?).into_iter().max_by(|a, b| {
         a.modified
             .cmp(&b.modified)
             .then_with(|| a.name.cmp(&b.name))

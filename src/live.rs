@@ -1,6 +1,6 @@
 //! Files of live databases: what retention never deletes and a backup never replaces.
 //!
-//! Plain Rust over paths. The SQL layer lists the calling connection's database files
+//! Plain Rust over paths. The jobs (`job.rs`) list the calling connection's database files
 //! (`PRAGMA database_list`, every schema) into a [`Protected`] set; retention and the
 //! destination checks consult it, plus what the directory shows: a `-wal`, `-shm` or `-journal`
 //! file is SQLite's own, and a file with one beside it is a database some program has open.

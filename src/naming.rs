@@ -121,12 +121,15 @@ const MONTHS_LONG: &[&str] = &[
 const SIGN: &[&str] = &["+", "-"];
 
 impl Series {
-    /// A user's `match` glob.
+    /// A user's `match` glob. `*` and `?` do not match `/`, so `db-*.gz` does not reach into
+    /// sub-folders of an S3 prefix; matching is case-sensitive.
     pub fn glob(pattern: &str) -> Result<Series> {
-        match crate::retention::compile_match(Some(pattern))? {
-            Some(glob) => Ok(Series::Glob(glob)),
-            None => Err(Error::usage("match: the glob is empty")),
-        }
+        glob::Pattern::new(pattern).map(Series::Glob).map_err(|e| {
+            Error::usage(format!(
+                "match: invalid glob '{pattern}': {} at position {}",
+                e.msg, e.pos
+            ))
+        })
     }
 
     /// The series of a strftime name pattern (`db-%Y%m%d.gz`).
@@ -137,7 +140,7 @@ impl Series {
 
     pub fn contains(&self, name: &str) -> bool {
         match self {
-            Series::Glob(glob) => glob.matches_with(name, crate::retention::glob_options()),
+            Series::Glob(glob) => glob.matches_with(name, GLOB_OPTIONS),
             Series::Pattern(tokens) => {
                 ends(tokens, name.as_bytes(), BTreeSet::from([0])).contains(&name.len())
             }
@@ -149,6 +152,20 @@ impl Series {
             .into_iter()
             .filter(|e| self.contains(&e.name))
             .collect()
+    }
+}
+
+const GLOB_OPTIONS: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
+/// The entries in `series`; no series: all of them.
+pub(crate) fn select(series: Option<&Series>, entries: Vec<Entry>) -> Vec<Entry> {
+    match series {
+        Some(series) => series.select(entries),
+        None => entries,
     }
 }
 
@@ -431,5 +448,53 @@ mod tests {
         // Many variable-width specifiers in a row cost no backtracking.
         let long = "%-d".repeat(200);
         assert!(!Series::pattern(&long).contains(&"1".repeat(1000)));
+    }
+
+    // ---- match globs (moved from retention.rs) ----
+
+    fn entry(name: &str) -> Entry {
+        Entry {
+            name: name.to_string(),
+            url: format!("/b/{name}"),
+            size: 1,
+            modified: at(),
+            sha256: None,
+        }
+    }
+
+    fn matches(glob: Option<&str>, name: &str) -> Result<bool> {
+        let series = glob.map(Series::glob).transpose()?;
+        Ok(!select(series.as_ref(), vec![entry(name)]).is_empty())
+    }
+
+    #[test]
+    fn match_globs() {
+        assert!(matches(None, "anything").unwrap());
+        assert!(matches(Some("db-*.gz"), "db-20.gz").unwrap());
+        assert!(!matches(Some("db-*.gz"), "db-20.zst").unwrap());
+        assert!(!matches(Some("db-*.gz"), "old/db-20.gz").unwrap());
+        assert!(matches(Some("*/db-*.gz"), "old/db-20.gz").unwrap());
+        assert!(!matches(Some("DB-*"), "db-1").unwrap());
+        assert!(matches(Some("db-[0-9][0-9].gz"), "db-07.gz").unwrap());
+        let err = matches(Some("db-[.gz"), "db-1.gz").unwrap_err();
+        assert_eq!(err.kind, crate::error::Kind::Usage);
+        assert!(
+            err.message.starts_with("match: invalid glob 'db-[.gz'"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn select_filters_names() {
+        let list = vec![entry("db-01.gz"), entry("notes.txt"), entry("db-02.gz")];
+        let names = |v: Vec<Entry>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
+        let series = Series::glob("db-*").unwrap();
+        assert_eq!(
+            names(select(Some(&series), list.clone())),
+            ["db-01.gz", "db-02.gz"]
+        );
+        assert_eq!(select(None, list).len(), 3);
+        assert!(Series::glob("[").is_err());
     }
 }

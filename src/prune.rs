@@ -145,14 +145,7 @@ pub fn run(store: &dyn Store, req: &Request) -> Result<Report> {
     req.policy.check()?;
     let listing = store.list()?;
     let listed: HashSet<&str> = listing.iter().map(|e| e.name.as_str()).collect();
-    let members: Vec<Entry> = match &req.series {
-        Some(series) => listing
-            .iter()
-            .filter(|e| series.contains(&e.name))
-            .cloned()
-            .collect(),
-        None => listing.clone(),
-    };
+    let members = crate::naming::select(req.series.as_ref(), listing.clone());
     let classes = classify(store, &members, &listed, &req.protected);
     let mut ignored = Vec::new();
     let mut candidates = Vec::new();

@@ -1,7 +1,7 @@
 //! Which backups to keep: restic/borg style `forget --keep-*` rules applied to a listing.
 //!
-//! Plain Rust over [`Entry`] lists: no SQLite, no storage. The caller lists a store, filters the
-//! names with [`select`] (the user's `match` glob), calls [`plan`], then deletes `Plan::delete`.
+//! Plain Rust over [`Entry`] lists: no SQLite, no storage. The caller lists a store, keeps the
+//! names in the series ([`crate::naming::select`]), calls [`plan`], then deletes `Plan::delete`.
 //!
 //! # Semantics (restic's)
 //!
@@ -210,47 +210,6 @@ pub fn bucket(time: DateTime<Utc>, offset: FixedOffset, period: Period) -> Strin
         Period::Month => format!("{}-{:02}", t.year(), t.month()),
         Period::Year => t.year().to_string(),
     }
-}
-
-/// Compiles the user's `match` glob once. `None` matches every name.
-///
-/// `*` and `?` do not match `/`, so `db-*.gz` does not reach into sub-folders of an S3
-/// prefix; matching is case-sensitive.
-pub fn compile_match(pattern: Option<&str>) -> Result<Option<glob::Pattern>> {
-    pattern
-        .map(|p| {
-            glob::Pattern::new(p).map_err(|e| {
-                Error::usage(format!(
-                    "match: invalid glob '{p}': {} at position {}",
-                    e.msg, e.pos
-                ))
-            })
-        })
-        .transpose()
-}
-
-pub fn glob_options() -> glob::MatchOptions {
-    glob::MatchOptions {
-        case_sensitive: true,
-        require_literal_separator: true,
-        require_literal_leading_dot: false,
-    }
-}
-
-/// Whether `name` matches the user's `match` glob (`None`: everything matches).
-pub fn matches(pattern: Option<&str>, name: &str) -> Result<bool> {
-    Ok(compile_match(pattern)?.is_none_or(|p| p.matches_with(name, glob_options())))
-}
-
-/// The entries whose names match `pattern`: the only candidates for pruning.
-pub fn select(entries: Vec<Entry>, pattern: Option<&str>) -> Result<Vec<Entry>> {
-    let Some(pattern) = compile_match(pattern)? else {
-        return Ok(entries);
-    };
-    Ok(entries
-        .into_iter()
-        .filter(|e| pattern.matches_with(&e.name, glob_options()))
-        .collect())
 }
 
 /// Applies `policy` to `entries`; see the module documentation for the rules. Buckets are in
@@ -1023,42 +982,5 @@ mod tests {
         assert_eq!(local, manual);
         let utc = plan_with_offsets(entries(&times), &policy, now, |_| Utc.fix()).unwrap();
         assert_eq!(utc_plan(entries(&times), &policy, now), utc);
-    }
-
-    // ---- match globs ----
-
-    #[test]
-    fn match_globs() {
-        assert!(matches(None, "anything").unwrap());
-        assert!(matches(Some("db-*.gz"), "db-20.gz").unwrap());
-        assert!(!matches(Some("db-*.gz"), "db-20.zst").unwrap());
-        assert!(!matches(Some("db-*.gz"), "old/db-20.gz").unwrap());
-        assert!(matches(Some("*/db-*.gz"), "old/db-20.gz").unwrap());
-        assert!(!matches(Some("DB-*"), "db-1").unwrap());
-        assert!(matches(Some("db-[0-9][0-9].gz"), "db-07.gz").unwrap());
-        let err = matches(Some("db-[.gz"), "db-1.gz").unwrap_err();
-        assert_eq!(err.kind, Kind::Usage);
-        assert!(
-            err.message.starts_with("match: invalid glob 'db-[.gz'"),
-            "{}",
-            err.message
-        );
-    }
-
-    #[test]
-    fn select_filters_names() {
-        let t = at(2026, 1, 1, 0, 0);
-        let list = vec![
-            entry("db-01.gz", t),
-            entry("notes.txt", t),
-            entry("db-02.gz", t),
-        ];
-        let names = |v: Vec<Entry>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
-        assert_eq!(
-            names(select(list.clone(), Some("db-*")).unwrap()),
-            ["db-01.gz", "db-02.gz"]
-        );
-        assert_eq!(select(list.clone(), None).unwrap().len(), 3);
-        assert!(select(list, Some("[")).is_err());
     }
 }

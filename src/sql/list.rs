@@ -1,72 +1,22 @@
-//! backup_list(location [, options]) — a table-valued function — and
-//! backup_prune(location, policy).
+//! backup_list(location [, options]): a table-valued function.
 
 use std::mem;
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use serde::Deserialize;
 use sqlite_loadable::api;
 use sqlite_loadable::prelude::*;
 use sqlite_loadable::table::{
     BestIndexError, ConstraintOperator, IndexInfo, VTab, VTabArguments, VTabCursor,
 };
 
-use super::backup::{clock, protected};
-use super::{json, options, text_value, Call};
-use crate::allow;
+use super::{options, text_value};
 use crate::error::{Error, Result};
 use crate::ffi::Connection;
-use crate::naming::Series;
-use crate::prune::{self, iso, Class};
-use crate::retention::Policy;
-use crate::store::{open_location, Entry, Location};
-
-/// Options of backup_prune besides the policy's keep_* rules.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PruneOptions {
-    #[serde(rename = "match")]
-    match_glob: Option<String>,
-    dry_run: Option<bool>,
-    now: Option<String>,
-    utc: Option<bool>,
-}
-
-/// The keep_* keys, decoded into `retention::Policy`.
-pub const POLICY_KEYS: &[&str] = &[
-    "keep_last",
-    "keep_hourly",
-    "keep_daily",
-    "keep_weekly",
-    "keep_monthly",
-    "keep_yearly",
-    "keep_within",
-];
-
-pub fn prune(call: &Call) -> Result<String> {
-    call.arity(2, 2, "(location, policy)")?;
-    let location = call.text(0, "location")?;
-    let mut map = call.options(1)?;
-    let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
-    let policy: Policy = options::decode(options::take(&mut map, POLICY_KEYS))?;
-    let opts: PruneOptions = options::decode(map)?;
-    allow::location(&location, "location")?;
-    allow::s3_options(&s3)?;
-    let store = open_location(&location, &s3)?;
-    let report = prune::run(
-        store.as_ref(),
-        &prune::Request {
-            policy,
-            series: opts.match_glob.as_deref().map(Series::glob).transpose()?,
-            dry_run: opts.dry_run.unwrap_or(false),
-            now: clock(opts.now.as_deref())?,
-            utc: opts.utc.unwrap_or(true),
-            protected: protected(&call.connection())?,
-        },
-    )?;
-    json(&report)
-}
+use crate::job;
+use crate::prune::{iso, Class};
+use crate::request;
+use crate::store::{Entry, Location};
 
 const COLUMNS: &str =
     "CREATE TABLE x(name TEXT, url TEXT, size INTEGER, modified TEXT, sha256 TEXT, backup INTEGER, location HIDDEN, options HIDDEN)";
@@ -186,31 +136,12 @@ impl ListCursor {
         };
         let mut map = options::object(options.as_deref())?;
         let s3 = options::take_s3(&mut map, Location::parse(&location)?.is_s3())?;
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct ListOptions {
-            #[serde(rename = "match")]
-            match_glob: Option<String>,
-        }
-        let opts: ListOptions = options::decode(map)?;
-        allow::location(&location, "location")?;
-        allow::s3_options(&s3)?;
-        let store = open_location(&location, &s3)?;
-        let listing = store.list()?;
-        let mut rows = crate::retention::select(listing.clone(), opts.match_glob.as_deref())?;
-        // Newest first: the order a person looking for the latest backup wants.
-        rows.sort_by(|a, b| {
-            b.modified
-                .cmp(&a.modified)
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        let req = request::list(location, s3, options::decode(map)?)?;
         // SAFETY: the connection this table was created on, live while its cursors are.
         let conn = unsafe { Connection::borrowed(self.db) };
-        let listed = listing.iter().map(|e| e.name.as_str()).collect();
-        let classes = prune::classify(store.as_ref(), &rows, &listed, &protected(&conn)?);
-        self.rows = rows.into_iter().zip(classes).collect();
+        self.rows = job::list(&conn, &req)?;
         self.at = 0;
-        self.location = location;
+        self.location = req.location;
         self.options = options;
         Ok(())
     }

@@ -1,11 +1,14 @@
-//! The SQL layer: registers the functions, reads arguments and options, turns results into
-//! JSON text and errors into SQL errors prefixed with the function's name. No backup logic.
+//! The SQL layer only translates: it registers the functions, reads arguments and options,
+//! resolves them (`request.rs`), calls the job (`job.rs`), and turns its result into JSON
+//! text and its error into an SQL error prefixed with the function's name.
 
 mod backup;
-mod check;
 mod list;
 mod meta;
 pub mod options;
+mod prune;
+mod restore;
+mod verify;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -27,9 +30,9 @@ pub fn register(db: *mut sqlite3) -> Result<()> {
     define(db, "backup_debug", pure, meta::debug)?;
     define(db, "backup_to_file", direct, backup::to_file)?;
     define(db, "backup_to_s3", direct, backup::to_s3)?;
-    define(db, "verify_backup", direct, check::verify)?;
-    define(db, "restore_backup", direct, check::restore)?;
-    define(db, "backup_prune", direct, list::prune)?;
+    define(db, "verify_backup", direct, verify::verify)?;
+    define(db, "restore_backup", direct, restore::restore)?;
+    define(db, "backup_prune", direct, prune::prune)?;
     sqlite_loadable::define_table_function::<list::ListTable>(db, "backup_list", None).map_err(
         |e| {
             Error::new(
@@ -160,12 +163,7 @@ fn type_name(t: ValueType) -> &'static str {
 
 /// Serializes a result for SQL.
 pub fn json<T: serde::Serialize>(value: &T) -> Result<String> {
-    Ok(to_value(value)?.to_string())
-}
-
-/// A result as a JSON value, for the functions that add fields to it.
-pub fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value> {
-    serde_json::to_value(value).map_err(|e| {
+    serde_json::to_string(value).map_err(|e| {
         Error::new(
             crate::error::Kind::Io,
             format!("cannot encode the result: {e}"),

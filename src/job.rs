@@ -1,0 +1,228 @@
+//! The jobs the SQL functions run, one each, from a resolved request (`request.rs`) to a
+//! typed result. A backup job is: ping `/start`, open the store and refuse a destination
+//! that would overwrite a live database, the pipeline (`backup.rs`: snapshot → codec →
+//! store), `keep` on its series, ping the result. Its error policy: options (a bad `keep`
+//! policy among them) fail before any work; a failed ping never fails a good backup; a
+//! pruning failure after a stored backup is an error that says the backup was stored.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::backup::{self, Report};
+use crate::error::Result;
+use crate::ffi::Connection;
+use crate::live::{self, Protected};
+use crate::naming;
+use crate::notify::{Notifier, Ping};
+use crate::prune::{self, Class};
+use crate::request::{self, Destination, Plan, RestoreInto};
+use crate::restore;
+use crate::store::file::{parent_dir, FileStore};
+use crate::store::s3::S3Store;
+use crate::store::{open_backup, open_location, Entry, Store};
+use crate::verify;
+
+/// What a backup job returns: the pipeline's report, with what `keep` pruned and the pings.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    #[serde(flatten)]
+    pub report: Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<prune::Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Pings>,
+}
+
+/// The pings sent around one backup.
+#[derive(Debug, Serialize)]
+pub struct Pings {
+    pub start: Option<Ping>,
+    pub result: Ping,
+}
+
+/// backup_to_file and backup_to_s3: the backup between its monitoring pings (when `notify`
+/// is set). The backup's own error is returned unchanged after the failure ping.
+pub fn backup(conn: &Connection, job: request::Backup) -> Result<Outcome> {
+    let Some(notify) = job.notify else {
+        return stored(conn, job.plan?);
+    };
+    let notifier = if notify.confined {
+        Notifier::confined(&notify.url, notify.style, notify.timeout)?
+    } else {
+        Notifier::new(&notify.url, notify.style, notify.timeout)?
+    };
+    let started = notifier.start();
+    match job.plan.and_then(|plan| stored(conn, plan)) {
+        Ok(mut outcome) => {
+            let report = &outcome.report;
+            let message = if report.skipped {
+                format!(
+                    "unchanged since {}: skipped",
+                    report.same_as.as_deref().unwrap_or("the last backup")
+                )
+            } else {
+                format!(
+                    "stored {} ({} bytes, {} stored) in {} ms",
+                    report.destination, report.bytes, report.stored_bytes, report.elapsed_ms
+                )
+            };
+            let result = notifier.success(&message);
+            outcome.notify = Some(Pings {
+                start: started,
+                result,
+            });
+            Ok(outcome)
+        }
+        Err(e) => {
+            notifier.failure(&e.message);
+            Err(e)
+        }
+    }
+}
+
+/// Opens the destination's store, then the backup and `keep`.
+fn stored(conn: &Connection, plan: Plan) -> Result<Outcome> {
+    let req = &plan.backup;
+    match &plan.destination {
+        Destination::File { path, name } => {
+            let store = FileStore::open(parent_dir(path))?;
+            // Fails early, before the snapshot, when the schema does not exist.
+            conn.filename(&req.schema)?;
+            let live = protected(conn)?.with_source(&req.schema);
+            live::refuse_live_file(&live, path)?;
+            live::refuse_in_use(path)?;
+            backup_and_keep(conn, &store, name, &plan)
+        }
+        Destination::S3 {
+            bucket,
+            prefix,
+            name,
+            s3,
+        } => {
+            let store = S3Store::open(bucket, prefix, s3)?;
+            backup_and_keep(conn, &store, name, &plan)
+        }
+    }
+}
+
+/// The backup, then `keep` applied to its series.
+fn backup_and_keep(
+    conn: &Connection,
+    store: &dyn Store,
+    name: &str,
+    plan: &Plan,
+) -> Result<Outcome> {
+    let req = &plan.backup;
+    let report = backup::run(conn, store, name, req)?;
+    let pruned = match &plan.keep {
+        None => None,
+        Some(policy) => {
+            let request = prune::Request {
+                policy: policy.clone(),
+                series: Some(req.series.clone()),
+                dry_run: false,
+                now: req.time,
+                utc: plan.utc,
+                protected: protected(conn)?,
+            };
+            let pruned = prune::run(store, &request).map_err(|e| {
+                e.context(format!(
+                    "the backup was stored at {}, but pruning failed",
+                    report.destination
+                ))
+            })?;
+            Some(pruned)
+        }
+    };
+    Ok(Outcome {
+        report,
+        pruned,
+        notify: None,
+    })
+}
+
+/// verify_backup: download, decompress, check; on the caller's connection, which may hold
+/// the collations and functions the schema needs.
+pub fn verify(conn: &Connection, req: &request::Verify) -> Result<verify::Report> {
+    let (store, name) = open_backup(&req.location, &req.s3)?;
+    let checked =
+        verify::fetch_checked(store.as_ref(), &name, &req.temp_dir, req.quick, Some(conn))?;
+    Ok(checked.report)
+}
+
+/// restore_backup: into a file (never over one of this connection's databases or a live
+/// database's journal) or into the connection itself.
+pub fn restore(conn: &Connection, req: &request::Restore) -> Result<restore::Report> {
+    let (store, name) = open_backup(&req.location, &req.s3)?;
+    match &req.into {
+        RestoreInto::File { path, overwrite } => {
+            live::refuse_live_file(&protected(conn)?, path)?;
+            restore::to_file(store.as_ref(), &name, path, *overwrite, req.quick, conn)
+        }
+        RestoreInto::Connection {
+            schema,
+            busy_timeout_ms,
+            temp_dir,
+        } => restore::into_connection(
+            conn,
+            schema,
+            store.as_ref(),
+            &name,
+            *busy_timeout_ms,
+            temp_dir,
+            req.quick,
+        ),
+    }
+}
+
+/// backup_list: the location's entries in the series, newest first, each classified
+/// (a backup, never deleted by retention, or unknown without reading it).
+pub fn list(conn: &Connection, req: &request::List) -> Result<Vec<(Entry, Class)>> {
+    let store = open_location(&req.location, &req.s3)?;
+    let listing = store.list()?;
+    let mut rows = naming::select(req.series.as_ref(), listing.clone());
+    // Newest first: the order a person looking for the latest backup wants.
+    rows.sort_by(|a, b| {
+        b.modified
+            .cmp(&a.modified)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let listed = listing.iter().map(|e| e.name.as_str()).collect();
+    let classes = prune::classify(store.as_ref(), &rows, &listed, &protected(conn)?);
+    Ok(rows.into_iter().zip(classes).collect())
+}
+
+/// backup_prune: the policy applied to the location.
+pub fn prune(conn: &Connection, req: &request::Prune) -> Result<prune::Report> {
+    let store = open_location(&req.location, &req.s3)?;
+    prune::run(
+        store.as_ref(),
+        &prune::Request {
+            policy: req.policy.clone(),
+            series: req.series.clone(),
+            dry_run: req.dry_run,
+            now: req.now,
+            utc: req.utc,
+            protected: protected(conn)?,
+        },
+    )
+}
+
+/// The calling connection's database files, every schema (`PRAGMA database_list`): a backup
+/// never lands on one and retention never deletes one.
+fn protected(conn: &Connection) -> Result<Protected> {
+    let rows = conn.query("PRAGMA database_list")?;
+    let files: Vec<(String, PathBuf)> = rows
+        .into_iter()
+        .filter_map(|row| {
+            let mut cols = row.into_iter().skip(1);
+            let schema = cols.next().flatten()?;
+            let file = cols.next().flatten().filter(|f| !f.is_empty())?;
+            Some((schema, PathBuf::from(file)))
+        })
+        .collect();
+    Ok(Protected::new(
+        files.iter().map(|(s, f)| (s.as_str(), f.as_path())),
+    ))
+}
