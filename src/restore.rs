@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Kind, Result};
 use crate::ffi::{Connection, OpenMode};
-use crate::store::file::{kind_of, parent_dir};
+use crate::store::file::kind_of;
 use crate::store::Store;
-use crate::temp::persist;
+use crate::temp::{parent_dir, persist};
 use crate::verify::{self, Report as VerifyReport};
 
 #[derive(Debug, Clone, Serialize)]

@@ -28,7 +28,6 @@ use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
 use crate::error::{Error, Kind, Result};
-use crate::store::file::{parent_dir, sync_dir};
 
 /// Every temp file we create starts with this, so listings skip it and a human knows whose it is.
 pub const PREFIX: &str = ".sqlite-backup-";
@@ -141,6 +140,21 @@ impl Write for NamedTemp {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+/// fsync a directory so a rename in it survives a power cut.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("cannot sync directory {}", dir.display()), e))
+}
+
+/// The directory holding `path` ("." for a bare file name, whose parent is "").
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 

@@ -20,9 +20,10 @@ use crate::notify::{Notifier, Style};
 use crate::prune;
 use crate::retention::Policy;
 use crate::snapshot::Method;
-use crate::store::file::{parent_dir, FileStore};
+use crate::store::file::FileStore;
 use crate::store::s3::S3Store;
 use crate::store::{Location, Store};
+use crate::temp::parent_dir;
 
 /// Options shared by backup_to_file and backup_to_s3.
 #[derive(Debug, Default, Deserialize)]

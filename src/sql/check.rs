@@ -10,8 +10,8 @@ use crate::allow;
 use crate::error::{Error, Result};
 use crate::live;
 use crate::restore;
-use crate::store::file::parent_dir;
 use crate::store::{open_backup, Location};
+use crate::temp::parent_dir;
 use crate::verify;
 
 #[derive(Debug, Default, Deserialize)]
