@@ -7,11 +7,9 @@
 //! processes write (WAL and rollback journal alike).
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
+use crate::dbfile::{database_header, page_size};
 use crate::error::{Error, Kind, Result};
 use crate::ffi::{self, Connection, OpenMode};
 use crate::temp::{self, NamedTemp};
@@ -300,46 +298,4 @@ fn read_header(path: &Path) -> Result<(u64, u32)> {
             "the snapshot is not a SQLite database",
         )),
     }
-}
-
-/// The first 100 bytes of `file` when they are a SQLite database header, else None.
-pub fn database_header(file: &mut File) -> std::io::Result<Option<[u8; 100]>> {
-    let mut header = [0u8; 100];
-    file.seek(SeekFrom::Start(0))?;
-    match file.read_exact(&mut header) {
-        Ok(()) => Ok((&header[..16] == SQLITE_MAGIC).then_some(header)),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
-
-pub fn page_size(header: &[u8]) -> u32 {
-    match u16::from_be_bytes([header[16], header[17]]) {
-        1 => 65536,
-        n => n as u32,
-    }
-}
-
-/// sha256 (hex) of everything `reader` yields; `what` names it in errors.
-pub fn sha256_reader(reader: &mut dyn Read, what: &str) -> Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        // if_changed hashes before compressing; on the hashing thread this is a no-op.
-        crate::interrupt::check()?;
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| Error::io(format!("cannot read {what}"), e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -411,7 +411,7 @@ fn host_tag() -> Option<String> {
         .chain_update([0u8])
         .chain_update(time.as_os_str().as_bytes())
         .finalize();
-    Some(digest.iter().take(4).map(|b| format!("{b:02x}")).collect())
+    Some(crate::dbfile::hex(digest.get(..4).unwrap_or_default()))
 }
 
 /// The owner recorded in `name` when it is exactly one of our temp names (or its
