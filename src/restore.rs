@@ -257,7 +257,7 @@ pub fn into_connection(
 /// The backup API cannot change the page size of a WAL database (SQLite then reports "attempt
 /// to write a readonly database"): say what is wrong and how to get past it.
 fn check_wal_page_size(conn: &Connection, schema: &str, backup_page_size: u32) -> Result<()> {
-    let quoted = crate::snapshot::quote_identifier(schema);
+    let quoted = crate::ffi::quote_identifier(schema);
     // A locked database cannot answer yet: the copy below waits for it (busy_timeout_ms).
     let Ok(mode) = conn.query_value(&format!("PRAGMA {quoted}.journal_mode")) else {
         return Ok(());

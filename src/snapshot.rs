@@ -12,6 +12,7 @@ use std::path::Path;
 use crate::dbfile::{database_header, page_size};
 use crate::error::{Error, Kind, Result};
 use crate::ffi::{self, Connection, OpenMode};
+use crate::integrity;
 use crate::temp::{self, NamedTemp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -100,7 +101,7 @@ pub fn take(
             let _ = without_busy_handler(conn, || {
                 conn.query(&format!(
                     "SELECT 1 FROM {}.sqlite_master LIMIT 1",
-                    quote_identifier(schema)
+                    ffi::quote_identifier(schema)
                 ))
             });
             // Our lock holder would be the caller itself: no point waiting for it.
@@ -148,7 +149,7 @@ pub fn take(
 /// function): the page copy from the caller's connection needs none of them. Returns the
 /// method to use instead and why, or the error when it cannot be replaced.
 fn pages_instead(e: Error, forced: bool, writing: bool, schema: &str) -> Result<(Method, String)> {
-    if !crate::integrity::is_missing_definition(&e.message) || e.kind == Kind::Busy {
+    if !integrity::is_missing_definition(&e.message) || e.kind == Kind::Busy {
         return Err(e);
     }
     if forced {
@@ -165,7 +166,7 @@ fn pages_instead(e: Error, forced: bool, writing: bool, schema: &str) -> Result<
     if writing {
         return Err(open_write_transaction(schema));
     }
-    let cause = crate::integrity::missing_definition(&e.message).unwrap_or_default();
+    let cause = integrity::missing_definition(&e.message).unwrap_or_default();
     Ok((
         Method::Pages,
         format!(
@@ -211,11 +212,6 @@ fn copy_pages(conn: &Connection, schema: &str, dest_path: &Path, busy_ms: u64) -
     dest.exec("PRAGMA journal_mode = DELETE")
 }
 
-/// `"name"` with embedded quotes doubled.
-pub fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
     // Read-only: the snapshot must never change the source, not even its journal mode.
     let reader = Connection::open_with_uris(source, OpenMode::ReadOnly)?;
@@ -241,8 +237,8 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
     // The snapshot is a temp file we hash and compress at once: no fsync needed (a crash just
     // means a new backup), and VACUUM INTO honours the connection's synchronous setting.
     let sql = format!(
-        "PRAGMA synchronous = OFF; VACUUM INTO '{}'",
-        target.replace('\'', "''")
+        "PRAGMA synchronous = OFF; VACUUM INTO {}",
+        ffi::quote_literal(&target)
     );
     let copied = reader.exec(&sql);
     // A VACUUM INTO that fails midway leaves the copy's rollback journal beside it.

@@ -110,6 +110,16 @@ macro_rules! routine {
 pub mod batched_vfs;
 pub mod interrupt;
 
+/// `"name"` with embedded quotes doubled: a schema or table name inside SQL text.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with embedded quotes doubled: a path or name as an SQL string literal.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 fn cstring(text: &str, what: &str) -> Result<CString> {
     CString::new(text).map_err(|_| Error::usage(format!("{what} contains a NUL character")))
 }
@@ -631,6 +641,12 @@ pub unsafe fn set_load_error(api: *mut sqlite3_api_routines, out: *mut *mut c_ch
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotes_are_doubled() {
+        assert_eq!(quote_identifier(r#"a"b"#), r#""a""b""#);
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
 
     #[test]
     fn version_numbers_read_as_sqlite_writes_them() {
