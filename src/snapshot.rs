@@ -246,7 +246,7 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
     journal.push("-journal");
     let _ = std::fs::remove_file(journal);
     copied.map_err(|e| {
-        if ffi::is_busy_message(&e.message) {
+        if e.kind == Kind::Busy {
             ffi::busy_error(busy_ms)
         } else {
             e.context(format!("VACUUM INTO from {} failed", source.display()))
