@@ -225,12 +225,7 @@ fn newest_with_same_content(
     family: &crate::naming::Series,
     sha256: &str,
 ) -> Result<Option<String>> {
-    let newest = family.select(store.list()?).into_iter().max_by(|a, b| {
-        a.modified
-            .cmp(&b.modified)
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    let Some(newest) = newest else {
+    let Some(newest) = crate::retention::newest(family.select(store.list()?)) else {
         return Ok(None);
     };
     let stored_sha = match newest.sha256.clone() {

@@ -198,12 +198,8 @@ impl ListCursor {
         let store = open_location(&location, &s3)?;
         let listing = store.list()?;
         let mut rows = crate::retention::select(listing.clone(), opts.match_glob.as_deref())?;
-        // Newest first: the order a person looking for the latest backup wants.
-        rows.sort_by(|a, b| {
-            b.modified
-                .cmp(&a.modified)
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        // Newest first: the order a person looking for the latest backup wants, and prune's.
+        rows.sort_by(crate::retention::newest_first);
         // SAFETY: the connection this table was created on, live while its cursors are.
         let conn = unsafe { Connection::borrowed(self.db) };
         let listed = listing.iter().map(|e| e.name.as_str()).collect();
