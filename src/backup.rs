@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::codec::{self, Codec};
+use crate::dbfile;
 use crate::error::{Error, Kind, Result};
 use crate::ffi::Connection;
 use crate::snapshot::{self, Method};
@@ -120,7 +121,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
     if req.if_changed {
         crate::progress::phase("hashing", None);
         let step = Instant::now();
-        let hex = snapshot::sha256_reader(&mut reopen()?, "the snapshot")?;
+        let hex = dbfile::sha256_reader(&mut reopen()?, "the snapshot")?;
         timings.hash = ms_since(step);
         if let Some(same) = newest_with_same_content(store, &req.series, &hex)? {
             report.sha256 = hex;
@@ -158,7 +159,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
                 let started = Instant::now();
                 // Whatever happens, the cell gets a value: an upload may be waiting on it.
                 let hashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    snapshot::sha256_reader(&mut hash_file, "the snapshot")
+                    dbfile::sha256_reader(&mut hash_file, "the snapshot")
                 }))
                 .unwrap_or_else(|_| Err(Error::new(Kind::Io, "hashing the snapshot failed")));
                 cell.set(hashed);
@@ -224,12 +225,7 @@ fn newest_with_same_content(
     series: &crate::naming::Series,
     sha256: &str,
 ) -> Result<Option<String>> {
-    let newest = series.select(store.list()?).into_iter().max_by(|a, b| {
-        a.modified
-            .cmp(&b.modified)
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    let Some(newest) = newest else {
+    let Some(newest) = crate::retention::newest(series.select(store.list()?)) else {
         return Ok(None);
     };
     let stored_sha = match newest.sha256.clone() {
@@ -246,7 +242,7 @@ fn newest_with_same_content(
 /// sha256 of a stored backup's decompressed content.
 pub fn content_sha256(store: &dyn Store, name: &str) -> Result<String> {
     let (_, mut reader) = codec::decoder(store.get(name)?)?;
-    snapshot::sha256_reader(&mut reader, &store.url(name))
+    dbfile::sha256_reader(&mut reader, &store.url(name))
 }
 
 /// A reader that fails once `stop` is set.

@@ -317,7 +317,7 @@ pub fn holds_sqlite(input: &mut dyn Read) -> bool {
         },
         Codec::None => limited.read_exact(&mut magic),
     };
-    read.is_ok() && &magic == crate::snapshot::SQLITE_MAGIC
+    read.is_ok() && &magic == crate::dbfile::SQLITE_MAGIC
 }
 
 /// Every gzip member of a stream, then only zero bytes to the end (padding that tape and some
@@ -471,7 +471,7 @@ mod tests {
 
     #[test]
     fn sniffs_sqlite_in_every_codec_and_nothing_else() {
-        let mut db = crate::snapshot::SQLITE_MAGIC.to_vec();
+        let mut db = crate::dbfile::SQLITE_MAGIC.to_vec();
         db.extend(sample(300_000));
         let packed = |codec: Codec, data: &[u8]| {
             let mut out = Vec::new();
@@ -491,7 +491,7 @@ mod tests {
             assert!(!holds_sqlite(&mut &other[..]), "{codec:?} of other bytes");
         }
         // zstd at its highest level: one 128 KiB block before any output.
-        let mut noisy = crate::snapshot::SQLITE_MAGIC.to_vec();
+        let mut noisy = crate::dbfile::SQLITE_MAGIC.to_vec();
         noisy.extend((0..400_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
         let high = zstd::bulk::compress(&noisy, 19).unwrap();
         assert!(holds_sqlite(&mut &high[..]));

@@ -14,7 +14,8 @@ pub enum Kind {
     Io,
     /// SQLite refused something (open failure, SQL error).
     Sqlite,
-    /// The database stayed locked past the caller's busy timeout.
+    /// The database stayed locked past the caller's busy timeout (SQLITE_BUSY, SQLITE_LOCKED:
+    /// told by result code, never by message text).
     Busy,
     /// The backup exists but is not a good database (bad archive, integrity errors).
     Corrupt,

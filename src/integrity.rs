@@ -14,8 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Kind, Result};
-use crate::ffi::{Connection, OpenMode};
-use crate::snapshot::quote_identifier;
+use crate::ffi::{quote_identifier, quote_literal, Connection, OpenMode};
 
 /// How many integrity errors to list in a failure message.
 const ERRORS_SHOWN: usize = 5;
@@ -116,8 +115,8 @@ impl<'c> Attached<'c> {
             .ok_or_else(|| Error::usage("the temp directory's path is not UTF-8"))?;
         let schema = format!("sqlite_backup_check_{:016x}", fastrand::u64(..));
         conn.exec(&format!(
-            "ATTACH '{}' AS {}",
-            path.replace('\'', "''"),
+            "ATTACH {} AS {}",
+            quote_literal(path),
             quote_identifier(&schema)
         ))?;
         Ok(Attached {
@@ -205,7 +204,7 @@ fn table_by_table(
         .into_iter()
         .filter_map(|r| r.into_iter().next().flatten())
     {
-        let table = format!("'{}'", name.replace('\'', "''"));
+        let table = quote_literal(&name);
         let pragmas: &[&str] = if quick {
             &["quick_check"]
         } else {

@@ -18,9 +18,10 @@ use crate::notify::{Notifier, Ping};
 use crate::prune::{self, Class};
 use crate::request::{self, Destination, Plan, RestoreInto};
 use crate::restore;
-use crate::store::file::{parent_dir, FileStore};
+use crate::store::file::FileStore;
 use crate::store::s3::S3Store;
 use crate::store::{open_backup, open_location, Entry, Store};
+use crate::temp::parent_dir;
 use crate::verify;
 
 /// What a backup job returns: the pipeline's report, with what `keep` pruned and the pings.
@@ -182,12 +183,8 @@ pub fn list(conn: &Connection, req: &request::List) -> Result<Vec<(Entry, Class)
     let store = open_location(&req.location, &req.s3)?;
     let listing = store.list()?;
     let mut rows = naming::select(req.series.as_ref(), listing.clone());
-    // Newest first: the order a person looking for the latest backup wants.
-    rows.sort_by(|a, b| {
-        b.modified
-            .cmp(&a.modified)
-            .then_with(|| a.name.cmp(&b.name))
-    });
+    // Newest first: the order a person looking for the latest backup wants, and prune's.
+    rows.sort_by(crate::retention::newest_first);
     let listed = listing.iter().map(|e| e.name.as_str()).collect();
     let classes = prune::classify(store.as_ref(), &rows, &listed, &protected(conn)?);
     Ok(rows.into_iter().zip(classes).collect())

@@ -7,9 +7,9 @@
 mod allow;
 pub mod backup;
 pub mod codec;
+mod dbfile;
 pub mod error;
 pub mod ffi;
-mod header;
 pub mod integrity;
 pub mod interrupt;
 mod job;

@@ -39,11 +39,8 @@ pub fn canonical(path: &Path) -> Option<PathBuf> {
         return Some(p);
     }
     let name = path.file_name()?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    Some(dir.canonicalize().ok()?.join(name))
+    let dir = crate::temp::parent_dir(path).canonicalize().ok()?;
+    Some(dir.join(name))
 }
 
 /// The database files of one connection and their side files, canonical, each with what it is

@@ -221,7 +221,7 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
         for day in 1..=10u32 {
             let p = dir.path().join(format!("db-{day:02}.gz"));
-            fs::write(&p, crate::snapshot::SQLITE_MAGIC).unwrap();
+            fs::write(&p, crate::dbfile::SQLITE_MAGIC).unwrap();
             let t = now - chrono::Duration::days(i64::from(day));
             fs::File::options()
                 .write(true)
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn a_policy_that_keeps_nothing_deletes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("db-1.gz"), crate::snapshot::SQLITE_MAGIC).unwrap();
+        fs::write(dir.path().join("db-1.gz"), crate::dbfile::SQLITE_MAGIC).unwrap();
         let store = FileStore::open(dir.path()).unwrap();
         let req = Request {
             policy: Policy::default(),
@@ -326,7 +326,7 @@ mod tests {
     #[test]
     fn remote_entries_without_metadata_are_read_only_when_they_would_be_deleted() {
         let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
-        let sqlite = crate::snapshot::SQLITE_MAGIC.to_vec();
+        let sqlite = crate::dbfile::SQLITE_MAGIC.to_vec();
         let object = |name: &str, days: i64, ours: bool, body: &[u8]| {
             let entry = Entry {
                 name: name.into(),

@@ -18,9 +18,9 @@ use crate::naming::{self, Series};
 use crate::notify::Style;
 use crate::retention::Policy;
 use crate::snapshot::Method;
-use crate::store::file::parent_dir;
 use crate::store::s3::S3Options;
 use crate::store::Location;
+use crate::temp::parent_dir;
 
 /// The schema backed up or restored into.
 pub const DEFAULT_SCHEMA: &str = "main";

@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Kind, Result};
 use crate::ffi::{Connection, OpenMode};
-use crate::store::file::{kind_of, parent_dir};
+use crate::store::file::kind_of;
 use crate::store::Store;
-use crate::temp::persist;
+use crate::temp::{parent_dir, persist};
 use crate::verify::{self, Report as VerifyReport};
 
 #[derive(Debug, Clone, Serialize)]
@@ -257,7 +257,7 @@ pub fn into_connection(
 /// The backup API cannot change the page size of a WAL database (SQLite then reports "attempt
 /// to write a readonly database"): say what is wrong and how to get past it.
 fn check_wal_page_size(conn: &Connection, schema: &str, backup_page_size: u32) -> Result<()> {
-    let quoted = crate::snapshot::quote_identifier(schema);
+    let quoted = crate::ffi::quote_identifier(schema);
     // A locked database cannot answer yet: the copy below waits for it (busy_timeout_ms).
     let Ok(mode) = conn.query_value(&format!("PRAGMA {quoted}.journal_mode")) else {
         return Ok(());

@@ -39,6 +39,8 @@
 //! and week), `"monthly 2026-11"`, `"yearly 2026"`, `"within <duration as given>"`, or only
 //! `"future"`. Bucket labels are in the zone the buckets were computed in.
 
+use std::cmp::Ordering;
+
 use chrono::{
     DateTime, Datelike, FixedOffset, Local, Months, NaiveDateTime, Offset, Timelike, Utc,
 };
@@ -224,6 +226,20 @@ pub fn plan(entries: Vec<Entry>, policy: &Policy, now: DateTime<Utc>, utc: bool)
     }
 }
 
+/// The one "newest first" order of backups (module doc): time descending, equal times by name
+/// descending. `backup_list`, pruning and `if_changed` all use it, so they agree on which
+/// backup is the newest.
+pub fn newest_first(a: &Entry, b: &Entry) -> Ordering {
+    b.modified
+        .cmp(&a.modified)
+        .then_with(|| b.name.cmp(&a.name))
+}
+
+/// The first of `entries` in [`newest_first`] order.
+pub fn newest(entries: impl IntoIterator<Item = Entry>) -> Option<Entry> {
+    entries.into_iter().min_by(newest_first)
+}
+
 /// [`plan`] with the zone given as "offset in force at this instant", so tests (and callers
 /// with a zone of their own) do not depend on the machine's time zone.
 pub fn plan_with_offsets(
@@ -233,11 +249,7 @@ pub fn plan_with_offsets(
     offset_at: impl Fn(DateTime<Utc>) -> FixedOffset,
 ) -> Result<Plan> {
     let within = policy.within()?;
-    entries.sort_by(|a, b| {
-        b.modified
-            .cmp(&a.modified)
-            .then_with(|| b.name.cmp(&a.name))
-    });
+    entries.sort_by(newest_first);
 
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); entries.len()];
     // Future entries are kept regardless and take no part in the rules.
@@ -555,6 +567,33 @@ mod tests {
             ["2026-01-03T00:00", "2026-01-02T00:00", "2026-01-01T00:00"]
         );
         assert_eq!(reasons_of(&p, "2026-01-05T00:00"), ["last"]);
+    }
+
+    /// backup_list's order, prune's `keep_last` and `if_changed`'s newest backup are one order:
+    /// equal times (same-second backups, an mtime copied by `cp -p`) included.
+    #[test]
+    fn listing_pruning_and_if_changed_agree_on_the_newest() {
+        let t = at(2026, 1, 1, 0, 0);
+        let names = ["db-b.gz", "db-c.gz", "db-a.gz", "db-0.gz"];
+        let mut list: Vec<Entry> = names.iter().map(|n| entry(n, t)).collect();
+        list.push(entry("db-z.gz", at(2025, 12, 31, 0, 0)));
+        let mut listed = list.clone();
+        listed.sort_by(newest_first);
+        let listed: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            listed,
+            ["db-c.gz", "db-b.gz", "db-a.gz", "db-0.gz", "db-z.gz"]
+        );
+        assert_eq!(newest(list.clone()).unwrap().name, listed[0]);
+        for keep in 1..=list.len() {
+            let policy = Policy {
+                keep_last: Some(keep as u32),
+                ..Policy::default()
+            };
+            let p = utc_plan(list.clone(), &policy, at(2026, 2, 1, 0, 0));
+            assert_eq!(kept_names(&p), listed[..keep], "keep_last {keep}");
+            assert_eq!(deleted_names(&p), listed[keep..], "keep_last {keep}");
+        }
     }
 
     #[test]

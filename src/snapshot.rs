@@ -7,13 +7,12 @@
 //! processes write (WAL and rollback journal alike).
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
+use crate::dbfile::{database_header, page_size};
 use crate::error::{Error, Kind, Result};
 use crate::ffi::{self, Connection, OpenMode};
+use crate::integrity;
 use crate::temp::{self, NamedTemp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -102,7 +101,7 @@ pub fn take(
             let _ = without_busy_handler(conn, || {
                 conn.query(&format!(
                     "SELECT 1 FROM {}.sqlite_master LIMIT 1",
-                    quote_identifier(schema)
+                    ffi::quote_identifier(schema)
                 ))
             });
             // Our lock holder would be the caller itself: no point waiting for it.
@@ -150,7 +149,7 @@ pub fn take(
 /// function): the page copy from the caller's connection needs none of them. Returns the
 /// method to use instead and why, or the error when it cannot be replaced.
 fn pages_instead(e: Error, forced: bool, writing: bool, schema: &str) -> Result<(Method, String)> {
-    if !crate::integrity::is_missing_definition(&e.message) || e.kind == Kind::Busy {
+    if !integrity::is_missing_definition(&e.message) || e.kind == Kind::Busy {
         return Err(e);
     }
     if forced {
@@ -167,7 +166,7 @@ fn pages_instead(e: Error, forced: bool, writing: bool, schema: &str) -> Result<
     if writing {
         return Err(open_write_transaction(schema));
     }
-    let cause = crate::integrity::missing_definition(&e.message).unwrap_or_default();
+    let cause = integrity::missing_definition(&e.message).unwrap_or_default();
     Ok((
         Method::Pages,
         format!(
@@ -213,11 +212,6 @@ fn copy_pages(conn: &Connection, schema: &str, dest_path: &Path, busy_ms: u64) -
     dest.exec("PRAGMA journal_mode = DELETE")
 }
 
-/// `"name"` with embedded quotes doubled.
-pub fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
     // Read-only: the snapshot must never change the source, not even its journal mode.
     let reader = Connection::open_with_uris(source, OpenMode::ReadOnly)?;
@@ -243,8 +237,8 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
     // The snapshot is a temp file we hash and compress at once: no fsync needed (a crash just
     // means a new backup), and VACUUM INTO honours the connection's synchronous setting.
     let sql = format!(
-        "PRAGMA synchronous = OFF; VACUUM INTO '{}'",
-        target.replace('\'', "''")
+        "PRAGMA synchronous = OFF; VACUUM INTO {}",
+        ffi::quote_literal(&target)
     );
     let copied = reader.exec(&sql);
     // A VACUUM INTO that fails midway leaves the copy's rollback journal beside it.
@@ -252,7 +246,7 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
     journal.push("-journal");
     let _ = std::fs::remove_file(journal);
     copied.map_err(|e| {
-        if ffi::is_busy_message(&e.message) {
+        if e.kind == Kind::Busy {
             ffi::busy_error(busy_ms)
         } else {
             e.context(format!("VACUUM INTO from {} failed", source.display()))
@@ -300,46 +294,4 @@ fn read_header(path: &Path) -> Result<(u64, u32)> {
             "the snapshot is not a SQLite database",
         )),
     }
-}
-
-/// The first 100 bytes of `file` when they are a SQLite database header, else None.
-pub fn database_header(file: &mut File) -> std::io::Result<Option<[u8; 100]>> {
-    let mut header = [0u8; 100];
-    file.seek(SeekFrom::Start(0))?;
-    match file.read_exact(&mut header) {
-        Ok(()) => Ok((&header[..16] == SQLITE_MAGIC).then_some(header)),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
-
-pub fn page_size(header: &[u8]) -> u32 {
-    match u16::from_be_bytes([header[16], header[17]]) {
-        1 => 65536,
-        n => n as u32,
-    }
-}
-
-/// sha256 (hex) of everything `reader` yields; `what` names it in errors.
-pub fn sha256_reader(reader: &mut dyn Read, what: &str) -> Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        // if_changed hashes before compressing; on the hashing thread this is a no-op.
-        crate::interrupt::check()?;
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| Error::io(format!("cannot read {what}"), e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -28,7 +28,6 @@ use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
 use crate::error::{Error, Kind, Result};
-use crate::store::file::{parent_dir, sync_dir};
 
 /// Every temp file we create starts with this, so listings skip it and a human knows whose it is.
 pub const PREFIX: &str = ".sqlite-backup-";
@@ -141,6 +140,21 @@ impl Write for NamedTemp {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+/// fsync a directory so a rename in it survives a power cut.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("cannot sync directory {}", dir.display()), e))
+}
+
+/// The directory holding `path` ("." for a bare file name, whose parent is "").
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 
@@ -397,7 +411,7 @@ fn host_tag() -> Option<String> {
         .chain_update([0u8])
         .chain_update(time.as_os_str().as_bytes())
         .finalize();
-    Some(digest.iter().take(4).map(|b| format!("{b:02x}")).collect())
+    Some(crate::dbfile::hex(digest.get(..4).unwrap_or_default()))
 }
 
 /// The owner recorded in `name` when it is exactly one of our temp names (or its

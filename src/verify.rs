@@ -9,11 +9,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::codec::{self, Codec};
+use crate::dbfile;
 use crate::error::{Error, Kind, Result};
 use crate::ffi::Connection;
-use crate::header;
 use crate::integrity;
-use crate::snapshot;
 use crate::store::Store;
 use crate::temp::{self, NamedTemp};
 
@@ -73,7 +72,7 @@ pub fn fetch_checked(
     let mut buf = vec![0u8; 1 << 20];
     // The header first: a foreign file or a bomb of zeros stops here, before any real write.
     let head = read_head(&mut reader).map_err(|e| read_error(&url, codec, e))?;
-    let header = header::parse(&head).map_err(|p| not_a_database(&url, codec, p))?;
+    let header = dbfile::parse(&head).map_err(|p| not_a_database(&url, codec, p))?;
     let limit = header.limit(entry.size);
     hasher.update(&head);
     file.write_all(&head)
@@ -101,7 +100,7 @@ pub fn fetch_checked(
     }
     drop(reader);
     let stored_bytes = counted.count;
-    let sha256 = snapshot::hex(&hasher.finalize());
+    let sha256 = dbfile::hex(&hasher.finalize());
     file.as_file()
         .sync_all()
         .map_err(|e| Error::io("cannot sync the temp file", e))?;
@@ -161,10 +160,10 @@ fn read_error(url: &str, codec: Codec, e: io::Error) -> Error {
     }
 }
 
-/// Up to the first [`header::LEN`] bytes (fewer only at the end of the stream).
+/// Up to the first [`dbfile::LEN`] bytes (fewer only at the end of the stream).
 fn read_head(reader: &mut dyn Read) -> io::Result<Vec<u8>> {
-    let mut head = Vec::with_capacity(header::LEN);
-    reader.take(header::LEN as u64).read_to_end(&mut head)?;
+    let mut head = Vec::with_capacity(dbfile::LEN);
+    reader.take(dbfile::LEN as u64).read_to_end(&mut head)?;
     Ok(head)
 }
 
@@ -184,24 +183,24 @@ fn decompressed(codec: Codec) -> String {
     }
 }
 
-fn not_a_database(url: &str, codec: Codec, problem: header::Problem) -> Error {
+fn not_a_database(url: &str, codec: Codec, problem: dbfile::Problem) -> Error {
     let how = after(codec);
     Error::corrupt(match problem {
-        header::Problem::NotSqlite => format!("{url} is not a SQLite database{how}"),
-        header::Problem::Empty => format!("{url} is not a SQLite database{how}: it is empty"),
-        header::Problem::Short(n) => format!(
+        dbfile::Problem::NotSqlite => format!("{url} is not a SQLite database{how}"),
+        dbfile::Problem::Empty => format!("{url} is not a SQLite database{how}: it is empty"),
+        dbfile::Problem::Short(n) => format!(
             "{url} is not a SQLite database{how}: {n} bytes, shorter than a database header \
              ({} bytes)",
-            header::LEN
+            dbfile::LEN
         ),
-        header::Problem::PageSize(size) => format!(
+        dbfile::Problem::PageSize(size) => format!(
             "{url} is not a SQLite database{how}: its header gives an invalid page size ({size})"
         ),
     })
 }
 
 /// The stream went on past what the header allows: nothing past `limit` was written.
-fn too_long(url: &str, codec: Codec, header: &header::Header, limit: u64) -> Error {
+fn too_long(url: &str, codec: Codec, header: &dbfile::Header, limit: u64) -> Error {
     let via = decompressed(codec);
     Error::corrupt(match header.declared {
         Some(declared) => format!(
@@ -217,8 +216,8 @@ fn too_long(url: &str, codec: Codec, header: &header::Header, limit: u64) -> Err
             "{url} is over {limit} bytes{via} (the bound when the header does not record the \
              database's size: {} times the stored size, at least {} MiB): refused as a \
              decompression bomb",
-            header::MAX_RATIO,
-            header::MIN_UNDECLARED >> 20
+            dbfile::MAX_RATIO,
+            dbfile::MIN_UNDECLARED >> 20
         ),
     })
 }

@@ -408,8 +408,9 @@ fn directory_list_shows_the_series_newest_first() {
     }
 
     let rows = list_rows(&conn, loc, None);
-    // Hidden files and directories are not listed; the plain bystanders are (no match).
-    let mut want: Vec<String> = vec!["notes.txt".into(), "other-20261123-1159.gz".into()];
+    // Hidden files and directories are not listed; the plain bystanders are (no match), equal
+    // times by name descending as retention orders them.
+    let mut want: Vec<String> = vec!["other-20261123-1159.gz".into(), "notes.txt".into()];
     want.extend((1..=20).map(series_name));
     assert_eq!(
         rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
@@ -573,10 +574,10 @@ fn s3_list_columns_and_prune_each_rule_exactly() {
     // Listing: newest first, sha256 and size as the backup reported them, modified = the
     // injected time (x-amz-meta-backup-time), not the upload's LastModified (today).
     let rows = list_rows(&conn, "s3://bkt/series", Some(&s3));
-    // Equal times: name order.
+    // Equal times: name descending, as retention orders them.
     let mut want = vec![
-        "notes.txt".to_string(),
         "other-20261123-1159.gz".to_string(),
+        "notes.txt".to_string(),
     ];
     want.extend((1..=20).map(series_name));
     assert_eq!(

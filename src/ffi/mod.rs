@@ -110,6 +110,16 @@ macro_rules! routine {
 pub mod batched_vfs;
 pub mod interrupt;
 
+/// `"name"` with embedded quotes doubled: a schema or table name inside SQL text.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with embedded quotes doubled: a path or name as an SQL string literal.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 fn cstring(text: &str, what: &str) -> Result<CString> {
     CString::new(text).map_err(|_| Error::usage(format!("{what} contains a NUL character")))
 }
@@ -582,16 +592,14 @@ pub fn busy_error(busy_ms: u64) -> Error {
     )
 }
 
+/// The kind of a failed call's result code (primary or extended), never its message: a
+/// message may quote a name or path that reads like "database is locked".
 fn sqlite_kind(rc: c_int) -> Kind {
     match rc & 0xff {
+        SQLITE_BUSY | SQLITE_LOCKED => Kind::Busy,
         11 | 26 => Kind::Corrupt, // SQLITE_CORRUPT, SQLITE_NOTADB
         _ => Kind::Sqlite,
     }
-}
-
-/// True when an error from this module came from a locked database.
-pub fn is_busy_message(message: &str) -> bool {
-    message.contains("database is locked") || message.contains("database table is locked")
 }
 
 impl Drop for Connection {
@@ -631,6 +639,23 @@ pub unsafe fn set_load_error(api: *mut sqlite3_api_routines, out: *mut *mut c_ch
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_is_decided_by_the_result_code() {
+        // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_BUSY_SNAPSHOT, SQLITE_LOCKED_SHAREDCACHE.
+        for rc in [5, 6, 517, 262] {
+            assert_eq!(sqlite_kind(rc), Kind::Busy, "{rc}");
+        }
+        assert_eq!(sqlite_kind(1), Kind::Sqlite);
+        assert_eq!(sqlite_kind(11), Kind::Corrupt);
+        assert_eq!(sqlite_kind(26), Kind::Corrupt);
+    }
+
+    #[test]
+    fn quotes_are_doubled() {
+        assert_eq!(quote_identifier(r#"a"b"#), r#""a""b""#);
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
 
     #[test]
     fn version_numbers_read_as_sqlite_writes_them() {

@@ -96,21 +96,6 @@ pub fn kind_of(meta: &fs::Metadata) -> &'static str {
     }
 }
 
-/// fsync a directory so a rename in it survives a power cut.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("cannot sync directory {}", dir.display()), e))
-}
-
-/// The directory holding `path` ("." for a bare file name, whose parent is "").
-pub fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 struct FileUpload {
     temp: Staged,
     dest: PathBuf,

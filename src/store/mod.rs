@@ -206,7 +206,7 @@ pub fn open_backup(location: &str, s3: &s3::S3Options) -> Result<(Box<dyn Store>
                 .ok_or_else(|| Error::usage(format!("'{location}' names no file")))?
                 .to_string();
             Ok((
-                Box::new(file::FileStore::open(file::parent_dir(&path))?),
+                Box::new(file::FileStore::open(crate::temp::parent_dir(&path))?),
                 name,
             ))
         }

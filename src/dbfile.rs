@@ -1,9 +1,20 @@
-//! The SQLite database header (<https://www.sqlite.org/fileformat2.html#the_database_header>):
-//! what a decompressed backup must start with, and how long it may be. Verify checks the
-//! first 100 bytes as they stream in and stops at the size they declare, so a decompression
-//! bomb or a foreign file costs 100 bytes of disk, not gigabytes.
+//! Facts about SQLite database files, for everything that makes, checks or recognises one:
+//! the database header (<https://www.sqlite.org/fileformat2.html#the_database_header>) and
+//! the sha256 that names a backup's content.
+//!
+//! The header is what a decompressed backup must start with, and says how long it may be.
+//! Verify checks the first 100 bytes as they stream in and stops at the size they declare, so a
+//! decompression bomb or a foreign file costs 100 bytes of disk, not gigabytes.
 
-use crate::snapshot::{page_size, SQLITE_MAGIC};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+
+/// What every SQLite database file starts with.
+pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
 /// Bytes in the header; a database is never shorter.
 pub const LEN: usize = 100;
@@ -77,6 +88,52 @@ impl Header {
     }
 }
 
+/// The page size a header records (bytes 16-17; the value 1 means 65536), 0 when `header`
+/// is too short to hold it.
+pub fn page_size(header: &[u8]) -> u32 {
+    match header.get(16..18) {
+        Some(&[hi, lo]) => match u16::from_be_bytes([hi, lo]) {
+            1 => 65536,
+            n => u32::from(n),
+        },
+        _ => 0,
+    }
+}
+
+/// The first [`LEN`] bytes of `file` when they are a SQLite database header, else None.
+pub fn database_header(file: &mut File) -> io::Result<Option<[u8; LEN]>> {
+    let mut header = [0u8; LEN];
+    file.seek(SeekFrom::Start(0))?;
+    match file.read_exact(&mut header) {
+        Ok(()) => Ok(header.starts_with(SQLITE_MAGIC).then_some(header)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// sha256 (hex) of everything `reader` yields; `what` names it in errors.
+pub fn sha256_reader(reader: &mut dyn Read, what: &str) -> crate::error::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        // if_changed hashes before compressing; on the hashing thread this is a no-op.
+        crate::interrupt::check()?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("cannot read {what}"), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(buf.get(..n).unwrap_or_default());
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Lower-case hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +182,39 @@ mod tests {
         }
         assert!(parse(&header(512, 1, 1, 1)).is_ok());
         assert!(parse(&header(32768, 1, 1, 1)).is_ok());
+    }
+
+    #[test]
+    fn page_size_of_short_input_is_zero_not_a_panic() {
+        assert_eq!(page_size(&[]), 0);
+        assert_eq!(page_size(&header(4096, 1, 1, 1)[..17]), 0);
+        assert_eq!(page_size(&header(1, 1, 1, 1)), 65536);
+    }
+
+    #[test]
+    fn database_header_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        for (bytes, is_db) in [
+            (header(4096, 1, 1, 1), true),
+            (header(4096, 1, 1, 1)[..99].to_vec(), false),
+            (vec![0u8; 4096], false),
+            (Vec::new(), false),
+        ] {
+            std::fs::write(&path, &bytes).unwrap();
+            let mut file = File::open(&path).unwrap();
+            let found = database_header(&mut file).unwrap();
+            assert_eq!(found.is_some(), is_db, "{} bytes", bytes.len());
+        }
+    }
+
+    #[test]
+    fn sha256_of_a_reader() {
+        let mut empty: &[u8] = b"";
+        assert_eq!(
+            sha256_reader(&mut empty, "x").unwrap(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
     }
 }
