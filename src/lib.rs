@@ -1,32 +1,33 @@
 //! sqlite-backup: a SQLite loadable extension that makes, checks and restores compressed backups.
 //!
 //! `sql` is the only layer that talks to SQLite's function API; `ffi` holds every other raw
-//! SQLite call behind safe wrappers; everything else is plain Rust. The core modules are public
-//! so integration tests can drive them directly; they are not a stable Rust API.
+//! SQLite call behind safe wrappers; everything else is plain Rust. Only `store` and `error` are
+//! public, for the integration tests that drive the stores directly (not a stable Rust API);
+//! the rest is private to the crate, so the compiler reports what nothing uses.
 
 mod allow;
-pub mod backup;
-pub mod codec;
+mod backup;
+mod codec;
 mod dbfile;
 pub mod error;
-pub mod ffi;
-pub mod integrity;
-pub mod interrupt;
+mod ffi;
+mod integrity;
+mod interrupt;
 mod job;
-pub mod live;
-pub mod naming;
-pub mod notify;
-pub mod progress;
-pub mod prune;
+mod live;
+mod naming;
+mod notify;
+mod progress;
+mod prune;
 mod request;
-pub mod restore;
-pub mod retention;
-pub mod snapshot;
+mod restore;
+mod retention;
+mod snapshot;
 mod sql;
 pub mod store;
-pub mod temp;
+mod temp;
 mod threads;
-pub mod verify;
+mod verify;
 
 use std::ffi::{c_char, c_int};
 

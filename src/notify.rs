@@ -125,11 +125,8 @@ impl Notifier {
         })
     }
 
-    pub fn style(&self) -> Style {
-        self.style
-    }
-
-    /// The redacted base URL, for reports.
+    /// The redacted base URL (tests check what reports would show).
+    #[cfg(test)]
     pub fn redacted_url(&self) -> String {
         redact_url(&self.base, "")
     }

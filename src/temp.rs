@@ -121,10 +121,6 @@ impl NamedTemp {
         self.file.as_file()
     }
 
-    pub fn as_file_mut(&mut self) -> &mut File {
-        self.file.as_file_mut()
-    }
-
     /// A new handle on the same file (checked to be the same inode, not a replacement).
     pub fn reopen(&self) -> io::Result<File> {
         self.file.reopen()

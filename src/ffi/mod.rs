@@ -170,6 +170,8 @@ pub unsafe fn vtab_directonly(db: *mut sqlite3) -> Result<()> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// The names of SQLite's own open flags (SQLITE_OPEN_READONLY, _READWRITE, _CREATE).
+#[allow(clippy::enum_variant_names)]
 pub enum OpenMode {
     ReadOnly,
     /// For our own temp copies: a read-write connection removes the -wal and -shm files it
