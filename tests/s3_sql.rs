@@ -69,20 +69,6 @@ fn stored_sha256(server: &S3Server, bucket: &str, key: &str) -> String {
     sha256_hex(&decompress_cli(&server.object_path(bucket, key)))
 }
 
-#[track_caller]
-fn assert_no_secret(message: &str, secrets: &[&str]) {
-    for secret in secrets {
-        assert!(
-            !message.contains(secret),
-            "a secret leaked into the message: {message}"
-        );
-    }
-    assert!(
-        !message.contains("X-Amz-Signature") && !message.contains("X-Amz-Credential"),
-        "{message}"
-    );
-}
-
 // ---- round trips ----
 
 #[test]

@@ -3,8 +3,16 @@
 //! that nothing was left behind.
 #![allow(dead_code)] // each test file uses a different subset
 
+// Loaded before any other crate: rustc links crates loaded later first, and rusqlite's bundled
+// SQLite must come before sqlite3ext-sys's (under the extension), or the linker takes symbols
+// from both and fails with duplicate symbols, depending on which crate a test file named first.
+extern crate sqlite_backup;
+
+pub mod calls;
+pub mod http;
 pub mod proxy;
 pub mod s3server;
+pub mod series;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -109,6 +117,23 @@ pub fn load(conn: &Connection) {
         conn.load_extension(ext(), None::<&str>).unwrap();
         conn.load_extension_disable().unwrap();
     }
+}
+
+/// No trace of any of `secrets` in `text` (compared without case: a URL parser lowercases
+/// hosts), nor of a presigned URL's signature or credential.
+#[track_caller]
+pub fn assert_no_secret(text: &str, secrets: &[&str]) {
+    let lower = text.to_ascii_lowercase();
+    for secret in secrets {
+        assert!(
+            !lower.contains(&secret.to_ascii_lowercase()),
+            "a secret leaked into the message: {text}"
+        );
+    }
+    assert!(
+        !text.contains("X-Amz-Signature") && !text.contains("X-Amz-Credential"),
+        "{text}"
+    );
 }
 
 /// Runs a SQL function call that returns JSON text; panics with the SQL error otherwise.
