@@ -437,11 +437,13 @@ fn transient_faults_are_retried_from_sql() {
     let (big, big_digest) = big_db(dir.path());
 
     // Single PUT: a 503, a 500, a dropped connection, a stall beyond timeout_ms.
-    proxy.fault("PUT", "", 1, Fault::Status(503));
-    proxy.fault("PUT", "", 1, Fault::Status(500));
-    proxy.fault("PUT", "", 1, Fault::DropRequest(1000));
-    // The stall outlasts the test: only timeout_ms (1 s) can end that attempt in time.
-    proxy.fault("PUT", "", 1, Fault::Stall(Duration::from_secs(30)));
+    proxy.faults(&[
+        ("PUT", "", 1, Fault::Status(503)),
+        ("PUT", "", 1, Fault::Status(500)),
+        ("PUT", "", 1, Fault::DropRequest(1000)),
+        // The stall outlasts the test: only timeout_ms (1 s) can end that attempt in time.
+        ("PUT", "", 1, Fault::Stall(Duration::from_secs(30))),
+    ]);
     let started = std::time::Instant::now();
     let r = call_json(
         &small,
@@ -475,16 +477,18 @@ fn transient_faults_are_retried_from_sql() {
 
     // Multipart: faults on Create, the parts and Complete.
     proxy.clear_requests();
-    proxy.fault("POST", "uploads", 1, Fault::Status(503));
-    proxy.fault("PUT", "partNumber", 1, Fault::Status(500));
-    proxy.fault("PUT", "partNumber", 1, Fault::DropRequest(100_000));
-    proxy.fault(
-        "PUT",
-        "partNumber",
-        1,
-        Fault::Stall(Duration::from_millis(2500)),
-    );
-    proxy.fault("POST", "uploadId", 1, Fault::Status(500));
+    proxy.faults(&[
+        ("POST", "uploads", 1, Fault::Status(503)),
+        ("PUT", "partNumber", 1, Fault::Status(500)),
+        ("PUT", "partNumber", 1, Fault::DropRequest(100_000)),
+        (
+            "PUT",
+            "partNumber",
+            1,
+            Fault::Stall(Duration::from_millis(2500)),
+        ),
+        ("POST", "uploadId", 1, Fault::Status(500)),
+    ]);
     let r = call_json(
         &big,
         &format!(
@@ -529,60 +533,55 @@ fn persistent_server_errors_fail_clearly_and_leave_nothing() {
     let (big, _) = big_db(dir.path());
     let secrets = [server.secret_key.as_str()];
 
-    // Single PUT.
-    proxy.fault("PUT", "", usize::MAX, Fault::Status(500));
-    let err = call_err(
-        &small,
-        &format!(
-            "SELECT backup_to_s3('bkt', 'small.gz', {})",
-            proxy_opts(&server, &proxy, json!({"retries": 1}))
-        ),
-    );
-    assert!(err.starts_with("backup_to_s3: "), "{err}");
-    assert!(err.contains("s3://bkt/small.gz"), "{err}");
-    assert!(err.contains("HTTP 500"), "{err}");
-    assert!(err.contains("gave up after 2 attempts"), "{err}");
-    assert_no_secret(&err, &secrets);
-    assert!(!server.object_path("bkt", "small.gz").exists());
-    assert_eq!(
-        puts(&proxy.requests()).len(),
-        2,
-        "one try and one retry: {:#?}",
-        proxy.requests()
-    );
-
-    // Multipart: the parts fail; the upload is aborted.
-    proxy.clear_faults();
-    proxy.clear_requests();
-    proxy.fault("PUT", "partNumber", usize::MAX, Fault::Status(500));
-    let err = call_err(
-        &big,
-        &format!(
-            "SELECT backup_to_s3('bkt', 'big.zst', {})",
-            proxy_opts(&server, &proxy, json!({"retries": 1}))
-        ),
-    );
-    assert!(err.starts_with("backup_to_s3: "), "{err}");
-    assert!(err.contains("s3://bkt/big.zst"), "{err}");
-    assert!(err.contains("HTTP 500"), "{err}");
-    assert!(err.contains("gave up after 2 attempts"), "{err}");
-    assert_no_secret(&err, &secrets);
-    assert!(!server.object_path("bkt", "big.zst").exists());
-    assert!(
-        server.incomplete_uploads().is_empty(),
-        "{:?}",
-        server.incomplete_uploads()
-    );
-    assert!(
-        proxy
-            .requests()
-            .iter()
-            .any(|r| r.method == "DELETE" && r.query.contains("uploadId")),
-        "AbortMultipartUpload was sent"
-    );
-    // Nothing under the bucket but what was there before.
-    assert!(list(&server.root().join("bkt")).is_empty());
-    assert_alive(&big);
+    // (what fails, the source, the name, multipart): every PUT of a single-request upload,
+    // or the parts of a multipart one, which is then aborted.
+    let cases = [
+        ("single PUT", "", &small, "small.gz", false),
+        ("multipart", "partNumber", &big, "big.zst", true),
+    ];
+    for (label, query, conn, name, multipart) in cases {
+        proxy.clear_faults();
+        proxy.clear_requests();
+        proxy.fault("PUT", query, usize::MAX, Fault::Status(500));
+        let err = call_err(
+            conn,
+            &format!(
+                "SELECT backup_to_s3('bkt', {}, {})",
+                lit(name),
+                proxy_opts(&server, &proxy, json!({"retries": 1}))
+            ),
+        );
+        assert!(err.starts_with("backup_to_s3: "), "{label}: {err}");
+        assert!(err.contains(&format!("s3://bkt/{name}")), "{label}: {err}");
+        assert!(err.contains("HTTP 500"), "{label}: {err}");
+        assert!(err.contains("gave up after 2 attempts"), "{label}: {err}");
+        assert_no_secret(&err, &secrets);
+        assert!(!server.object_path("bkt", name).exists(), "{label}");
+        assert!(
+            server.incomplete_uploads().is_empty(),
+            "{label}: {:?}",
+            server.incomplete_uploads()
+        );
+        if multipart {
+            assert!(
+                proxy
+                    .requests()
+                    .iter()
+                    .any(|r| r.method == "DELETE" && r.query.contains("uploadId")),
+                "{label}: AbortMultipartUpload was sent"
+            );
+        } else {
+            assert_eq!(
+                puts(&proxy.requests()).len(),
+                2,
+                "{label}: one try and one retry: {:#?}",
+                proxy.requests()
+            );
+        }
+        // Nothing under the bucket but what was there before.
+        assert!(list(&server.root().join("bkt")).is_empty(), "{label}");
+        assert_alive(conn);
+    }
 }
 
 // ---- errors ----
