@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use common::calls::{to_file_err, to_file_sql};
 use common::http::HttpServer;
 use common::s3server::S3Server;
 use common::*;
@@ -307,10 +308,9 @@ fn notify_urls_outside_are_refused_and_never_contacted() {
     let ping = HttpServer::start(200);
     let dest = h.allowed.join("n.gz");
     let call = |url: &str| {
-        format!(
-            "SELECT backup_to_file({}, {})",
-            path_lit(&dest),
-            lit(json!({"notify": url, "notify_style": "healthchecks"}).to_string())
+        to_file_sql(
+            &dest,
+            &json!({"notify": url, "notify_style": "healthchecks"}),
         )
     };
     let allowed_url = ping.url("/ok/");
@@ -547,14 +547,7 @@ fn ping_urls_without_a_written_host_are_refused_before_any_lookup() {
         format!("http://\t127.0.0.1:{port}/SECRETTOKEN"),
         format!("http:///127.0.0.1:{port}/SECRETTOKEN"),
     ] {
-        let err = call_err(
-            &conn,
-            &format!(
-                "SELECT backup_to_file({}, {})",
-                path_lit(dir.join("x.gz")),
-                lit(json!({"notify": url}).to_string())
-            ),
-        );
+        let err = to_file_err(&conn, &dir.join("x.gz"), &json!({"notify": url}));
         assert!(err.contains("invalid monitoring URL"), "{url}: {err}");
         assert_no_secret(&err, &["SECRETTOKEN"]);
         assert!(!dir.join("x.gz").exists(), "{url}: backed up anyway");
