@@ -18,7 +18,7 @@ use common::{sha256_hex, tempdir};
 use sqlite_backup::error::{Kind, Result};
 use sqlite_backup::store::file::FileStore;
 use sqlite_backup::store::s3::S3Store;
-use sqlite_backup::store::{Entry, PutMeta, Sha256Cell, Store, Stored};
+use sqlite_backup::store::{Entry, PutMeta, Sha256Cell, Store, Stored, Upload};
 
 /// s3s-fs, like AWS, refuses parts below 5 MiB (other than the last).
 const PART: u64 = 5 << 20;
@@ -283,4 +283,78 @@ fn s3_keeps_the_store_contract() {
             everything: &everything,
         },
     );
+}
+
+/// A directory whose uploads break the contract: abort commits instead of discarding.
+struct CommitsOnAbort(FileStore);
+
+struct Committing<'a>(Box<dyn Upload + 'a>);
+
+impl Write for Committing<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Upload for Committing<'_> {
+    fn commit(self: Box<Self>) -> Result<Stored> {
+        self.0.commit()
+    }
+    fn abort(self: Box<Self>) {
+        let _ = self.0.commit();
+    }
+}
+
+impl Store for CommitsOnAbort {
+    fn url(&self, name: &str) -> String {
+        self.0.url(name)
+    }
+    fn check_put(&self, name: &str, create_only: bool) -> Result<()> {
+        self.0.check_put(name, create_only)
+    }
+    fn put(&self, name: &str, meta: &PutMeta) -> Result<Box<dyn Upload + '_>> {
+        Ok(Box::new(Committing(self.0.put(name, meta)?)))
+    }
+    fn get(&self, name: &str) -> Result<Box<dyn Read + Send + '_>> {
+        self.0.get(name)
+    }
+    fn head(&self, name: &str) -> Result<Option<Entry>> {
+        self.0.head(name)
+    }
+    fn list(&self) -> Result<Vec<Entry>> {
+        self.0.list()
+    }
+    fn delete(&self, name: &str) -> Result<()> {
+        self.0.delete(name)
+    }
+}
+
+/// The contract is not vacuous: a store that keeps aborted uploads fails it.
+#[test]
+fn the_contract_fails_a_store_that_keeps_aborted_uploads() {
+    let tmp = tempdir();
+    let dir = tmp.path().to_path_buf();
+    let store = CommitsOnAbort(FileStore::open(&dir).unwrap());
+    let everything = || walk(&dir);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        contract(
+            &store,
+            &Subject {
+                label: "commits on abort",
+                base: format!("{}/", dir.display()),
+                nested_names: false,
+                large_parts: 1,
+                everything: &everything,
+            },
+        )
+    }));
+    let message = outcome.expect_err("the contract passed a broken store");
+    let text = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(text.contains("aborted"), "{text}");
 }
