@@ -53,11 +53,12 @@ pub fn verify_sql(location: &str, opts: &Value) -> String {
     )
 }
 
-pub fn restore_sql(location: &str, dest: &Path, opts: &Value) -> String {
+/// `dest` None restores into the calling connection (dest_path NULL).
+pub fn restore_sql(location: &str, dest: Option<&Path>, opts: &Value) -> String {
     format!(
         "SELECT restore_backup({}, {}, {})",
         lit(location),
-        path_lit(dest),
+        dest.map_or("NULL".to_string(), path_lit),
         lit(opts.to_string())
     )
 }
@@ -94,11 +95,11 @@ pub fn verify_err(conn: &Connection, location: &str, opts: &Value) -> String {
     call_err(conn, &verify_sql(location, opts))
 }
 
-pub fn restore(conn: &Connection, location: &str, dest: &Path, opts: &Value) -> Value {
+pub fn restore(conn: &Connection, location: &str, dest: Option<&Path>, opts: &Value) -> Value {
     call_json(conn, &restore_sql(location, dest, opts))
 }
 
-pub fn restore_err(conn: &Connection, location: &str, dest: &Path, opts: &Value) -> String {
+pub fn restore_err(conn: &Connection, location: &str, dest: Option<&Path>, opts: &Value) -> String {
     call_err(conn, &restore_sql(location, dest, opts))
 }
 
