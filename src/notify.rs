@@ -530,6 +530,10 @@ fn redact_text(text: &str) -> String {
 #[cfg(test)]
 #[path = "../tests/common/http.rs"]
 mod test_http;
+// And their secret-leak assertion (tests/common/secret.rs).
+#[cfg(test)]
+#[path = "../tests/common/secret.rs"]
+mod test_secret;
 
 #[cfg(test)]
 mod tests {
@@ -539,6 +543,7 @@ mod tests {
 
     // The tests' one loopback HTTP server, shared with the integration tests.
     use super::test_http::{HttpServer as Server, Reply};
+    use super::test_secret::assert_no_secret;
 
     fn notifier(url: &str, style: Style) -> Notifier {
         Notifier::build(url, style, Duration::from_secs(5), false).unwrap()
@@ -790,7 +795,7 @@ mod tests {
         ] {
             let err = Notifier::new(&bad, Style::Snitch, DEFAULT_TIMEOUT).unwrap_err();
             assert_eq!(err.kind, Kind::Usage, "{bad}");
-            assert!(!err.message.contains(TOKEN), "{bad}: {}", err.message);
+            assert_no_secret(&err.message, &[TOKEN]);
             assert!(
                 err.message.contains("http:// or https://"),
                 "{}",
@@ -806,7 +811,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(n.redacted_url(), "https://nosnch.in/***");
-        assert!(!format!("{n:?}").contains(TOKEN));
+        assert_no_secret(&format!("{n:?}"), &[TOKEN]);
     }
 
     #[test]
@@ -843,7 +848,7 @@ mod tests {
             redact(&format!("https://h.io/{TOKEN}/x")),
             redact(&format!("https://h.io/p#{TOKEN}")),
         ] {
-            assert!(!text.contains(TOKEN), "{text}");
+            assert_no_secret(&text, &[TOKEN]);
         }
     }
 
