@@ -523,117 +523,24 @@ fn redact_text(text: &str) -> String {
     format!("{scheme}://{host}{tail}")
 }
 
+// The integration tests' loopback HTTP server (tests/common/http.rs), for the unit tests here.
+#[cfg(test)]
+#[path = "../tests/common/http.rs"]
+mod test_http;
+// And their secret-leak assertion (tests/common/secret.rs).
+#[cfg(test)]
+#[path = "../tests/common/secret.rs"]
+mod test_secret;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::Kind;
-    use std::collections::HashMap;
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::sync::{Arc, Mutex};
+    use std::net::TcpListener;
 
-    #[derive(Debug, Clone)]
-    struct Request {
-        method: String,
-        path: String,
-        headers: HashMap<String, String>,
-        body: String,
-    }
-
-    #[derive(Clone, Copy)]
-    enum Reply {
-        Status(u16),
-        /// Read the request, then say nothing for this long.
-        Stall(Duration),
-    }
-
-    /// A one-thread HTTP/1.1 server on 127.0.0.1 that records requests and answers each with
-    /// the next reply of `replies` (the last one repeats).
-    struct Server {
-        base: String,
-        requests: Arc<Mutex<Vec<Request>>>,
-    }
-
-    impl Server {
-        fn start(replies: &[Reply]) -> Server {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let base = format!("http://{}", listener.local_addr().unwrap());
-            let requests = Arc::new(Mutex::new(Vec::new()));
-            let recorded = Arc::clone(&requests);
-            let replies = replies.to_vec();
-            // Detached: it dies with the test process.
-            std::thread::spawn(move || {
-                for (n, stream) in listener.incoming().enumerate() {
-                    let Ok(stream) = stream else { continue };
-                    let reply = replies[n.min(replies.len() - 1)];
-                    if let Some(request) = read_request(&stream) {
-                        recorded.lock().unwrap().push(request);
-                    }
-                    answer(stream, reply);
-                }
-            });
-            Server { base, requests }
-        }
-
-        fn requests(&self) -> Vec<Request> {
-            self.requests.lock().unwrap().clone()
-        }
-
-        fn only_request(&self) -> Request {
-            let requests = self.requests();
-            assert_eq!(requests.len(), 1, "{requests:#?}");
-            requests[0].clone()
-        }
-    }
-
-    fn read_request(stream: &TcpStream) -> Option<Request> {
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let mut parts = line.split_whitespace();
-        let method = parts.next()?.to_string();
-        let path = parts.next()?.to_string();
-        let mut headers = HashMap::new();
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header).ok()?;
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':')?;
-            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
-        }
-        let length: usize = headers
-            .get("content-length")
-            .map_or(0, |v| v.parse().unwrap());
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).ok()?;
-        Some(Request {
-            method,
-            path,
-            headers,
-            body: String::from_utf8(body).unwrap(),
-        })
-    }
-
-    fn answer(mut stream: TcpStream, reply: Reply) {
-        match reply {
-            Reply::Status(status) => {
-                let body = if status < 300 {
-                    "OK"
-                } else {
-                    "something broke"
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-            Reply::Stall(time) => std::thread::sleep(time),
-        }
-    }
+    // The tests' one loopback HTTP server, shared with the integration tests.
+    use super::test_http::{HttpServer as Server, Reply};
+    use super::test_secret::assert_no_secret;
 
     fn notifier(url: &str, style: Style) -> Notifier {
         Notifier::build(url, style, Duration::from_secs(5), false).unwrap()
@@ -645,19 +552,19 @@ mod tests {
 
     #[test]
     fn snitch_success_posts_status_0_and_the_message() {
-        let server = Server::start(&[Reply::Status(202)]);
-        let n = notifier(&format!("{}/{TOKEN}", server.base), Style::Snitch);
+        let server = Server::replying(&[Reply::Status(202)]);
+        let n = notifier(&format!("{}/{TOKEN}", server.base()), Style::Snitch);
         assert_eq!(n.start(), None);
         let ping = n.success("backup db-20.gz: 12 MB in 3.2 s & ok=yes");
         assert!(ping.ok, "{ping:?}");
         assert_eq!(ping.status, Some(202));
         assert_eq!(ping.error, None);
-        let port = server.base.rsplit(':').next().unwrap();
+        let port = server.port();
         assert_eq!(ping.url, format!("http://127.0.0.1:{port}/***"));
         let request = server.only_request();
         assert_eq!(request.method, "POST");
-        assert_eq!(request.path, format!("/{TOKEN}"));
-        assert_eq!(request.headers["content-type"], FORM);
+        assert_eq!(request.target, format!("/{TOKEN}"));
+        assert_eq!(request.header("content-type").unwrap(), FORM);
         assert_eq!(
             request.body,
             "s=0&m=backup+db-20.gz%3A+12+MB+in+3.2+s+%26+ok%3Dyes"
@@ -666,13 +573,13 @@ mod tests {
 
     #[test]
     fn snitch_failure_posts_status_1_and_the_error() {
-        let server = Server::start(&[Reply::Status(200)]);
-        let n = notifier(&format!("{}/{TOKEN}", server.base), Style::Snitch);
+        let server = Server::replying(&[Reply::Status(200)]);
+        let n = notifier(&format!("{}/{TOKEN}", server.base()), Style::Snitch);
         let ping = n.failure("disk full: cannot write /var/backups/db.gz\nsecond line");
         assert!(ping.ok);
         let request = server.only_request();
         assert_eq!(request.method, "POST");
-        assert_eq!(request.path, format!("/{TOKEN}"));
+        assert_eq!(request.target, format!("/{TOKEN}"));
         assert_eq!(
             request.body,
             "s=1&m=disk+full%3A+cannot+write+%2Fvar%2Fbackups%2Fdb.gz%0Asecond+line"
@@ -689,9 +596,9 @@ mod tests {
 
     #[test]
     fn healthchecks_start_success_and_failure() {
-        let server = Server::start(&[Reply::Status(200)]);
+        let server = Server::replying(&[Reply::Status(200)]);
         let n = notifier(
-            &format!("{}/ping/{TOKEN}/", server.base),
+            &format!("{}/ping/{TOKEN}/", server.base()),
             Style::Healthchecks,
         );
 
@@ -707,7 +614,7 @@ mod tests {
         let requests = server.requests();
         let seen: Vec<_> = requests
             .iter()
-            .map(|r| (r.method.as_str(), r.path.clone(), r.body.as_str()))
+            .map(|r| (r.method.as_str(), r.target.clone(), r.body.as_str()))
             .collect();
         assert_eq!(
             seen,
@@ -721,15 +628,18 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(requests[1].headers["content-type"], PLAIN);
-        assert!(requests[1].headers["user-agent"].starts_with("sqlite-backup/"));
+        assert_eq!(requests[1].header("content-type").unwrap(), PLAIN);
+        assert!(requests[1]
+            .header("user-agent")
+            .unwrap()
+            .starts_with("sqlite-backup/"));
     }
 
     #[test]
     fn healthchecks_keeps_the_query_after_the_suffix() {
-        let server = Server::start(&[Reply::Status(201)]);
+        let server = Server::replying(&[Reply::Status(201)]);
         let n = notifier(
-            &format!("{}/{TOKEN}?create=1", server.base),
+            &format!("{}/{TOKEN}?create=1", server.base()),
             Style::Healthchecks,
         );
         let ping = n.failure("boom");
@@ -737,7 +647,7 @@ mod tests {
         assert_eq!(ping.status, Some(201));
         assert!(ping.url.ends_with("/***/fail?create=***"), "{}", ping.url);
         assert_eq!(
-            server.only_request().path,
+            server.only_request().target,
             format!("/{TOKEN}/fail?create=1")
         );
     }
@@ -766,8 +676,8 @@ mod tests {
 
     #[test]
     fn long_messages_are_truncated_on_a_char_boundary() {
-        let server = Server::start(&[Reply::Status(200)]);
-        let n = notifier(&format!("{}/{TOKEN}", server.base), Style::Healthchecks);
+        let server = Server::replying(&[Reply::Status(200)]);
+        let n = notifier(&format!("{}/{TOKEN}", server.base()), Style::Healthchecks);
         let long = "é".repeat(30_000); // 60 KB, two bytes per char
         assert!(n.failure(&long).ok);
         let body = server.only_request().body;
@@ -785,8 +695,8 @@ mod tests {
 
     #[test]
     fn http_500_is_not_ok_and_is_retried_once() {
-        let server = Server::start(&[Reply::Status(500)]);
-        let n = notifier(&format!("{}/{TOKEN}", server.base), Style::Snitch);
+        let server = Server::replying(&[Reply::Body(500, "something broke")]);
+        let n = notifier(&format!("{}/{TOKEN}", server.base()), Style::Snitch);
         let ping = n.success("done");
         assert!(!ping.ok);
         assert_eq!(ping.status, Some(500));
@@ -799,8 +709,8 @@ mod tests {
 
     #[test]
     fn a_retry_that_succeeds_is_ok() {
-        let server = Server::start(&[Reply::Status(503), Reply::Status(200)]);
-        let n = notifier(&format!("{}/{TOKEN}", server.base), Style::Healthchecks);
+        let server = Server::replying(&[Reply::Status(503), Reply::Status(200)]);
+        let n = notifier(&format!("{}/{TOKEN}", server.base()), Style::Healthchecks);
         let ping = n.success("done");
         assert!(ping.ok, "{ping:?}");
         assert_eq!(ping.status, Some(200));
@@ -809,8 +719,8 @@ mod tests {
 
     #[test]
     fn http_404_is_not_ok_and_not_retried() {
-        let server = Server::start(&[Reply::Status(404)]);
-        let n = notifier(&format!("{}/{TOKEN}", server.base), Style::Healthchecks);
+        let server = Server::replying(&[Reply::Status(404)]);
+        let n = notifier(&format!("{}/{TOKEN}", server.base()), Style::Healthchecks);
         let ping = n.failure("x");
         assert!(!ping.ok);
         assert_eq!(ping.status, Some(404));
@@ -839,10 +749,10 @@ mod tests {
 
     #[test]
     fn stalled_monitor_times_out_within_the_budget() {
-        let server = Server::start(&[Reply::Stall(Duration::from_secs(10))]);
+        let server = Server::replying(&[Reply::Stall(Duration::from_secs(10))]);
         let timeout = Duration::from_millis(600);
         let n = Notifier::build(
-            &format!("{}/{TOKEN}", server.base),
+            &format!("{}/{TOKEN}", server.base()),
             Style::Snitch,
             timeout,
             false,
@@ -882,7 +792,7 @@ mod tests {
         ] {
             let err = Notifier::new(&bad, Style::Snitch, DEFAULT_TIMEOUT).unwrap_err();
             assert_eq!(err.kind, Kind::Usage, "{bad}");
-            assert!(!err.message.contains(TOKEN), "{bad}: {}", err.message);
+            assert_no_secret(&err.message, &[TOKEN]);
             assert!(
                 err.message.contains("http:// or https://"),
                 "{}",
@@ -898,7 +808,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(n.redacted_url(), "https://nosnch.in/***");
-        assert!(!format!("{n:?}").contains(TOKEN));
+        assert_no_secret(&format!("{n:?}"), &[TOKEN]);
     }
 
     #[test]
@@ -935,7 +845,7 @@ mod tests {
             redact(&format!("https://h.io/{TOKEN}/x")),
             redact(&format!("https://h.io/p#{TOKEN}")),
         ] {
-            assert!(!text.contains(TOKEN), "{text}");
+            assert_no_secret(&text, &[TOKEN]);
         }
     }
 

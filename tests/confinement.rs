@@ -6,16 +6,15 @@
 //! take for a host name.
 
 mod common;
-#[path = "common/ping.rs"]
-mod ping;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use common::calls::{to_file_err, to_file_sql};
+use common::http::HttpServer;
 use common::s3server::S3Server;
 use common::*;
-use ping::PingServer;
 use serde_json::{json, Value};
 
 const ALLOW: &str = "SQLITE_BACKUP_ALLOW";
@@ -296,7 +295,7 @@ fn an_empty_or_malformed_policy_refuses_everything() {
     ] {
         h.refused(allow, &sql, expect);
         let out = h.run(allow, &sql);
-        assert!(!out.stderr.contains("SECRETTOKEN"), "{}", out.stderr);
+        assert_no_secret(&out.stderr, &["SECRETTOKEN"]);
     }
     // Unset: no confinement.
     let out = sqlite3_cli_clean_env(&h.db, &["-bail"], &sql, &h.home, &[]);
@@ -306,13 +305,12 @@ fn an_empty_or_malformed_policy_refuses_everything() {
 #[test]
 fn notify_urls_outside_are_refused_and_never_contacted() {
     let h = host();
-    let ping = PingServer::start(200);
+    let ping = HttpServer::start(200);
     let dest = h.allowed.join("n.gz");
     let call = |url: &str| {
-        format!(
-            "SELECT backup_to_file({}, {})",
-            path_lit(&dest),
-            lit(json!({"notify": url, "notify_style": "healthchecks"}).to_string())
+        to_file_sql(
+            &dest,
+            &json!({"notify": url, "notify_style": "healthchecks"}),
         )
     };
     let allowed_url = ping.url("/ok/");
@@ -326,7 +324,7 @@ fn notify_urls_outside_are_refused_and_never_contacted() {
     ] {
         h.refused(&policy, &call(&url), "notify URL");
         let out = h.run(&policy, &call(&url));
-        assert!(!out.stderr.contains("SECRETTOKEN"), "{}", out.stderr);
+        assert_no_secret(&out.stderr, &["SECRETTOKEN"]);
     }
     // A policy without URL entries refuses every notify URL.
     h.refused(&h.policy(), &call(&ping.url("/ok/t")), "notify URL");
@@ -340,7 +338,7 @@ fn notify_urls_outside_are_refused_and_never_contacted() {
 
     // An allowed monitor that redirects elsewhere: reported, not followed.
     fs::remove_file(&dest).unwrap();
-    let redirector = PingServer::redirecting(ping.url("/stolen"));
+    let redirector = HttpServer::redirecting(ping.url("/stolen"));
     let policy = format!("{} {}", h.policy(), redirector.url("/"));
     let out = h.run(&policy, &call(&redirector.url("/t")));
     out.assert_ok();
@@ -392,7 +390,7 @@ fn s3_buckets_prefixes_and_endpoints_outside_are_refused() {
 
     // The endpoint option is where signed requests go: it must be listed too. A listener
     // stands in for a rogue endpoint and must hear nothing.
-    let rogue = PingServer::start(200);
+    let rogue = HttpServer::start(200);
     let mut rogue_opts = opts.clone();
     rogue_opts["endpoint"] = json!(rogue.url(""));
     let r = lit(rogue_opts.to_string());
@@ -442,7 +440,7 @@ for sql in json.loads(sys.argv[3]):
         print(json.dumps({"ok": False, "message": str(e)}))
 "#;
     let a = &h.allowed;
-    let monitor = PingServer::start(200);
+    let monitor = HttpServer::start(200);
     let evil = [
         format!(
             "SELECT backup_to_file({})",
@@ -538,7 +536,7 @@ fn ping_urls_without_a_written_host_are_refused_before_any_lookup() {
     let dir = tmp.path();
     let db = dir.join("app.db");
     make_sample_db(&db, Journal::Rollback, 5);
-    let ping = PingServer::start(200);
+    let ping = HttpServer::start(200);
     let port = ping.port();
     let conn = open(&db);
     for url in [
@@ -549,16 +547,9 @@ fn ping_urls_without_a_written_host_are_refused_before_any_lookup() {
         format!("http://\t127.0.0.1:{port}/SECRETTOKEN"),
         format!("http:///127.0.0.1:{port}/SECRETTOKEN"),
     ] {
-        let err = call_err(
-            &conn,
-            &format!(
-                "SELECT backup_to_file({}, {})",
-                path_lit(dir.join("x.gz")),
-                lit(json!({"notify": url}).to_string())
-            ),
-        );
+        let err = to_file_err(&conn, &dir.join("x.gz"), &json!({"notify": url}));
         assert!(err.contains("invalid monitoring URL"), "{url}: {err}");
-        assert!(!err.contains("SECRETTOKEN"), "{url}: {err}");
+        assert_no_secret(&err, &["SECRETTOKEN"]);
         assert!(!dir.join("x.gz").exists(), "{url}: backed up anyway");
     }
     assert!(ping.requests().is_empty(), "{:?}", ping.requests());

@@ -8,25 +8,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 
+use common::http::HttpServer;
 use common::s3server::S3Server;
 
 /// Answers every HTTP request with 204, like a monitoring service; returns its base URL.
 fn ping_listener() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
-            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-        }
-    });
-    format!("http://127.0.0.1:{port}/")
+    HttpServer::start(204).url("/")
 }
 
 struct Statement {

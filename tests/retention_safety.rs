@@ -9,18 +9,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::SystemTime;
 
-use chrono::{DateTime, Utc};
+use common::calls::{merge, names_of};
 use common::proxy::Proxy;
 use common::s3server::S3Server;
+use common::series::at;
 use common::*;
 use rusqlite::Connection;
 use serde_json::{json, Value};
-
-fn at(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .unwrap()
-        .with_timezone(&Utc)
-}
 
 fn set_mtime(path: &Path, t: &str) {
     fs::File::options()
@@ -29,15 +24,6 @@ fn set_mtime(path: &Path, t: &str) {
         .unwrap()
         .set_modified(SystemTime::from(at(t)))
         .unwrap();
-}
-
-fn names(items: &Value) -> Vec<String> {
-    items
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {items}"))
-        .iter()
-        .map(|i| i["name"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// name → reason of a report's `ignored` list.
@@ -116,7 +102,7 @@ fn keep_with_a_name_pattern_in_the_database_directory_spares_the_database() {
     // The second backup pruned the first (a real backup), and only it.
     let first = results[0]["destination"].as_str().unwrap();
     assert_eq!(
-        names(&results[1]["pruned"]["deleted"]),
+        names_of(&results[1]["pruned"]["deleted"]),
         [first],
         "{}",
         out.stdout
@@ -173,9 +159,9 @@ fn prune_dot_in_the_database_directory_deletes_only_backups() {
     }
     assert_eq!(digest(&db), expected, "{report}");
     // Newest first; equal times by name: b1.zst is the newest backup.
-    assert_eq!(names(&report["kept"]), ["b1.zst"], "{report}");
+    assert_eq!(names_of(&report["kept"]), ["b1.zst"], "{report}");
     assert_eq!(
-        names(&report["deleted"]),
+        names_of(&report["deleted"]),
         ["b1.gz", "b1.db", "b0.zst", "b0.gz", "b0.db"],
         "{report}"
     );
@@ -231,7 +217,11 @@ fn variable_width_specifiers_keep_the_series_to_its_own_names() {
             .to_str()
             .unwrap()
             .to_string();
-        assert_eq!(names(&pruned["deleted"]), [first_name], "{spec}: {second}");
+        assert_eq!(
+            names_of(&pruned["deleted"]),
+            [first_name],
+            "{spec}: {second}"
+        );
         assert!(manual.exists(), "{spec}: the manual backup was deleted");
         assert_eq!(list(&dir).len(), 2, "{spec}: {:?}", list(&dir));
     }
@@ -305,8 +295,8 @@ fn live_databases_and_their_side_files_are_never_deleted() {
             path_lit(dir)
         ),
     );
-    assert_eq!(names(&report["kept"]), ["newest.gz"], "{report}");
-    assert_eq!(names(&report["deleted"]), ["old.gz"], "{report}");
+    assert_eq!(names_of(&report["kept"]), ["newest.gz"], "{report}");
+    assert_eq!(names_of(&report["deleted"]), ["old.gz"], "{report}");
     for (name, reason) in live {
         assert_eq!(reason_of(&report, name), reason, "{name}: {report}");
         assert!(dir.join(name).exists(), "{name} deleted");
@@ -545,9 +535,9 @@ fn s3_objects_without_our_metadata_are_deleted_only_when_they_hold_a_database() 
             lit(merge(&s3, &json!({"keep_last": 1, "now": "2030-02-01T00:00:00Z"})).to_string())
         ),
     );
-    assert_eq!(names(&report["kept"]), ["db-02.gz"], "{report}");
+    assert_eq!(names_of(&report["kept"]), ["db-02.gz"], "{report}");
     assert_eq!(
-        names(&report["deleted"]),
+        names_of(&report["deleted"]),
         ["db-01.gz", "f-raw-db.gz"],
         "{report}"
     );
@@ -587,14 +577,4 @@ fn s3_objects_without_our_metadata_are_deleted_only_when_they_hold_a_database() 
         let range = get.header("range").unwrap_or_default();
         assert!(range.starts_with("bytes=0-"), "{get:?}");
     }
-}
-
-fn merge(a: &Value, b: &Value) -> Value {
-    let mut out = a.as_object().cloned().unwrap_or_default();
-    if let Some(b) = b.as_object() {
-        for (k, v) in b {
-            out.insert(k.clone(), v.clone());
-        }
-    }
-    Value::Object(out)
 }

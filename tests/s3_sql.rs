@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::calls::*;
 use common::proxy::{Fault, Proxy, Recorded};
 use common::s3server::{free_port, S3Server};
 use common::*;
@@ -22,19 +23,9 @@ fn server() -> S3Server {
     server
 }
 
-/// The server's endpoint and keys merged with `extra`, as SQL text.
-fn opts(server: &S3Server, extra: Value) -> String {
-    let mut o = server.options_json();
-    merge(&mut o, extra);
-    lit(o.to_string())
-}
-
-fn merge(into: &mut Value, extra: Value) {
-    if let Value::Object(extra) = extra {
-        for (k, v) in extra {
-            into[k] = v;
-        }
-    }
+/// The server's endpoint and keys merged with `extra`.
+fn opts(server: &S3Server, extra: Value) -> Value {
+    merge(&server.options_json(), &extra)
 }
 
 /// A small sample database (about 100 KB) and a connection to it with the extension.
@@ -67,20 +58,6 @@ fn upstream(server: &S3Server) -> std::net::SocketAddr {
 /// The object s3s-fs stored, decompressed by the system tool its suffix names.
 fn stored_sha256(server: &S3Server, bucket: &str, key: &str) -> String {
     sha256_hex(&decompress_cli(&server.object_path(bucket, key)))
-}
-
-#[track_caller]
-fn assert_no_secret(message: &str, secrets: &[&str]) {
-    for secret in secrets {
-        assert!(
-            !message.contains(secret),
-            "a secret leaked into the message: {message}"
-        );
-    }
-    assert!(
-        !message.contains("X-Amz-Signature") && !message.contains("X-Amz-Credential"),
-        "{message}"
-    );
 }
 
 // ---- round trips ----
@@ -119,14 +96,8 @@ fn small_backup_round_trip_with_every_bucket_form() {
         ),
     ];
     for (bucket, pattern, extra, key) in cases {
-        let mut extra_now = json!({"now": "2024-05-06T07:08:09Z"});
-        merge(&mut extra_now, extra);
-        let sql = format!(
-            "SELECT backup_to_s3({}, {}, {})",
-            lit(bucket),
-            lit(pattern),
-            opts(&server, extra_now)
-        );
+        let extra_now = merge(&json!({"now": "2024-05-06T07:08:09Z"}), &extra);
+        let sql = to_s3_sql(bucket, pattern, &opts(&server, extra_now));
         let r = call_json(&conn, &sql);
         let url = format!("s3://bkt/{key}");
         assert_eq!(r["destination"], url, "{sql}: {r}");
@@ -148,14 +119,7 @@ fn small_backup_round_trip_with_every_bucket_form() {
         let sha = r["sha256"].as_str().unwrap().to_string();
         assert_eq!(stored_sha256(&server, "bkt", key), sha, "{r}");
 
-        let v = call_json(
-            &conn,
-            &format!(
-                "SELECT verify_backup({}, {})",
-                lit(&url),
-                opts(&server, json!({}))
-            ),
-        );
+        let v = call_json(&conn, &verify_sql(&url, &opts(&server, json!({}))));
         assert_eq!(v["ok"], true, "{v}");
         assert_eq!(v["location"], url, "{v}");
         assert_eq!(v["integrity"], "ok", "{v}");
@@ -167,12 +131,7 @@ fn small_backup_round_trip_with_every_bucket_form() {
             .join(format!("restored-{}.db", key.replace('/', "_")));
         let rr = call_json(
             &conn,
-            &format!(
-                "SELECT restore_backup({}, {}, {})",
-                lit(&url),
-                path_lit(&dest),
-                opts(&server, json!({}))
-            ),
+            &restore_sql(&url, Some(&dest), &opts(&server, json!({}))),
         );
         assert_eq!(rr["sha256"], sha, "{rr}");
         assert_eq!(digest(&dest), expected, "{url}");
@@ -183,10 +142,7 @@ fn small_backup_round_trip_with_every_bucket_form() {
     // create_only refuses an existing key; if_changed skips an unchanged snapshot.
     let err = call_err(
         &conn,
-        &format!(
-            "SELECT backup_to_s3('bkt', 'db.gz', {})",
-            opts(&server, json!({"create_only": true}))
-        ),
+        &to_s3_sql("bkt", "db.gz", &opts(&server, json!({"create_only": true}))),
     );
     assert_eq!(
         err,
@@ -194,12 +150,13 @@ fn small_backup_round_trip_with_every_bucket_form() {
     );
     let r = call_json(
         &conn,
-        &format!(
-            "SELECT backup_to_s3('s3://bkt/a/b', 'db-%Y%m%d.gz', {})",
-            opts(
+        &to_s3_sql(
+            "s3://bkt/a/b",
+            "db-%Y%m%d.gz",
+            &opts(
                 &server,
-                json!({"if_changed": true, "now": "2024-05-07T00:00:00Z"})
-            )
+                json!({"if_changed": true, "now": "2024-05-07T00:00:00Z"}),
+            ),
         ),
     );
     assert_eq!(r["skipped"], true, "{r}");
@@ -213,9 +170,10 @@ fn small_backup_round_trip_with_every_bucket_form() {
         .unwrap();
     let rr = call_json(
         &target,
-        &format!(
-            "SELECT restore_backup('s3://bkt/a/b/db-20240506.gz', NULL, {})",
-            opts(&server, json!({}))
+        &restore_sql(
+            "s3://bkt/a/b/db-20240506.gz",
+            None,
+            &opts(&server, json!({})),
         ),
     );
     assert_eq!(rr["ok"], true, "{rr}");
@@ -230,10 +188,10 @@ fn multipart_backup_round_trip() {
     for key in ["big.zst", "big.gz"] {
         let r = call_json(
             &conn,
-            &format!(
-                "SELECT backup_to_s3('s3://bkt/m', {}, {})",
-                lit(key),
-                opts(&server, json!({"part_size": PART, "level": 1}))
+            &to_s3_sql(
+                "s3://bkt/m",
+                key,
+                &opts(&server, json!({"part_size": PART, "level": 1})),
             ),
         );
         let stored = r["stored_bytes"].as_u64().unwrap();
@@ -261,12 +219,7 @@ fn multipart_backup_round_trip() {
         let dest = dir.path().join(format!("restored-{key}.db"));
         let rr = call_json(
             &conn,
-            &format!(
-                "SELECT restore_backup({}, {}, {})",
-                lit(&url),
-                path_lit(&dest),
-                opts(&server, json!({}))
-            ),
+            &restore_sql(&url, Some(&dest), &opts(&server, json!({}))),
         );
         assert_eq!(rr["sha256"], sha, "{rr}");
         assert_eq!(digest(&dest), expected);
@@ -300,9 +253,10 @@ fn boto3_reads_the_backup_and_its_metadata() {
     let (conn, expected) = small_db(dir.path());
     let r = call_json(
         &conn,
-        &format!(
-            "SELECT backup_to_s3('s3://bkt/daily', 'app-%Y-%m-%d.gz', {})",
-            opts(&server, json!({"now": "2024-05-06T07:08:09Z"}))
+        &to_s3_sql(
+            "s3://bkt/daily",
+            "app-%Y-%m-%d.gz",
+            &opts(&server, json!({"now": "2024-05-06T07:08:09Z"})),
         ),
     );
     assert_eq!(r["destination"], "s3://bkt/daily/app-2024-05-06.gz");
@@ -349,15 +303,13 @@ fn boto3_reads_the_backup_and_its_metadata() {
 // ---- what goes over the wire, and faults ----
 
 /// Options pointing at the proxy: short timeout, two parts in flight.
-fn proxy_opts(server: &S3Server, proxy: &Proxy, extra: Value) -> String {
-    let mut o = server.options_json();
-    o["endpoint"] = json!(proxy.endpoint());
-    merge(
-        &mut o,
-        json!({"part_size": PART, "timeout_ms": 1000, "concurrency": 2, "level": 1}),
+fn proxy_opts(server: &S3Server, proxy: &Proxy, extra: Value) -> Value {
+    let o = merge(
+        &server.options_json(),
+        &json!({"endpoint": proxy.endpoint(), "part_size": PART, "timeout_ms": 1000,
+                "concurrency": 2, "level": 1}),
     );
-    merge(&mut o, extra);
-    lit(o.to_string())
+    merge(&o, &extra)
 }
 
 fn puts(requests: &[Recorded]) -> Vec<&Recorded> {
@@ -376,17 +328,19 @@ fn requests_have_explicit_length_md5_and_no_checksums() {
 
     let r_small = call_json(
         &small,
-        &format!(
-            "SELECT backup_to_s3('s3://bkt/p', 'small.gz', {})",
-            proxy_opts(&server, &proxy, patient.clone())
+        &to_s3_sql(
+            "s3://bkt/p",
+            "small.gz",
+            &proxy_opts(&server, &proxy, patient.clone()),
         ),
     );
     assert_eq!(r_small["parts"], 1);
     let r_big = call_json(
         &big,
-        &format!(
-            "SELECT backup_to_s3('s3://bkt/p', 'big.zst', {})",
-            proxy_opts(&server, &proxy, patient.clone())
+        &to_s3_sql(
+            "s3://bkt/p",
+            "big.zst",
+            &proxy_opts(&server, &proxy, patient.clone()),
         ),
     );
     let parts = r_big["parts"].as_u64().unwrap();
@@ -451,18 +405,17 @@ fn transient_faults_are_retried_from_sql() {
     let (big, big_digest) = big_db(dir.path());
 
     // Single PUT: a 503, a 500, a dropped connection, a stall beyond timeout_ms.
-    proxy.fault("PUT", "", 1, Fault::Status(503));
-    proxy.fault("PUT", "", 1, Fault::Status(500));
-    proxy.fault("PUT", "", 1, Fault::DropRequest(1000));
-    // The stall outlasts the test: only timeout_ms (1 s) can end that attempt in time.
-    proxy.fault("PUT", "", 1, Fault::Stall(Duration::from_secs(30)));
+    proxy.faults(&[
+        ("PUT", "", 1, Fault::Status(503)),
+        ("PUT", "", 1, Fault::Status(500)),
+        ("PUT", "", 1, Fault::DropRequest(1000)),
+        // The stall outlasts the test: only timeout_ms (1 s) can end that attempt in time.
+        ("PUT", "", 1, Fault::Stall(Duration::from_secs(30))),
+    ]);
     let started = std::time::Instant::now();
     let r = call_json(
         &small,
-        &format!(
-            "SELECT backup_to_s3('bkt', 'small.gz', {})",
-            proxy_opts(&server, &proxy, json!({}))
-        ),
+        &to_s3_sql("bkt", "small.gz", &proxy_opts(&server, &proxy, json!({}))),
     );
     let took = started.elapsed();
     assert!(
@@ -489,22 +442,21 @@ fn transient_faults_are_retried_from_sql() {
 
     // Multipart: faults on Create, the parts and Complete.
     proxy.clear_requests();
-    proxy.fault("POST", "uploads", 1, Fault::Status(503));
-    proxy.fault("PUT", "partNumber", 1, Fault::Status(500));
-    proxy.fault("PUT", "partNumber", 1, Fault::DropRequest(100_000));
-    proxy.fault(
-        "PUT",
-        "partNumber",
-        1,
-        Fault::Stall(Duration::from_millis(2500)),
-    );
-    proxy.fault("POST", "uploadId", 1, Fault::Status(500));
+    proxy.faults(&[
+        ("POST", "uploads", 1, Fault::Status(503)),
+        ("PUT", "partNumber", 1, Fault::Status(500)),
+        ("PUT", "partNumber", 1, Fault::DropRequest(100_000)),
+        (
+            "PUT",
+            "partNumber",
+            1,
+            Fault::Stall(Duration::from_millis(2500)),
+        ),
+        ("POST", "uploadId", 1, Fault::Status(500)),
+    ]);
     let r = call_json(
         &big,
-        &format!(
-            "SELECT backup_to_s3('bkt', 'big.zst', {})",
-            proxy_opts(&server, &proxy, json!({}))
-        ),
+        &to_s3_sql("bkt", "big.zst", &proxy_opts(&server, &proxy, json!({}))),
     );
     assert!(r["parts"].as_u64().unwrap() >= 2, "{r}");
     let faulted = proxy
@@ -520,10 +472,7 @@ fn transient_faults_are_retried_from_sql() {
     assert!(server.incomplete_uploads().is_empty());
     let v = call_json(
         &big,
-        &format!(
-            "SELECT verify_backup('s3://bkt/big.zst', {})",
-            opts(&server, json!({}))
-        ),
+        &verify_sql("s3://bkt/big.zst", &opts(&server, json!({}))),
     );
     assert_eq!(v["ok"], true);
     let restored = decompress_to(
@@ -543,60 +492,55 @@ fn persistent_server_errors_fail_clearly_and_leave_nothing() {
     let (big, _) = big_db(dir.path());
     let secrets = [server.secret_key.as_str()];
 
-    // Single PUT.
-    proxy.fault("PUT", "", usize::MAX, Fault::Status(500));
-    let err = call_err(
-        &small,
-        &format!(
-            "SELECT backup_to_s3('bkt', 'small.gz', {})",
-            proxy_opts(&server, &proxy, json!({"retries": 1}))
-        ),
-    );
-    assert!(err.starts_with("backup_to_s3: "), "{err}");
-    assert!(err.contains("s3://bkt/small.gz"), "{err}");
-    assert!(err.contains("HTTP 500"), "{err}");
-    assert!(err.contains("gave up after 2 attempts"), "{err}");
-    assert_no_secret(&err, &secrets);
-    assert!(!server.object_path("bkt", "small.gz").exists());
-    assert_eq!(
-        puts(&proxy.requests()).len(),
-        2,
-        "one try and one retry: {:#?}",
-        proxy.requests()
-    );
-
-    // Multipart: the parts fail; the upload is aborted.
-    proxy.clear_faults();
-    proxy.clear_requests();
-    proxy.fault("PUT", "partNumber", usize::MAX, Fault::Status(500));
-    let err = call_err(
-        &big,
-        &format!(
-            "SELECT backup_to_s3('bkt', 'big.zst', {})",
-            proxy_opts(&server, &proxy, json!({"retries": 1}))
-        ),
-    );
-    assert!(err.starts_with("backup_to_s3: "), "{err}");
-    assert!(err.contains("s3://bkt/big.zst"), "{err}");
-    assert!(err.contains("HTTP 500"), "{err}");
-    assert!(err.contains("gave up after 2 attempts"), "{err}");
-    assert_no_secret(&err, &secrets);
-    assert!(!server.object_path("bkt", "big.zst").exists());
-    assert!(
-        server.incomplete_uploads().is_empty(),
-        "{:?}",
-        server.incomplete_uploads()
-    );
-    assert!(
-        proxy
-            .requests()
-            .iter()
-            .any(|r| r.method == "DELETE" && r.query.contains("uploadId")),
-        "AbortMultipartUpload was sent"
-    );
-    // Nothing under the bucket but what was there before.
-    assert!(list(&server.root().join("bkt")).is_empty());
-    assert_alive(&big);
+    // (what fails, the source, the name, multipart): every PUT of a single-request upload,
+    // or the parts of a multipart one, which is then aborted.
+    let cases = [
+        ("single PUT", "", &small, "small.gz", false),
+        ("multipart", "partNumber", &big, "big.zst", true),
+    ];
+    for (label, query, conn, name, multipart) in cases {
+        proxy.clear_faults();
+        proxy.clear_requests();
+        proxy.fault("PUT", query, usize::MAX, Fault::Status(500));
+        let err = call_err(
+            conn,
+            &to_s3_sql(
+                "bkt",
+                name,
+                &proxy_opts(&server, &proxy, json!({"retries": 1})),
+            ),
+        );
+        assert!(err.starts_with("backup_to_s3: "), "{label}: {err}");
+        assert!(err.contains(&format!("s3://bkt/{name}")), "{label}: {err}");
+        assert!(err.contains("HTTP 500"), "{label}: {err}");
+        assert!(err.contains("gave up after 2 attempts"), "{label}: {err}");
+        assert_no_secret(&err, &secrets);
+        assert!(!server.object_path("bkt", name).exists(), "{label}");
+        assert!(
+            server.incomplete_uploads().is_empty(),
+            "{label}: {:?}",
+            server.incomplete_uploads()
+        );
+        if multipart {
+            assert!(
+                proxy
+                    .requests()
+                    .iter()
+                    .any(|r| r.method == "DELETE" && r.query.contains("uploadId")),
+                "{label}: AbortMultipartUpload was sent"
+            );
+        } else {
+            assert_eq!(
+                puts(&proxy.requests()).len(),
+                2,
+                "{label}: one try and one retry: {:#?}",
+                proxy.requests()
+            );
+        }
+        // Nothing under the bucket but what was there before.
+        assert!(list(&server.root().join("bkt")).is_empty(), "{label}");
+        assert_alive(conn);
+    }
 }
 
 // ---- errors ----
@@ -606,23 +550,14 @@ fn wrong_secret_is_an_auth_error_without_the_secret() {
     let server = server();
     let dir = tempdir();
     let (conn, _) = small_db(dir.path());
-    call_json(
-        &conn,
-        &format!(
-            "SELECT backup_to_s3('bkt', 'db.gz', {})",
-            opts(&server, json!({}))
-        ),
-    );
+    call_json(&conn, &to_s3_sql("bkt", "db.gz", &opts(&server, json!({}))));
     let wrong = "WRONGSECRETwrongsecret1234567890";
     let bad = opts(&server, json!({"secret_access_key": wrong, "retries": 0}));
     let dest = dir.path().join("r.db");
     let calls = [
-        format!("SELECT backup_to_s3('bkt', 'db2.gz', {bad})"),
-        format!("SELECT verify_backup('s3://bkt/db.gz', {bad})"),
-        format!(
-            "SELECT restore_backup('s3://bkt/db.gz', {}, {bad})",
-            path_lit(&dest)
-        ),
+        to_s3_sql("bkt", "db2.gz", &bad),
+        verify_sql("s3://bkt/db.gz", &bad),
+        restore_sql("s3://bkt/db.gz", Some(&dest), &bad),
     ];
     for sql in &calls {
         let err = call_err(&conn, sql);
@@ -664,12 +599,13 @@ impl Cli {
 fn missing_credentials_name_what_to_set() {
     let server = server();
     let cli = Cli::new();
-    let endpoint = lit(json!({"endpoint": server.endpoint()}).to_string());
+    let endpoint = json!({"endpoint": server.endpoint()});
     for sql in [
-        format!("SELECT backup_to_s3('bkt', 'db.gz', {endpoint});"),
-        format!("SELECT verify_backup('s3://bkt/db.gz', {endpoint});"),
-        format!("SELECT restore_backup('s3://bkt/db.gz', NULL, {endpoint});"),
+        to_s3_sql("bkt", "db.gz", &endpoint),
+        verify_sql("s3://bkt/db.gz", &endpoint),
+        restore_sql("s3://bkt/db.gz", None, &endpoint),
     ] {
+        let sql = format!("{sql};");
         let out = cli.run(&sql, &[]);
         assert!(!out.ok(), "{sql}: {}", out.stdout);
         for needed in [
@@ -822,21 +758,12 @@ fn missing_bucket_and_object_are_not_found() {
     let o = opts(&server, json!({}));
     let dest = dir.path().join("r.db");
     for (sql, expected) in [
+        (verify_sql("s3://nobucket/x.gz", &o), "s3://nobucket/x.gz"),
         (
-            format!("SELECT verify_backup('s3://nobucket/x.gz', {o})"),
+            restore_sql("s3://nobucket/x.gz", Some(&dest), &o),
             "s3://nobucket/x.gz",
         ),
-        (
-            format!(
-                "SELECT restore_backup('s3://nobucket/x.gz', {}, {o})",
-                path_lit(&dest)
-            ),
-            "s3://nobucket/x.gz",
-        ),
-        (
-            format!("SELECT verify_backup('s3://bkt/none.gz', {o})"),
-            "s3://bkt/none.gz",
-        ),
+        (verify_sql("s3://bkt/none.gz", &o), "s3://bkt/none.gz"),
     ] {
         let err = call_err(&conn, &sql);
         assert!(err.contains(expected), "{sql}: {err}");
@@ -852,43 +779,33 @@ fn missing_bucket_and_object_are_not_found() {
 #[test]
 fn bad_locations_are_usage_errors() {
     let conn = open_memory();
-    let o =
-        lit(json!({"access_key_id": "AKID", "secret_access_key": "SECRETSECRET1234"}).to_string());
+    let o = json!({"access_key_id": "AKID", "secret_access_key": "SECRETSECRET1234"});
     let cases = [
         (
-            format!("SELECT verify_backup('http://x/y', {o})"),
+            verify_sql("http://x/y", &o),
             "verify_backup: unsupported location 'http://x/y': use a local path or s3://bucket/key",
         ),
         (
-            format!("SELECT restore_backup('http://x/y', '/tmp/nowhere.db', {o})"),
+            restore_sql("http://x/y", Some(Path::new("/tmp/nowhere.db")), &o),
             "restore_backup: unsupported location 'http://x/y'",
         ),
         (
-            format!("SELECT backup_to_s3('http://x/y', 'db.gz', {o})"),
+            to_s3_sql("http://x/y", "db.gz", &o),
             "backup_to_s3: unsupported location 'http://x/y'",
         ),
+        (to_s3_sql("s3://Bad_Bucket", "db.gz", &o), "Bad_Bucket"),
+        (to_s3_sql("Bad_Bucket", "db.gz", &o), "Bad_Bucket"),
+        (verify_sql("s3://Bad_Bucket/db.gz", &o), "Bad_Bucket"),
         (
-            format!("SELECT backup_to_s3('s3://Bad_Bucket', 'db.gz', {o})"),
-            "Bad_Bucket",
-        ),
-        (
-            format!("SELECT backup_to_s3('Bad_Bucket', 'db.gz', {o})"),
-            "Bad_Bucket",
-        ),
-        (
-            format!("SELECT verify_backup('s3://Bad_Bucket/db.gz', {o})"),
-            "Bad_Bucket",
-        ),
-        (
-            format!("SELECT verify_backup('s3://bkt', {o})"),
+            verify_sql("s3://bkt", &o),
             "verify_backup: 's3://bkt' names no object: use s3://bucket/path/to/backup.gz",
         ),
         (
-            format!("SELECT restore_backup('s3://bkt/', NULL, {o})"),
+            restore_sql("s3://bkt/", None, &o),
             "restore_backup: 's3://bkt/' names no object",
         ),
         (
-            format!("SELECT backup_to_s3('bkt', '/db.gz', {o})"),
+            to_s3_sql("bkt", "/db.gz", &o),
             "backup_to_s3: pattern '/db.gz' must name an object below the bucket",
         ),
         (
@@ -896,17 +813,15 @@ fn bad_locations_are_usage_errors() {
             "backup_to_s3: takes 2 to 3 arguments",
         ),
         (
-            format!(
-                "SELECT backup_to_s3('bkt', 'db.gz', {})",
-                lit(r#"{"endpoint": "ftp://x", "access_key_id": "a", "secret_access_key": "b"}"#)
+            to_s3_sql(
+                "bkt",
+                "db.gz",
+                &json!({"endpoint": "ftp://x", "access_key_id": "a", "secret_access_key": "b"}),
             ),
             "invalid endpoint",
         ),
         (
-            format!(
-                "SELECT backup_to_s3('bkt', 'db.gz', {})",
-                lit(r#"{"part_sise": 5242880}"#)
-            ),
+            to_s3_sql("bkt", "db.gz", &json!({"part_sise": 5242880})),
             "part_sise",
         ),
     ];
@@ -919,10 +834,7 @@ fn bad_locations_are_usage_errors() {
         assert_no_secret(&err, &["SECRETSECRET1234"]);
     }
     // A bad bucket name is a usage error that names the rules, not a request.
-    let err = call_err(
-        &conn,
-        &format!("SELECT backup_to_s3('s3://Bad_Bucket', 'db.gz', {o})"),
-    );
+    let err = call_err(&conn, &to_s3_sql("s3://Bad_Bucket", "db.gz", &o));
     assert!(err.starts_with("backup_to_s3: "), "{err}");
     assert!(!err.contains("cannot reach"), "{err}");
 }
@@ -933,17 +845,16 @@ fn unreachable_endpoint_says_cannot_reach() {
     let dir = tempdir();
     let (conn, _) = small_db(dir.path());
     let secret = "SECRETKEYunreachable123456";
-    let o = lit(json!({
+    let o = json!({
         "endpoint": format!("http://127.0.0.1:{port}"),
         "access_key_id": "AKIDUNREACHABLE",
         "secret_access_key": secret,
         "retries": 1,
         "connect_timeout_ms": 2000,
-    })
-    .to_string());
+    });
     for sql in [
-        format!("SELECT backup_to_s3('bkt', 'db.gz', {o})"),
-        format!("SELECT verify_backup('s3://bkt/db.gz', {o})"),
+        to_s3_sql("bkt", "db.gz", &o),
+        verify_sql("s3://bkt/db.gz", &o),
     ] {
         let err = call_err(&conn, &sql);
         assert!(
@@ -963,10 +874,7 @@ fn s3_options_are_refused_for_local_locations() {
     let backup = dir.path().join("b.gz");
     let err = call_err(
         &conn,
-        &format!(
-            "SELECT backup_to_file({}, '{{\"endpoint\": \"http://127.0.0.1:9\"}}')",
-            path_lit(&backup)
-        ),
+        &to_file_sql(&backup, &json!({"endpoint": "http://127.0.0.1:9"})),
     );
     assert_eq!(
         err,
@@ -979,11 +887,7 @@ fn s3_options_are_refused_for_local_locations() {
         } else {
             json!("x")
         };
-        let o = lit(json!({ key: value }).to_string());
-        let err = call_err(
-            &conn,
-            &format!("SELECT backup_to_file({}, {o})", path_lit(&backup)),
-        );
+        let err = to_file_err(&conn, &backup, &json!({ key: value }));
         assert_eq!(
             err,
             format!("backup_to_file: option '{key}' applies only to s3:// locations")
@@ -994,22 +898,17 @@ fn s3_options_are_refused_for_local_locations() {
         &conn,
         &format!("SELECT backup_to_file({})", path_lit(&backup)),
     );
-    let o = lit(r#"{"endpoint": "http://127.0.0.1:9"}"#);
-    let err = call_err(
-        &conn,
-        &format!("SELECT verify_backup({}, {o})", path_lit(&backup)),
-    );
+    let o = json!({"endpoint": "http://127.0.0.1:9"});
+    let err = verify_err(&conn, backup.to_str().unwrap(), &o);
     assert_eq!(
         err,
         "verify_backup: option 'endpoint' applies only to s3:// locations"
     );
-    let err = call_err(
+    let err = restore_err(
         &conn,
-        &format!(
-            "SELECT restore_backup({}, {}, {o})",
-            path_lit(&backup),
-            path_lit(dir.path().join("r.db"))
-        ),
+        backup.to_str().unwrap(),
+        Some(&dir.path().join("r.db")),
+        &o,
     );
     assert_eq!(
         err,
@@ -1026,9 +925,10 @@ fn path_style_false_with_an_ip_endpoint_says_what_to_set() {
     // `bkt.127.0.0.1` is no host: a clear error saying what to do, and no request.
     let err = call_err(
         &conn,
-        &format!(
-            "SELECT backup_to_s3('bkt', 'db.gz', {})",
-            proxy_opts(&server, &proxy, json!({"path_style": false, "retries": 0}))
+        &to_s3_sql(
+            "bkt",
+            "db.gz",
+            &proxy_opts(&server, &proxy, json!({"path_style": false, "retries": 0})),
         ),
     );
     assert_eq!(
@@ -1042,9 +942,10 @@ fn path_style_false_with_an_ip_endpoint_says_what_to_set() {
     // The same with path_style true reaches it, bucket in the path.
     call_json(
         &conn,
-        &format!(
-            "SELECT backup_to_s3('bkt', 'db.gz', {})",
-            proxy_opts(&server, &proxy, json!({"path_style": true}))
+        &to_s3_sql(
+            "bkt",
+            "db.gz",
+            &proxy_opts(&server, &proxy, json!({"path_style": true})),
         ),
     );
     let requests = proxy.requests();

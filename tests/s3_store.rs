@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use common::assert_no_secret;
 use common::proxy::{Fault, Proxy};
 use common::s3server::{free_port, S3Server};
 use sqlite_backup::error::Kind;
@@ -323,14 +324,8 @@ fn wrong_secret_is_an_auth_error_without_the_secret() {
             "{err}"
         );
         let debug = format!("{err:?}");
-        assert!(
-            !debug.contains(&wrong) && !debug.contains(&server.secret_key),
-            "{debug}"
-        );
-        assert!(
-            !debug.contains("X-Amz-Signature") && !debug.contains("X-Amz-Credential"),
-            "{debug}"
-        );
+        // Also no presigned signature or credential.
+        assert_no_secret(&debug, &[&wrong, &server.secret_key]);
     }
 }
 
@@ -366,7 +361,7 @@ fn unreachable_endpoint_says_so() {
         "{err}"
     );
     assert!(err.message.contains("gave up after 3 attempts"), "{err}");
-    assert!(!err.message.contains("SECRETKEY123"));
+    assert_no_secret(&err.message, &["SECRETKEY123"]);
 }
 
 // ---- through the fault-injecting proxy ----
@@ -448,17 +443,19 @@ fn transient_faults_are_retried() {
     let server = server();
     let proxy = Proxy::start(upstream(&server));
     let store = proxied(&server, &proxy, Some(PART));
-    proxy.fault("POST", "uploads", 1, Fault::Status(503));
-    proxy.fault("PUT", "partNumber", 2, Fault::Status(500));
-    proxy.fault("PUT", "partNumber", 1, Fault::Status(429));
-    proxy.fault("PUT", "partNumber", 1, Fault::DropRequest(100_000));
-    proxy.fault(
-        "PUT",
-        "partNumber",
-        1,
-        Fault::Stall(Duration::from_millis(2500)),
-    );
-    proxy.fault("POST", "uploadId", 1, Fault::Status(500));
+    proxy.faults(&[
+        ("POST", "uploads", 1, Fault::Status(503)),
+        ("PUT", "partNumber", 2, Fault::Status(500)),
+        ("PUT", "partNumber", 1, Fault::Status(429)),
+        ("PUT", "partNumber", 1, Fault::DropRequest(100_000)),
+        (
+            "PUT",
+            "partNumber",
+            1,
+            Fault::Stall(Duration::from_millis(2500)),
+        ),
+        ("POST", "uploadId", 1, Fault::Status(500)),
+    ]);
     let body = data(3 * PART as usize + 77, 9);
     let stored = put(&store, "big.gz", &body, false).unwrap();
     assert_eq!(stored.parts, 4);
@@ -477,6 +474,24 @@ fn transient_faults_are_retried() {
     assert_eq!(get(&store, "small.gz"), b"small");
 }
 
+/// A fault the proxy keeps injecting, the upload it hits, and how that upload must fail.
+struct PersistentFault {
+    label: &'static str,
+    /// Proxy match: method and a query substring ("" for any).
+    method: &'static str,
+    query: &'static str,
+    status: u16,
+    name: &'static str,
+    len: usize,
+    kind: Kind,
+    /// Texts the error message must contain.
+    message: &'static [&'static str],
+    /// PUT requests sent, where counted (4xx other than 429 are not retried).
+    puts: Option<usize>,
+    /// A multipart upload, which must be aborted (AbortMultipartUpload sent).
+    multipart: bool,
+}
+
 #[test]
 fn persistent_faults_fail_clearly_and_leave_nothing() {
     let server = server();
@@ -486,43 +501,82 @@ fn persistent_faults_fail_clearly_and_leave_nothing() {
     opts.part_size = Some(PART);
     opts.retries = Some(2);
     let store = open(&server, "", opts);
-    proxy.fault("PUT", "partNumber", usize::MAX, Fault::Status(500));
-    let err = put(&store, "big.gz", &data(2 * PART as usize + 1, 10), false).unwrap_err();
-    assert_eq!(err.kind, Kind::Transient, "{err}");
-    assert!(err.message.contains("s3://bkt/big.gz"), "{err}");
-    assert!(err.message.contains("HTTP 500"), "{err}");
-    assert!(err.message.contains("gave up after 3 attempts"), "{err}");
-    assert!(
-        server.incomplete_uploads().is_empty(),
-        "{:?}",
-        server.incomplete_uploads()
-    );
-    assert!(!server.object_path("bkt", "big.gz").exists());
-    assert!(proxy
-        .requests()
-        .iter()
-        .any(|r| r.method == "DELETE" && r.query.contains("uploadId")));
-
-    proxy.clear_faults();
-    proxy.fault("PUT", "", usize::MAX, Fault::Status(503));
-    let err = put(&store, "small.gz", b"x", false).unwrap_err();
-    assert_eq!(err.kind, Kind::Transient);
-    assert!(!server.object_path("bkt", "small.gz").exists());
-
-    // 4xx other than 429 are not retried.
-    proxy.clear_faults();
-    proxy.clear_requests();
-    proxy.fault("PUT", "", usize::MAX, Fault::Status(400));
-    let err = put(&store, "small.gz", b"x", false).unwrap_err();
-    assert_eq!(err.kind, Kind::Remote);
-    assert_eq!(
-        proxy
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PUT")
-            .count(),
-        1
-    );
+    let cases = [
+        PersistentFault {
+            label: "parts answer 500",
+            method: "PUT",
+            query: "partNumber",
+            status: 500,
+            name: "big.gz",
+            len: 2 * PART as usize + 1,
+            kind: Kind::Transient,
+            message: &["s3://bkt/big.gz", "HTTP 500", "gave up after 3 attempts"],
+            puts: None,
+            multipart: true,
+        },
+        PersistentFault {
+            label: "a single PUT answers 503",
+            method: "PUT",
+            query: "",
+            status: 503,
+            name: "small.gz",
+            len: 1,
+            kind: Kind::Transient,
+            message: &[],
+            puts: None,
+            multipart: false,
+        },
+        PersistentFault {
+            label: "a single PUT answers 400, not retried",
+            method: "PUT",
+            query: "",
+            status: 400,
+            name: "small.gz",
+            len: 1,
+            kind: Kind::Remote,
+            message: &[],
+            puts: Some(1),
+            multipart: false,
+        },
+    ];
+    for (seed, case) in cases.iter().enumerate() {
+        let label = case.label;
+        proxy.clear_faults();
+        proxy.clear_requests();
+        proxy.fault(
+            case.method,
+            case.query,
+            usize::MAX,
+            Fault::Status(case.status),
+        );
+        let err = put(&store, case.name, &data(case.len, 10 + seed as u64), false).unwrap_err();
+        assert_eq!(err.kind, case.kind, "{label}: {err}");
+        for text in case.message {
+            assert!(err.message.contains(text), "{label}: {err}");
+        }
+        assert!(
+            server.incomplete_uploads().is_empty(),
+            "{label}: {:?}",
+            server.incomplete_uploads()
+        );
+        assert!(!server.object_path("bkt", case.name).exists(), "{label}");
+        let requests = proxy.requests();
+        if case.multipart {
+            assert!(
+                requests
+                    .iter()
+                    .any(|r| r.method == "DELETE" && r.query.contains("uploadId")),
+                "{label}"
+            );
+        }
+        if let Some(puts) = case.puts {
+            assert_eq!(
+                requests.iter().filter(|r| r.method == "PUT").count(),
+                puts,
+                "{label}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -3,8 +3,20 @@
 //! that nothing was left behind.
 #![allow(dead_code)] // each test file uses a different subset
 
+// Loaded before any other crate: rustc links crates loaded later first, and rusqlite's bundled
+// SQLite must come before sqlite3ext-sys's (under the extension), or the linker takes symbols
+// from both and fails with duplicate symbols, depending on which crate a test file named first.
+extern crate sqlite_backup;
+
+pub mod calls;
+pub mod http;
 pub mod proxy;
 pub mod s3server;
+mod secret;
+pub mod series;
+
+#[allow(unused_imports)] // not every test file checks for leaks
+pub use secret::assert_no_secret;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -112,6 +112,13 @@ impl Proxy {
         });
     }
 
+    /// A table of faults, each row as for `fault`: (method, query_contains, times, fault).
+    pub fn faults(&self, script: &[(&str, &str, usize, Fault)]) {
+        for (method, query_contains, times, fault) in script {
+            self.fault(method, query_contains, *times, fault.clone());
+        }
+    }
+
     pub fn clear_faults(&self) {
         self.rules.lock().unwrap().clear();
     }
