@@ -92,6 +92,7 @@ dist: deps dist-tools
 # venv and in apsw and sqlite-utils, npm packages in Node, tarballs and checksums, and the
 # aarch64 build under qemu-user. CI runs it after test-hosts.
 dist-test: dist
+	[ -d tests/node/node_modules/better-sqlite3 ] || { cd tests/node && npm ci --no-audit --no-fund; }
 	NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost SQLITE_BACKUP_VENV=$(VENV) SQLITE_BACKUP_ARM64_ROOT=$(ARM64_ROOT) $(CARGO) test --test dist -- --ignored --test-threads 2
 
 # macOS and Windows: the source compiles (no artefacts until a machine can run them).

@@ -12,6 +12,7 @@ needs no network and no build backend.
 
 import argparse
 import base64
+import glob
 import hashlib
 import json
 import os
@@ -48,10 +49,22 @@ def run(cmd, **kw):
     subprocess.run(cmd, check=True, **kw)
 
 
+def clang_includes():
+    """bindgen (sqlite3ext-sys) under zig finds no compiler headers (stdarg.h) of its own:
+    point it at libclang's."""
+    found = sorted(glob.glob("/usr/lib/llvm-*/lib/clang/*/include/stdarg.h"))
+    return os.path.dirname(found[-1]) if found else None
+
+
 def build(arch):
     """One release build per architecture; returns the path of the .so."""
     target = ARCHES[arch][0]
-    run(["cargo", "zigbuild", "--release", "--lib", "--target", f"{target}.{GLIBC}"], cwd=ROOT)
+    env = dict(os.environ)
+    inc = clang_includes()
+    if inc and "BINDGEN_EXTRA_CLANG_ARGS" not in env:
+        env["BINDGEN_EXTRA_CLANG_ARGS"] = f"-I{inc}"
+    run(["cargo", "zigbuild", "--release", "--lib", "--target", f"{target}.{GLIBC}"],
+        cwd=ROOT, env=env)
     so = os.path.join(ROOT, "target", target, "release", "libsqlite_backup.so")
     if not os.path.isfile(so):
         sys.exit(f"dist: cargo zigbuild made no {so}")
