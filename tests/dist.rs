@@ -106,6 +106,9 @@ fn every_build_needs_glibc_2_17_at_most() {
             "aarch64"
         };
         assert!(header.contains(want), "{arch}: {header}");
+        // build.rs's -z nodelete survived zig's linker (hosts that dlclose must not unmap us).
+        let dynamic = sh_ok(Command::new("readelf").arg("-d").arg(&so), "");
+        assert!(dynamic.contains("NODELETE"), "{arch}: {dynamic}");
     }
     // The check itself sees what it must: the plain build of this machine (glibc 2.36) needs more.
     assert!(
