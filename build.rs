@@ -16,7 +16,10 @@ fn main() {
     // Never unmapped once loaded: SQLite dlcloses an extension when the last connection that
     // loaded it closes, and Rust's thread-local destructors registered by our code would then
     // run on unmapped code when the thread exits (SIGSEGV in multi-threaded hosts).
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+    // (-z is an ELF linker option: Linux only, so other targets still build.)
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+    }
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
 }
