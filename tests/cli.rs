@@ -134,6 +134,41 @@ fn registers_exactly_the_documented_functions() {
     assert!(target.contains("linux"), "{target}");
 }
 
+/// Loading again into the same connection through SQL (an application that runs
+/// `SELECT load_extension(…)` on every checkout of a pooled connection) succeeds and changes
+/// nothing; SQLite would refuse to redefine the functions while that SELECT runs.
+#[test]
+fn loading_twice_through_sql_is_harmless() {
+    let dir = tempdir();
+    let db = dir.path().join("twice.db");
+    let ext = ext_load_name();
+    let out = sqlite3_cli(
+        &db,
+        &["-bail"],
+        &format!(
+            "SELECT load_extension('{ext}') IS NULL;\nSELECT load_extension('{ext}') IS NULL;\n\
+             SELECT backup_version();\n{LIST_SQL}"
+        ),
+        None,
+    );
+    out.assert_ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[..3], ["1", "1", "v0.1.0"], "{}", out.stdout);
+    assert_eq!(lines[3..], *FUNCTIONS, "registered once each");
+
+    // The same in rusqlite (a newer SQLite), after a load through the API.
+    let conn = open(&db);
+    unsafe { conn.load_extension_enable().unwrap() };
+    let again: Option<String> = conn
+        .query_row(&format!("SELECT load_extension('{ext}')"), [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(again, None);
+    let version: String = conn
+        .query_row("SELECT backup_version()", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, "v0.1.0");
+}
+
 /// A failed backup or verify makes the CLI exit non-zero (cron must notice), whether the SQL
 /// comes as an argument or on stdin, with or without -bail.
 #[test]

@@ -21,6 +21,12 @@ use crate::ffi::Connection;
 
 /// Registers every SQL function on `db`.
 pub fn register(db: *mut sqlite3) -> Result<()> {
+    // Loaded again into the same connection (`SELECT load_extension(…)` on every checkout of a
+    // pooled connection): the functions are there already, and SQLite refuses to redefine a
+    // function while a statement (that SELECT) runs. Nothing to do.
+    if already_registered(db) {
+        return Ok(());
+    }
     let pure = FunctionFlags::UTF8 | FunctionFlags::DETERMINISTIC | FunctionFlags::INNOCUOUS;
     // Side effects (files, network, the database itself): callable only from top-level SQL,
     // never from a trigger or view inside a database file someone else wrote.
@@ -42,6 +48,20 @@ pub fn register(db: *mut sqlite3) -> Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// True when this connection already has our functions (from an earlier load of the same
+/// library: a second library is refused before this point).
+fn already_registered(db: *mut sqlite3) -> bool {
+    // SAFETY: the connection is live for the whole entry point.
+    let conn = unsafe { Connection::borrowed(db) };
+    conn.query_value(
+        "SELECT count(DISTINCT name) FROM pragma_function_list \
+         WHERE name IN ('backup_version', 'backup_to_file')",
+    )
+    .ok()
+    .flatten()
+    .is_some_and(|n| n == "2")
 }
 
 type Body = fn(&Call) -> Result<String>;
