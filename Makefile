@@ -99,8 +99,10 @@ dist-test: dist
 # (Through cargo-zigbuild: the C of zstd, libdeflate and ring needs a compiler for the target.)
 CLANG_INC = $(lastword $(sort $(dir $(wildcard /usr/lib/llvm-*/lib/clang/*/include/stdarg.h))))
 check-portable: dist-tools
-	rustup target add aarch64-apple-darwin
-	PATH="$(VENV)/bin:$$PATH" BINDGEN_EXTRA_CLANG_ARGS=-I$(CLANG_INC) cargo-zigbuild check --lib --target aarch64-apple-darwin
+	rustup target add aarch64-apple-darwin x86_64-pc-windows-gnu
+	for target in aarch64-apple-darwin x86_64-pc-windows-gnu; do \
+	  PATH="$(VENV)/bin:$$PATH" BINDGEN_EXTRA_CLANG_ARGS=-I$(CLANG_INC) cargo-zigbuild check --lib --target $$target || exit 1; \
+	done
 
 # Builds, makes a sample database, backs it up to ./backups/, verifies it, prints the results.
 demo: loadable-release
