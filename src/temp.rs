@@ -15,6 +15,8 @@
 //!   stopped) owner's.
 //!
 //! File systems without `O_TMPFILE` get a named `.tmp` file instead, swept the same way.
+//! Outside Linux every backup takes that named path; without a /proc to judge owners by,
+//! names carry no owner there and nothing is swept (only removed on drop).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
