@@ -4,7 +4,6 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{fchown, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use serde::Serialize;
@@ -89,11 +88,75 @@ fn exists(dest: &Path) -> Error {
 /// its identity, to make sure it is still the same file just before the rename.
 #[derive(Debug)]
 struct Replaced {
+    id: FileId,
+    // Read only where there is something to keep (Unix, `set_owner_and_mode`).
+    #[cfg_attr(not(unix), allow(dead_code))]
+    access: Access,
+}
+
+/// Tells a file from another put in its place: device and inode.
+#[cfg(unix)]
+#[derive(Debug, PartialEq)]
+struct FileId {
     dev: u64,
     ino: u64,
+}
+
+#[cfg(unix)]
+fn file_id(meta: &fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    }
+}
+
+/// Tells a file from another put in its place where std has no stable file index (Windows):
+/// size and modification time, so a file replaced or written meanwhile shows; a copy with the
+/// same size and time does not.
+#[cfg(not(unix))]
+#[derive(Debug, PartialEq)]
+struct FileId {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+#[cfg(not(unix))]
+fn file_id(meta: &fs::Metadata) -> FileId {
+    FileId {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+    }
+}
+
+/// The owner, group and mode a restored file keeps (Unix).
+#[cfg(unix)]
+#[derive(Debug)]
+struct Access {
     uid: u32,
     gid: u32,
     mode: u32,
+}
+
+#[cfg(unix)]
+fn access_of(meta: &fs::Metadata) -> Access {
+    use std::os::unix::fs::MetadataExt;
+    Access {
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.mode() & 0o7777,
+    }
+}
+
+/// Nothing to keep elsewhere: Windows has ACLs, not owner and mode bits (see
+/// `set_owner_and_mode`).
+#[cfg(not(unix))]
+#[derive(Debug)]
+struct Access;
+
+#[cfg(not(unix))]
+fn access_of(_meta: &fs::Metadata) -> Access {
+    Access
 }
 
 /// What `dest` is now: nothing (a new file is created) or a regular file to replace. Anything
@@ -108,11 +171,8 @@ fn destination(dest: &Path) -> Result<Option<Replaced>> {
     let kind = meta.file_type();
     if kind.is_file() {
         return Ok(Some(Replaced {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            uid: meta.uid(),
-            gid: meta.gid(),
-            mode: meta.mode() & 0o7777,
+            id: file_id(&meta),
+            access: access_of(&meta),
         }));
     }
     if kind.is_dir() {
@@ -145,8 +205,10 @@ fn destination(dest: &Path) -> Result<Option<Replaced>> {
 /// A restored file keeps the owner, group and mode of the file it replaces (a root cron job
 /// must not leave an application's database owned by root); a new file gets SQLite's 0644
 /// less the umask. The temp file it is set on is private (0600) until then.
+#[cfg(unix)]
 fn set_owner_and_mode(file: &File, replaced: Option<&Replaced>, dest: &Path) -> Result<()> {
-    let mode = match replaced {
+    use std::os::unix::fs::{fchown, MetadataExt, PermissionsExt};
+    let mode = match replaced.map(|r| &r.access) {
         Some(old) => {
             let meta = file
                 .metadata()
@@ -177,8 +239,16 @@ fn set_owner_and_mode(file: &File, replaced: Option<&Replaced>, dest: &Path) -> 
         .map_err(|e| Error::io("cannot set the restored file's permissions", e))
 }
 
+/// Windows: the restored file gets the ACL the directory gives new files, as a new file
+/// does; owner and mode keeping is Unix only (README, restore_backup).
+#[cfg(not(unix))]
+fn set_owner_and_mode(_file: &File, _replaced: Option<&Replaced>, _dest: &Path) -> Result<()> {
+    Ok(())
+}
+
 /// The process's umask, read without changing it (umask(2) only reads by setting, which would
 /// race with other threads creating files); 022 where /proc does not say (Linux before 4.7).
+#[cfg(unix)]
 fn umask() -> u32 {
     fs::read_to_string("/proc/self/status")
         .ok()
@@ -202,9 +272,7 @@ fn still_the_same(dest: &Path, replaced: Option<&Replaced>) -> Result<()> {
     };
     let same = match (replaced, &now) {
         (None, None) => true,
-        (Some(old), Some(meta)) => {
-            meta.file_type().is_file() && (meta.dev(), meta.ino()) == (old.dev, old.ino)
-        }
+        (Some(old), Some(meta)) => meta.file_type().is_file() && file_id(meta) == old.id,
         _ => false,
     };
     if same {

@@ -15,13 +15,11 @@
 //!   stopped) owner's.
 //!
 //! File systems without `O_TMPFILE` get a named `.tmp` file instead, swept the same way.
+//! Outside Linux every backup takes that named path; without a /proc to judge owners by,
+//! names carry no owner there and nothing is swept (only removed on drop).
 
-use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -181,8 +179,10 @@ fn placing_error(dest: &Path, e: io::Error) -> Error {
 
 /// A new file in a directory that appears under its final name only at `persist`: before
 /// that it has no name at all (`O_TMPFILE`), so a kill leaves nothing. Falls back to a named
-/// temp file where the file system lacks `O_TMPFILE` (some network and FUSE file systems).
+/// temp file where the file system lacks `O_TMPFILE` (some network and FUSE file systems)
+/// and on systems other than Linux.
 pub enum Staged {
+    #[cfg(target_os = "linux")]
     Unnamed(File),
     Named(NamedTemp),
 }
@@ -192,7 +192,7 @@ impl Staged {
     pub fn create(dir: &Path) -> Result<Staged> {
         sweep(dir);
         match open_unnamed(dir) {
-            Ok(Some(file)) => Ok(Staged::Unnamed(file)),
+            Ok(Some(staged)) => Ok(staged),
             Ok(None) => create_named(dir, Ext::Upload)
                 .map(Staged::Named)
                 .map_err(|e| cannot_create(dir, e)),
@@ -202,6 +202,7 @@ impl Staged {
 
     pub fn as_file(&self) -> &File {
         match self {
+            #[cfg(target_os = "linux")]
             Staged::Unnamed(file) => file,
             Staged::Named(temp) => temp.as_file(),
         }
@@ -210,39 +211,47 @@ impl Staged {
     /// Gives the file its name `dest` (in the directory it was created in) atomically, as
     /// `persist` does for a named temp file.
     pub fn persist(self, dest: &Path, overwrite: bool) -> Result<()> {
-        let file = match self {
-            Staged::Named(temp) => return persist(temp, dest, overwrite),
-            Staged::Unnamed(file) => file,
-        };
-        file.sync_all()
-            .map_err(|e| Error::io(format!("cannot sync the new {}", dest.display()), e))?;
-        let fd = format!("/proc/self/fd/{}", file.as_raw_fd());
-        if overwrite {
-            // linkat never replaces a name: link under a temp name beside `dest`, then rename
-            // over it. That name lives for a moment only, and is swept like the others.
-            let temp =
-                link_to_temp_name(&fd, parent_dir(dest)).map_err(|e| placing_error(dest, e))?;
-            if let Err(e) = fs::rename(&temp, dest) {
-                let _ = fs::remove_file(&temp);
-                return Err(placing_error(dest, e));
-            }
-        } else {
-            // Fails when `dest` exists: never replaces a file created meanwhile.
-            link(&fd, dest).map_err(|e| placing_error(dest, e))?;
+        match self {
+            Staged::Named(temp) => persist(temp, dest, overwrite),
+            #[cfg(target_os = "linux")]
+            Staged::Unnamed(file) => persist_unnamed(file, dest, overwrite),
         }
-        sync_dir(parent_dir(dest))
     }
+}
+
+/// `Staged::persist` for an `O_TMPFILE` file: linked into place through /proc/self/fd.
+#[cfg(target_os = "linux")]
+fn persist_unnamed(file: File, dest: &Path, overwrite: bool) -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    file.sync_all()
+        .map_err(|e| Error::io(format!("cannot sync the new {}", dest.display()), e))?;
+    let fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+    if overwrite {
+        // linkat never replaces a name: link under a temp name beside `dest`, then rename
+        // over it. That name lives for a moment only, and is swept like the others.
+        let temp = link_to_temp_name(&fd, parent_dir(dest)).map_err(|e| placing_error(dest, e))?;
+        if let Err(e) = fs::rename(&temp, dest) {
+            let _ = fs::remove_file(&temp);
+            return Err(placing_error(dest, e));
+        }
+    } else {
+        // Fails when `dest` exists: never replaces a file created meanwhile.
+        link(&fd, dest).map_err(|e| placing_error(dest, e))?;
+    }
+    sync_dir(parent_dir(dest))
 }
 
 impl Write for Staged {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
+            #[cfg(target_os = "linux")]
             Staged::Unnamed(file) => file.write(buf),
             Staged::Named(temp) => temp.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
+            #[cfg(target_os = "linux")]
             Staged::Unnamed(file) => file.flush(),
             Staged::Named(temp) => temp.flush(),
         }
@@ -251,13 +260,15 @@ impl Write for Staged {
 
 /// An `O_TMPFILE` file in `dir`, or `None` where that is not supported.
 #[cfg(not(target_os = "linux"))]
-fn open_unnamed(_dir: &Path) -> io::Result<Option<File>> {
+fn open_unnamed(_dir: &Path) -> io::Result<Option<Staged>> {
     Ok(None)
 }
 
 /// An `O_TMPFILE` file in `dir`, or `None` where that is not supported.
 #[cfg(target_os = "linux")]
-fn open_unnamed(dir: &Path) -> io::Result<Option<File>> {
+fn open_unnamed(dir: &Path) -> io::Result<Option<Staged>> {
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::OpenOptionsExt;
     // The link at commit goes through /proc/self/fd (AT_EMPTY_PATH needs a capability).
     if !Path::new("/proc/self/fd").is_dir() {
         return Ok(None);
@@ -269,7 +280,7 @@ fn open_unnamed(dir: &Path) -> io::Result<Option<File>> {
         .custom_flags(libc::O_TMPFILE)
         .open(dir);
     match opened {
-        Ok(file) => Ok(Some(file)),
+        Ok(file) => Ok(Some(Staged::Unnamed(file))),
         // What kernels and file systems without O_TMPFILE answer (ENOENT: a missing directory,
         // which the named fallback reports in its own words).
         Err(e)
@@ -285,7 +296,10 @@ fn open_unnamed(dir: &Path) -> io::Result<Option<File>> {
 }
 
 /// linkat(2) following the /proc/self/fd link, which is how an `O_TMPFILE` file gets a name.
+#[cfg(target_os = "linux")]
 fn link(from: &str, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
     let invalid = |_| io::Error::from(io::ErrorKind::InvalidInput);
     let from = CString::new(from).map_err(invalid)?;
     let to = CString::new(to.as_os_str().as_bytes()).map_err(invalid)?;
@@ -307,6 +321,7 @@ fn link(from: &str, to: &Path) -> io::Result<()> {
 }
 
 /// Links `fd` under a fresh temp name (our form, `.tmp`) in `dir`; returns that path.
+#[cfg(target_os = "linux")]
 fn link_to_temp_name(fd: &str, dir: &Path) -> io::Result<PathBuf> {
     let prefix = owner_prefix();
     let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
@@ -403,9 +418,9 @@ fn host_tag() -> Option<String> {
     let digest = Sha256::new()
         .chain_update(boot.trim().as_bytes())
         .chain_update([0u8])
-        .chain_update(pids.as_os_str().as_bytes())
+        .chain_update(pids.as_os_str().as_encoded_bytes())
         .chain_update([0u8])
-        .chain_update(time.as_os_str().as_bytes())
+        .chain_update(time.as_os_str().as_encoded_bytes())
         .finalize();
     Some(crate::dbfile::hex(digest.get(..4).unwrap_or_default()))
 }
@@ -449,8 +464,6 @@ pub fn sweep(dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
-    // SAFETY: geteuid cannot fail and has no preconditions.
-    let uid = unsafe { libc::geteuid() };
     let mut removed = 0;
     for entry in entries.flatten() {
         let Some(owner) = entry.file_name().to_str().and_then(parse_name) else {
@@ -461,7 +474,7 @@ pub fn sweep(dir: &Path) -> usize {
         }
         let path = entry.path();
         let ours = fs::symlink_metadata(&path)
-            .map(|m| m.file_type().is_file() && m.uid() == uid)
+            .map(|m| m.file_type().is_file() && owned_by_me(&m))
             .unwrap_or(false);
         if ours && owner.is_gone() && fs::remove_file(&path).is_ok() {
             removed += 1;
@@ -470,9 +483,24 @@ pub fn sweep(dir: &Path) -> usize {
     removed
 }
 
+/// Whether the file is of our own user: the sweep never removes another user's files.
+#[cfg(unix)]
+fn owned_by_me(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    meta.uid() == unsafe { libc::geteuid() }
+}
+
+/// No owner to compare (and no /proc, so `sweep` stops before asking): never ours to remove.
+#[cfg(not(unix))]
+fn owned_by_me(_meta: &fs::Metadata) -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn me() -> Owner {
         Owner::current().expect("tests run with /proc")

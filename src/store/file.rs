@@ -13,9 +13,6 @@ use super::{Entry, PutMeta, Store, Stored, Upload};
 use crate::error::{Error, Kind, Result};
 use crate::temp::Staged;
 
-/// O_NONBLOCK (libc is not a dependency); the same on every Linux architecture we build for.
-const O_NONBLOCK: i32 = 0o4000;
-
 pub struct FileStore {
     dir: PathBuf,
 }
@@ -75,25 +72,57 @@ impl FileStore {
 
 /// What a non-regular file is, for messages ("a directory", "a FIFO", ...).
 pub fn kind_of(meta: &fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
     if t.is_dir() {
         "a directory"
     } else if t.is_symlink() {
         "a symbolic link"
-    } else if t.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
+    } else if let Some(special) = unix_kind(&t) {
+        special
     } else if t.is_file() {
         "a regular file"
     } else {
         "a special file"
     }
+}
+
+/// The file types only Unix has in its file system.
+#[cfg(unix)]
+fn unix_kind(t: &fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        None
+    }
+}
+
+#[cfg(not(unix))]
+fn unix_kind(_t: &fs::FileType) -> Option<&'static str> {
+    None
+}
+
+/// Opens `path` to read, non-blocking on Unix so that a FIFO put in a backup's place cannot
+/// hang the caller (a plain file reads as usual).
+#[cfg(unix)]
+fn open_to_read(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Opens `path` to read (Windows has no FIFOs among files: named pipes live in `\\.\pipe\`).
+#[cfg(not(unix))]
+fn open_to_read(path: &Path) -> io::Result<File> {
+    File::open(path)
 }
 
 struct FileUpload {
@@ -233,14 +262,8 @@ impl Store for FileStore {
     }
 
     fn read_head(&self, name: &str, limit: u64) -> Result<Box<dyn Read + Send + '_>> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.path(name);
-        // Non-blocking, so a FIFO put in a backup's place cannot hang the caller; a plain
-        // file reads as usual.
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(O_NONBLOCK)
-            .open(&path)
+        let file = open_to_read(&path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Err(Error::usage(format!("{} is not a file", path.display())));

@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 
 use super::out_of_memory;
 
@@ -34,7 +33,7 @@ impl Spool {
             Some(file) => file,
             None => self.file.insert(crate::temp::unnamed(dir)?),
         };
-        file.write_all_at(part, self.written)?;
+        write_all_at(file, part, self.written)?;
         self.written += part.len() as u64;
         self.parts.push_back(part.len());
         Ok(())
@@ -48,11 +47,37 @@ impl Spool {
         part.try_reserve_exact(len)
             .map_err(|_| out_of_memory(len).into_io())?;
         part.resize(len, 0);
-        file.read_exact_at(&mut part, self.read)?;
+        read_exact_at(file, &mut part, self.read)?;
         self.read += len as u64;
         if self.parts.is_empty() {
             *self = Spool::default(); // frees the disk space at once
         }
         Ok(Some(part))
     }
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+/// Seek, then write: the spool has one user at a time, so nothing else moves the position.
+#[cfg(not(unix))]
+fn write_all_at(mut file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(buf)
+}
+
+/// Seek, then read (see `write_all_at`).
+#[cfg(not(unix))]
+fn read_exact_at(mut file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buf)
 }
