@@ -215,8 +215,8 @@ pub fn restore(conn: &Connection, req: &request::Restore) -> Result<restore::Out
     Ok(restore::Outcome::Restored(report))
 }
 
-/// The newest backup of `store` in `series`, in backup_list's order; names that are never a
-/// backup (a live database, a `-wal`, a foreign file) are passed over.
+/// The newest backup of `store` in `series`, in backup_list's order; names that are not a
+/// backup (a live database, a `-wal`, a foreign file or object) are passed over.
 fn newest(
     conn: &Connection,
     store: &dyn Store,
@@ -227,11 +227,17 @@ fn newest(
     rows.sort_by(crate::retention::newest_first);
     let listed = listing.iter().map(|e| e.name.as_str()).collect();
     let classes = prune::classify(store, &rows, &listed, &protected(conn)?);
-    Ok(rows
-        .into_iter()
-        .zip(classes)
-        .find(|(_, class)| !matches!(class, Class::Ignored(_)))
-        .map(|(entry, _)| entry.name))
+    for (entry, class) in rows.into_iter().zip(classes) {
+        // An S3 object without our metadata is read (its first bytes) only when it would win.
+        let class = match class {
+            Class::Unknown => prune::sniff(store, &entry),
+            known => known,
+        };
+        if matches!(class, Class::Backup) {
+            return Ok(Some(entry.name));
+        }
+    }
+    Ok(None)
 }
 
 /// backup_list: the location's entries in the series, newest first, each classified

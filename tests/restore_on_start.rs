@@ -196,6 +196,8 @@ fn newest_backup_under_an_s3_prefix() {
             &merge(&s3, &json!({"now": now})),
         );
     }
+    // Newer than the backups, without our metadata, not a database: passed over.
+    fs::write(server.object_path("bkt", "app/notes.txt"), b"not a backup").unwrap();
     let data = tempdir();
     let dest = data.path().join("app.db");
     let opts = merge(&s3, &json!({"newest": true, "if_missing": true}));
