@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::backup::{self, Report};
-use crate::error::Result;
+use crate::error::{Error, Kind, Result};
 use crate::ffi::Connection;
 use crate::live::{self, Protected};
 use crate::naming;
@@ -153,10 +153,47 @@ pub fn verify(conn: &Connection, req: &request::Verify) -> Result<verify::Report
 }
 
 /// restore_backup: into a file (never over one of this connection's databases or a live
-/// database's journal) or into the connection itself.
-pub fn restore(conn: &Connection, req: &request::Restore) -> Result<restore::Report> {
-    let (store, name) = open_backup(&req.location, &req.s3)?;
-    match &req.into {
+/// database's journal) or into the connection itself. With `if_missing` an existing file, and
+/// with `missing_ok` a location without a backup, are not errors: nothing is done and the
+/// answer says why (a container's start-up restore).
+pub fn restore(conn: &Connection, req: &request::Restore) -> Result<restore::Outcome> {
+    if let (RestoreInto::File { path, .. }, true) = (&req.into, req.if_missing) {
+        // Checked first: an existing database is not even looked at, nor the store opened.
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            return Ok(restore::Outcome::skipped(format!(
+                "{} exists",
+                path.display()
+            )));
+        }
+    }
+    let (store, name) = match &req.newest {
+        None => open_backup(&req.location, &req.s3)?,
+        Some(series) => {
+            let store = open_location(&req.location, &req.s3)?;
+            match newest(conn, store.as_ref(), series.as_ref())? {
+                Some(name) => (store, name),
+                None if req.missing_ok => return Ok(restore::Outcome::skipped("no backup")),
+                None => {
+                    let matching = series
+                        .as_ref()
+                        .map(|_| " matching option 'match'")
+                        .unwrap_or_default();
+                    return Err(Error::new(
+                        Kind::NotFound,
+                        format!(
+                            "there is no backup{matching} in {}: pass '{{\"missing_ok\": true}}' \
+                             when that is expected (a first deployment)",
+                            req.location
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    if req.missing_ok && store.head(&name)?.is_none() {
+        return Ok(restore::Outcome::skipped("no backup"));
+    }
+    let report = match &req.into {
         RestoreInto::File { path, overwrite } => {
             live::refuse_live_file(&protected(conn)?, path)?;
             restore::to_file(store.as_ref(), &name, path, *overwrite, req.quick, conn)
@@ -174,7 +211,33 @@ pub fn restore(conn: &Connection, req: &request::Restore) -> Result<restore::Rep
             temp_dir,
             req.quick,
         ),
+    }?;
+    Ok(restore::Outcome::Restored(report))
+}
+
+/// The newest backup of `store` in `series`, in backup_list's order; names that are not a
+/// backup (a live database, a `-wal`, a foreign file or object) are passed over.
+fn newest(
+    conn: &Connection,
+    store: &dyn Store,
+    series: Option<&naming::Series>,
+) -> Result<Option<String>> {
+    let listing = store.list()?;
+    let mut rows = naming::select(series, listing.clone());
+    rows.sort_by(crate::retention::newest_first);
+    let listed = listing.iter().map(|e| e.name.as_str()).collect();
+    let classes = prune::classify(store, &rows, &listed, &protected(conn)?);
+    for (entry, class) in rows.into_iter().zip(classes) {
+        // An S3 object without our metadata is read (its first bytes) only when it would win.
+        let class = match class {
+            Class::Unknown => prune::sniff(store, &entry),
+            known => known,
+        };
+        if matches!(class, Class::Backup) {
+            return Ok(Some(entry.name));
+        }
     }
+    Ok(None)
 }
 
 /// backup_list: the location's entries in the series, newest first, each classified

@@ -313,6 +313,11 @@ pub struct RestoreOptions {
     busy_timeout_ms: Option<u64>,
     temp_dir: Option<String>,
     progress: Option<bool>,
+    newest: Option<bool>,
+    #[serde(rename = "match")]
+    series: Option<String>,
+    if_missing: Option<bool>,
+    missing_ok: Option<bool>,
 }
 
 /// One restore_backup call, resolved.
@@ -322,6 +327,12 @@ pub struct Restore {
     pub quick: bool,
     pub into: RestoreInto,
     pub progress: Option<bool>,
+    /// `Some`: the location is a directory or prefix; restore its newest backup (in the series).
+    pub newest: Option<Option<Series>>,
+    /// With a file: an existing file is left alone (start-up restores).
+    pub if_missing: bool,
+    /// No backup yet is not an error (a first deployment has none).
+    pub missing_ok: bool,
 }
 
 pub enum RestoreInto {
@@ -346,6 +357,24 @@ pub fn restore(
     allow::location(&location, "location")?;
     allow::s3_options(&s3)?;
     allow_temp_dir(opts.temp_dir.as_deref())?;
+    let newest = opts.newest.unwrap_or(false);
+    if opts.series.is_some() && !newest {
+        return Err(Error::usage(
+            "option 'match' chooses among the backups of a directory or prefix: add \"newest\": true",
+        ));
+    }
+    let if_missing = opts.if_missing.unwrap_or(false);
+    if if_missing && dest.is_none() {
+        return Err(Error::usage(
+            "option 'if_missing' needs a dest_path: the connection's own database always exists",
+        ));
+    }
+    if if_missing && opts.overwrite == Some(true) {
+        return Err(Error::usage(
+            "options 'if_missing' and 'overwrite' contradict each other: choose one",
+        ));
+    }
+    let series = series(opts.series.as_deref())?;
     let schema = opts.schema.as_deref().unwrap_or(DEFAULT_SCHEMA);
     match &dest {
         Some(dest) => {
@@ -400,6 +429,9 @@ pub fn restore(
         quick: opts.quick.unwrap_or(false),
         into,
         progress: opts.progress,
+        newest: newest.then_some(series),
+        if_missing,
+        missing_ok: opts.missing_ok.unwrap_or(false),
     })
 }
 

@@ -22,6 +22,23 @@ pub struct Report {
     pub verified: VerifyReport,
 }
 
+/// What restore_backup did: restored, or (`if_missing`, `missing_ok`) nothing, and why.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    Restored(Report),
+    Skipped { restored: bool, reason: String },
+}
+
+impl Outcome {
+    pub fn skipped(reason: impl Into<String>) -> Outcome {
+        Outcome::Skipped {
+            restored: false,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Restores `name` to the file `dest`. The backup is checked before anything is replaced.
 pub fn to_file(
     store: &dyn Store,

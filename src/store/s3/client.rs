@@ -48,6 +48,8 @@ pub struct Client {
     pub retries: u32,
     backoff_base: Duration,
     backoff_cap: Duration,
+    /// Encryption and storage-class headers, for `request`.
+    pub(super) encryption: super::sse::Encryption,
 }
 
 impl Client {
@@ -109,6 +111,7 @@ impl Client {
             retries: cfg.retries,
             backoff_base: cfg.backoff_base,
             backoff_cap: cfg.backoff_base * 25,
+            encryption: cfg.encryption.clone(),
         })
     }
 

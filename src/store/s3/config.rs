@@ -46,6 +46,11 @@ pub struct S3Options {
     pub concurrency: Option<u32>,
     /// Retries of each request on transient failures; default 5.
     pub retries: Option<u32>,
+    /// Server-side encryption and storage class: see `sse.rs`.
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    pub sse_customer_key: Option<String>,
+    pub storage_class: Option<String>,
 }
 
 /// Exactly the keys of `S3Options`: the SQL layer splits a user's JSON options with it.
@@ -63,6 +68,10 @@ pub const OPTION_KEYS: &[&str] = &[
     "multipart_threshold",
     "concurrency",
     "retries",
+    "sse",
+    "sse_kms_key_id",
+    "sse_customer_key",
+    "storage_class",
 ];
 
 /// Hand-written so the secret key and session token never reach a log or an error message.
@@ -83,6 +92,10 @@ impl fmt::Debug for S3Options {
             .field("multipart_threshold", &self.multipart_threshold)
             .field("concurrency", &self.concurrency)
             .field("retries", &self.retries)
+            .field("sse", &self.sse)
+            .field("sse_kms_key_id", &self.sse_kms_key_id)
+            .field("sse_customer_key", &hidden(&self.sse_customer_key))
+            .field("storage_class", &self.storage_class)
             .finish()
     }
 }
@@ -203,6 +216,7 @@ pub struct Resolved {
     pub concurrency: u32,
     pub retries: u32,
     pub backoff_base: Duration,
+    pub encryption: super::sse::Encryption,
 }
 
 impl fmt::Debug for Resolved {
@@ -345,6 +359,7 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
         concurrency,
         retries,
         backoff_base: Duration::from_millis(backoff_ms),
+        encryption: super::sse::resolve(opts)?,
     })
 }
 

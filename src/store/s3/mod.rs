@@ -15,6 +15,7 @@ mod config;
 mod download;
 mod errors;
 mod request;
+mod sse;
 mod upload;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

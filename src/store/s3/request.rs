@@ -135,7 +135,8 @@ impl Client {
     /// HeadObject: `None` when the object does not exist.
     pub fn head_object(&self, key: &str, target: &Target) -> Result<Option<ObjectHead>> {
         let action = self.bucket.head_object(Some(&self.credentials), key);
-        let reply = match self.call(&Request::sign(action, &[]), target) {
+        let sse_c = &self.encryption.on_access;
+        let reply = match self.call(&Request::sign(action, sse_c), target) {
             Ok(reply) => reply,
             Err(e) if e.kind == Kind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -168,7 +169,7 @@ impl Client {
         target: &Target,
     ) -> Result<Response<Body>> {
         let action = self.bucket.get_object(Some(&self.credentials), key);
-        let mut req = Request::sign(action, &[]);
+        let mut req = Request::sign(action, &self.encryption.on_access);
         if range.from > 0 || range.to.is_some() {
             let to = range.to.map(|to| to.to_string()).unwrap_or_default();
             req = req.header("range", format!("bytes={}-{to}", range.from));
@@ -189,7 +190,8 @@ impl Client {
         target: &Target,
     ) -> Result<Option<String>> {
         let action = self.bucket.put_object(Some(&self.credentials), key);
-        let req = Request::sign(action, metadata)
+        let signed = self.on_create(metadata);
+        let req = Request::sign(action, &signed)
             .header("content-md5", content_md5(body))
             .body(body)
             .create_only(create_only);
@@ -207,7 +209,8 @@ impl Client {
         let action = self
             .bucket
             .create_multipart_upload(Some(&self.credentials), key);
-        let reply = self.call(&Request::sign(action, metadata), target)?;
+        let signed = self.on_create(metadata);
+        let reply = self.call(&Request::sign(action, &signed), target)?;
         let created = CreateMultipartUpload::parse_response(&String::from_utf8_lossy(&reply.body))
             .map_err(|_| {
                 Error::new(
@@ -232,7 +235,7 @@ impl Client {
         let action = self
             .bucket
             .upload_part(Some(&self.credentials), key, number16, upload_id);
-        let req = Request::sign(action, &[])
+        let req = Request::sign(action, &self.encryption.on_access)
             .header("content-md5", content_md5(body))
             .body(body);
         let reply = self.call(&req, target)?;
@@ -260,7 +263,8 @@ impl Client {
             etags.iter().map(String::as_str),
         );
         let body = action.clone().body();
-        let req = Request::sign(action, &[])
+        // SSE-C here too: a bucket policy may require it on every request of the upload.
+        let req = Request::sign(action, &self.encryption.on_access)
             .body(body.as_bytes())
             .create_only(create_only);
         let reply = self.call(&req, target)?;
@@ -279,6 +283,15 @@ impl Client {
             .bucket
             .abort_multipart_upload(Some(&self.credentials), key, upload_id);
         let _ = self.call(&Request::sign(action, &[]), target);
+    }
+
+    /// The headers of a new object: its metadata, then encryption and storage class.
+    fn on_create(&self, metadata: &[Header]) -> Vec<Header> {
+        metadata
+            .iter()
+            .chain(&self.encryption.on_create)
+            .cloned()
+            .collect()
     }
 
     /// DeleteObject (S3 says nothing about a missing key).
