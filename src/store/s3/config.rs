@@ -1,7 +1,8 @@
 //! S3 options and where their values come from: options > environment > shared AWS files >
-//! defaults, as every AWS tool does it. `resolve` is a pure function of the options and an
+//! defaults, as every AWS tool does it. `resolve` is a function of the options and an
 //! `Environment` (variables plus file contents), so the precedence rules are unit-tested without
-//! touching the real environment or home directory. Finding, reading and parsing the files is
+//! touching the real environment or home directory; only a `credential_process` or a container
+//! endpoint, when the environment names one, makes it run a command or send a request. Finding, reading and parsing the files is
 //! `aws_files`'s.
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::aws_files::{self, Profile};
+use super::credentials;
 use crate::error::{Error, Kind, Result};
 
 /// S3 options a user may pass as JSON. Every field is optional; `None` means "from the
@@ -129,6 +131,10 @@ const VARS: &[&str] = &[
     "AWS_PROFILE",
     "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_CONFIG_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
     BACKOFF_ENV,
 ];
 
@@ -244,19 +250,23 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
         &profile_name,
     );
 
-    let secrets = resolve_secrets(opts, env, &profile)?;
+    let secrets = resolve_secrets(opts, env, &profile, &profile_name)?;
     if secrets.is_none() && explicit_profile.is_some() && !profile.exists() {
         return Err(Error::usage(format!(
             "profile '{profile_name}' not found in ~/.aws/credentials or ~/.aws/config"
         )));
     }
-    let secrets = secrets.ok_or_else(|| {
-        Error::new(
-            Kind::Auth,
-            "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the \
-             access_key_id/secret_access_key options, or a profile in ~/.aws/credentials",
-        )
-    })?;
+    let secrets = match secrets {
+        Some(secrets) => secrets,
+        None => container_secrets(env)?.ok_or_else(|| {
+            Error::new(
+                Kind::Auth,
+                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the \
+                 access_key_id/secret_access_key options, or a profile in ~/.aws/credentials \
+                 (keys or credential_process), or AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            )
+        })?,
+    };
 
     let region = non_empty(&opts.region)
         .or_else(|| env.var("AWS_REGION"))
@@ -354,6 +364,7 @@ fn resolve_secrets(
     opts: &S3Options,
     env: &Environment,
     profile: &Profile,
+    profile_name: &str,
 ) -> Result<Option<Secrets>> {
     match (
         non_empty(&opts.access_key_id),
@@ -386,17 +397,53 @@ fn resolve_secrets(
             }));
         }
     }
-    match (
-        profile.get("aws_access_key_id"),
-        profile.get("aws_secret_access_key"),
+    // botocore's order within a profile: keys in the credentials file, then credential_process,
+    // then keys in the config file.
+    let keys = |get: &dyn Fn(&str) -> Option<String>| match (
+        get("aws_access_key_id"),
+        get("aws_secret_access_key"),
     ) {
-        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(Secrets {
+        (Some(access_key_id), Some(secret_access_key)) => Some(Secrets {
             access_key_id,
             secret_access_key,
-            session_token: profile.get("aws_session_token"),
-        })),
-        _ => Ok(None),
+            session_token: get("aws_session_token"),
+        }),
+        _ => None,
+    };
+    if let Some(secrets) = keys(&|k| profile.credentials(k)) {
+        return Ok(Some(secrets));
     }
+    if let Some(command) = profile.get("credential_process") {
+        return credentials::from_process(&command, profile_name).map(Some);
+    }
+    Ok(keys(&|k| profile.get(k)))
+}
+
+/// The container endpoint (ECS, EKS Pod Identity), after every profile source, as in botocore.
+fn container_secrets(env: &Environment) -> Result<Option<Secrets>> {
+    let url = match (
+        env.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+        env.var("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+    ) {
+        (Some(relative), _) => format!("http://169.254.170.2{relative}"),
+        (None, Some(full)) => full,
+        (None, None) => return Ok(None),
+    };
+    let token = match env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| {
+                    Error::io(
+                        format!("cannot read {path} (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)"),
+                        e,
+                    )
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+    };
+    credentials::from_container(&url, token.as_deref()).map(Some)
 }
 
 fn non_empty(value: &Option<String>) -> Option<String> {

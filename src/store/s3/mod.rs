@@ -2,7 +2,8 @@
 //!
 //! rusty-s3 signs (SigV4 presigned URLs) and parses XML; ureq sends. One concern per file:
 //! `config` (options > environment > shared files, resolved once), `aws_files` (reading
-//! `~/.aws/{credentials,config}`), `request` (every S3 request: action → signed request →
+//! `~/.aws/{credentials,config}`), `credentials` (credential_process, container endpoint),
+//! `request` (every S3 request: action → signed request →
 //! typed answer), `client` (transport: the one retry loop, timeouts), `errors` (answers →
 //! messages), `upload` (single PUT or multipart: the part state machine, with its `spool` and
 //! worker `pool`), `download` (resumable GET).
@@ -12,6 +13,7 @@
 mod aws_files;
 mod client;
 mod config;
+mod credentials;
 mod download;
 mod errors;
 mod request;

@@ -1,0 +1,292 @@
+//! Where S3 credentials come from beyond static keys: `credential_process` and the container
+//! endpoint. For each environment, the extension (in the real sqlite3 CLI, clean environment)
+//! must pick the same credentials as botocore (`boto3.Session().get_credentials()`, same
+//! environment). What the extension picked is read off the presigned request that reaches a
+//! loopback server; nothing ever reaches the real 169.254.169.254 (IMDS is disabled everywhere).
+
+mod common;
+
+use std::process::Command;
+
+use common::calls::to_s3_sql;
+use common::http::{HttpServer, Reply};
+use common::*;
+use serde_json::{json, Value};
+
+/// What a configuration yields: the access key and the session token.
+type Picked = (String, Option<String>);
+
+struct Host {
+    _dir: tempfile::TempDir,
+    home: std::path::PathBuf,
+    db: std::path::PathBuf,
+}
+
+fn host() -> Host {
+    let dir = tempdir();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    let db = dir.path().join("app.db");
+    make_sample_db(&db, Journal::Wal, 3);
+    Host {
+        home,
+        db,
+        _dir: dir,
+    }
+}
+
+/// Every test keeps IMDS off: no request may leave the machine.
+fn with_imds_off<'a>(vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all = vec![("AWS_EC2_METADATA_DISABLED", "true")];
+    all.extend_from_slice(vars);
+    all
+}
+
+impl Host {
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.home.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    /// backup_to_s3 against a loopback server that refuses everything: the credentials of the
+    /// request it received, or the extension's error when it sent none.
+    fn extension(&self, vars: &[(&str, &str)]) -> Result<Picked, String> {
+        let s3 =
+            HttpServer::replying(&[Reply::Body(403, "<Error><Code>AccessDenied</Code></Error>")]);
+        let sql = to_s3_sql(
+            "s3://bkt/p",
+            "x.db",
+            &json!({"endpoint": s3.base(), "retries": 0}),
+        );
+        let out = sqlite3_cli_clean_env(
+            &self.db,
+            &["-bail"],
+            &format!("{sql};\n"),
+            &self.home,
+            &with_imds_off(vars),
+        );
+        assert!(!out.ok(), "the server refuses everything: {}", out.stdout);
+        let Some(request) = s3.requests().into_iter().next() else {
+            return Err(out.stderr);
+        };
+        let url = url::Url::parse(&format!("http://x{}", request.target)).unwrap();
+        let query = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let credential = query("X-Amz-Credential").expect("a presigned request");
+        let key = credential.split('/').next().unwrap_or("").to_string();
+        Ok((key, query("X-Amz-Security-Token")))
+    }
+
+    /// botocore's pick from the same HOME and variables; `None` when it finds none, `Err` when
+    /// it raises.
+    fn botocore(&self, vars: &[(&str, &str)]) -> Result<Option<Picked>, String> {
+        let script = "import boto3, json\n\
+                      c = boto3.Session().get_credentials()\n\
+                      print(json.dumps(None if c is None else [c.access_key, c.token]))\n";
+        let mut cmd = Command::new(venv().join("bin/python"));
+        cmd.arg("-c")
+            .arg(script)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home);
+        for (name, value) in with_imds_off(vars) {
+            cmd.env(name, value);
+        }
+        let out = cmd.output().unwrap();
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let Some(pair) = v.as_array() else {
+            return Ok(None);
+        };
+        Ok(Some((
+            pair[0].as_str().unwrap().to_string(),
+            pair[1].as_str().map(str::to_string),
+        )))
+    }
+
+    /// Both pick `expected`.
+    #[track_caller]
+    fn both_pick(&self, vars: &[(&str, &str)], expected: (&str, Option<&str>)) {
+        let expected = (expected.0.to_string(), expected.1.map(str::to_string));
+        assert_eq!(self.botocore(vars), Ok(Some(expected.clone())), "botocore");
+        assert_eq!(self.extension(vars), Ok(expected), "extension");
+    }
+}
+
+/// A credential_process that prints `json` (written to a script in HOME).
+fn process_script(h: &Host, name: &str, json: &str) -> String {
+    let path = h.write(name, &format!("#!/bin/sh\ncat <<'EOF'\n{json}\nEOF\n"));
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&path, perms).unwrap();
+    path
+}
+
+const PROCESS_JSON: &str = r#"{"Version": 1, "AccessKeyId": "AKIDPROCESS", "SecretAccessKey": "PROCSECRETVALUE", "SessionToken": "PROCTOKENVALUE", "Expiration": "2099-01-01T00:00:00Z"}"#;
+
+#[test]
+fn credential_process_in_a_profile() {
+    let h = host();
+    let script = process_script(&h, "creds.sh", PROCESS_JSON);
+    h.write(
+        ".aws/config",
+        &format!(
+            "[default]\ncredential_process = {script} --flag 'two words'\n\
+             [profile mixed]\naws_access_key_id = AKIDCONFIG\naws_secret_access_key = s\n\
+             credential_process = {script}\n\
+             [profile filekeys]\ncredential_process = {script}\n"
+        ),
+    );
+    h.write(
+        ".aws/credentials",
+        "[filekeys]\naws_access_key_id = AKIDFILE\naws_secret_access_key = s\n",
+    );
+    let ok = ("AKIDPROCESS", Some("PROCTOKENVALUE"));
+    h.both_pick(&[], ok);
+    // botocore's order: credentials-file keys, then credential_process, then config-file keys.
+    h.both_pick(&[("AWS_PROFILE", "mixed")], ok);
+    h.both_pick(&[("AWS_PROFILE", "filekeys")], ("AKIDFILE", None));
+    // The environment's keys come first.
+    h.both_pick(
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+            ("AWS_SECRET_ACCESS_KEY", "envsecret"),
+        ],
+        ("AKIDENV", None),
+    );
+}
+
+#[test]
+fn credential_process_failures_are_clear_and_never_quote_the_output() {
+    let h = host();
+    let bad_version = process_script(
+        &h,
+        "v2.sh",
+        r#"{"Version": 2, "AccessKeyId": "AKIDLEAK", "SecretAccessKey": "LEAKEDSECRETVALUE"}"#,
+    );
+    let garbage = process_script(&h, "garbage.sh", "LEAKEDSECRETVALUE not json");
+    h.write(
+        ".aws/config",
+        &format!(
+            "[profile v2]\ncredential_process = {bad_version}\n\
+             [profile garbage]\ncredential_process = {garbage}\n\
+             [profile fails]\ncredential_process = /bin/false\n\
+             [profile missing]\ncredential_process = /nonexistent/tool --x\n"
+        ),
+    );
+    for (profile, expect) in [
+        ("v2", "unsupported Version"),
+        ("garbage", "did not print a JSON object"),
+        ("fails", "failed"),
+        ("missing", "cannot run the credential_process"),
+    ] {
+        assert!(
+            h.botocore(&[("AWS_PROFILE", profile)]).is_err(),
+            "botocore accepts {profile}"
+        );
+        let err = h.extension(&[("AWS_PROFILE", profile)]).unwrap_err();
+        assert!(err.contains("backup_to_s3"), "{err}");
+        assert!(
+            err.contains(&format!("credential_process of profile '{profile}'")),
+            "{err}"
+        );
+        assert!(err.contains(expect), "{profile}: {err}");
+        assert_no_secret(&err, &["LEAKEDSECRETVALUE", "AKIDLEAK"]);
+    }
+}
+
+/// The container endpoint's answer for `AKIDCONTAINER`.
+const CONTAINER_JSON: &str = r#"{"AccessKeyId": "AKIDCONTAINER", "SecretAccessKey": "CONTSECRETVALUE", "Token": "CONTTOKENVALUE", "Expiration": "2099-01-01T00:00:00Z", "RoleArn": "arn:aws:iam::123456789012:role/x"}"#;
+
+#[test]
+fn container_credentials_with_token_or_token_file() {
+    let h = host();
+    let endpoint = HttpServer::replying(&[Reply::Body(200, CONTAINER_JSON)]);
+    let uri = endpoint.url("/v2/credentials/abc");
+    let token_file = h.write("eks-token", "TOKENFROMFILE");
+    let ok = ("AKIDCONTAINER", Some("CONTTOKENVALUE"));
+    h.both_pick(
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "Bearer TOKENFROMENV"),
+        ],
+        ok,
+    );
+    h.both_pick(
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "Bearer TOKENFROMENV"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file),
+        ],
+        ok,
+    );
+    let requests = endpoint.requests();
+    assert_eq!(requests.len(), 4, "{requests:#?}");
+    let auth: Vec<_> = requests.iter().map(|r| r.header("authorization")).collect();
+    assert_eq!(
+        auth,
+        [
+            Some("Bearer TOKENFROMENV"),
+            Some("Bearer TOKENFROMENV"),
+            Some("TOKENFROMFILE"),
+            Some("TOKENFROMFILE"),
+        ],
+        "the token file wins, as in botocore"
+    );
+    assert!(requests.iter().all(|r| r.target == "/v2/credentials/abc"));
+
+    // Profile keys come before the container.
+    h.write(
+        ".aws/credentials",
+        "[default]\naws_access_key_id = AKIDFILE\naws_secret_access_key = s\n",
+    );
+    h.both_pick(
+        &[("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri)],
+        ("AKIDFILE", None),
+    );
+}
+
+#[test]
+fn container_failures_are_clear_and_never_quote_the_answer() {
+    let h = host();
+    let refused = HttpServer::replying(&[Reply::Body(403, "LEAKEDSECRETVALUE")]);
+    let garbage = HttpServer::replying(&[Reply::Body(200, "LEAKEDSECRETVALUE")]);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}/creds", l.local_addr().unwrap().port())
+    };
+    for (uri, expect) in [
+        (refused.url("/c"), "HTTP 403"),
+        (garbage.url("/c"), "did not answer a JSON object"),
+        (closed, "cannot connect"),
+        ("http://10.1.2.3/creds".to_string(), "must be https"),
+    ] {
+        let vars = [
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str()),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+                "Bearer LEAKEDTOKENVALUE",
+            ),
+        ];
+        let err = h.extension(&vars).unwrap_err();
+        assert!(err.contains(expect), "{uri}: {err}");
+        assert_no_secret(&err, &["LEAKEDSECRETVALUE", "LEAKEDTOKENVALUE"]);
+    }
+    assert_eq!(refused.requests().len(), 1, "a 403 is not retried");
+}
+
+#[test]
+fn without_any_source_the_error_names_the_new_ones() {
+    let h = host();
+    assert_eq!(h.botocore(&[]), Ok(None));
+    let err = h.extension(&[]).unwrap_err();
+    assert!(err.contains("no AWS credentials"), "{err}");
+    assert!(err.contains("credential_process"), "{err}");
+    assert!(err.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"), "{err}");
+}
