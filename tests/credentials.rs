@@ -290,3 +290,115 @@ fn without_any_source_the_error_names_the_new_ones() {
     assert!(err.contains("credential_process"), "{err}");
     assert!(err.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"), "{err}");
 }
+
+const STS_XML: &str =
+    "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+<AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>AKIDWEBIDENTITY</AccessKeyId>\
+<SecretAccessKey>WEBSECRETVALUE</SecretAccessKey><SessionToken>WEBTOKENVALUE</SessionToken>\
+<Expiration>2099-01-01T00:00:00Z</Expiration></Credentials></AssumeRoleWithWebIdentityResult>\
+<ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></AssumeRoleWithWebIdentityResponse>";
+
+#[test]
+fn web_identity_through_sts() {
+    let h = host();
+    let sts = HttpServer::replying(&[Reply::Body(200, STS_XML)]);
+    let token_file = h.write("oidc-token", "OIDCTOKENVALUE");
+    let role = "arn:aws:iam::123456789012:role/backup";
+    let vars = [
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.as_str()),
+        ("AWS_ROLE_ARN", role),
+        ("AWS_ROLE_SESSION_NAME", "nightly"),
+        ("AWS_ENDPOINT_URL_STS", &sts.base()),
+        ("AWS_REGION", "eu-west-1"),
+    ];
+    // Before profile keys, after the environment's keys.
+    h.write(
+        ".aws/credentials",
+        "[default]\naws_access_key_id = AKIDFILE\naws_secret_access_key = s\n",
+    );
+    h.both_pick(&vars, ("AKIDWEBIDENTITY", Some("WEBTOKENVALUE")));
+    let mut with_env_keys = vars.to_vec();
+    with_env_keys.extend([
+        ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+        ("AWS_SECRET_ACCESS_KEY", "envsecret"),
+    ]);
+    h.both_pick(&with_env_keys, ("AKIDENV", None));
+    // What we sent STS is what botocore sent.
+    let requests = sts.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    let form = |n: usize| {
+        let mut f = requests[n].form();
+        f.sort();
+        f
+    };
+    assert_eq!(requests[0].method, "POST");
+    assert_eq!(form(0), form(1), "botocore's request, then ours");
+    let expect = |k: &str| form(1).into_iter().find(|(n, _)| n == k).map(|(_, v)| v);
+    assert_eq!(
+        expect("Action").as_deref(),
+        Some("AssumeRoleWithWebIdentity")
+    );
+    assert_eq!(expect("RoleArn").as_deref(), Some(role));
+    assert_eq!(expect("RoleSessionName").as_deref(), Some("nightly"));
+    assert_eq!(
+        expect("WebIdentityToken").as_deref(),
+        Some("OIDCTOKENVALUE")
+    );
+    assert!(requests[1].header("authorization").is_none(), "unsigned");
+
+    // From the profile instead of the variables.
+    h.write(
+        ".aws/config",
+        &format!(
+            "[profile irsa]\nweb_identity_token_file = {token_file}\nrole_arn = {role}\n\
+             endpoint_url = {}\n",
+            sts.base()
+        ),
+    );
+    h.both_pick(
+        &[("AWS_PROFILE", "irsa")],
+        ("AKIDWEBIDENTITY", Some("WEBTOKENVALUE")),
+    );
+}
+
+#[test]
+fn web_identity_failures_are_clear_and_never_quote_the_token() {
+    let h = host();
+    let refused = HttpServer::replying(&[Reply::Body(
+        400,
+        "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code>\
+         <Message>bad OIDCTOKENVALUE</Message></Error></ErrorResponse>",
+    )]);
+    let token_file = h.write("oidc-token", "OIDCTOKENVALUE");
+    let base = [
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.as_str()),
+        ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+    ];
+    let endpoint = refused.base();
+    let mut vars = base.to_vec();
+    vars.push(("AWS_ENDPOINT_URL_STS", &endpoint));
+    assert!(h.botocore(&vars).is_err());
+    assert_eq!(refused.requests().len(), 1, "botocore does not retry a 4xx");
+    let err = h.extension(&vars).unwrap_err();
+    assert!(err.contains("InvalidIdentityToken"), "{err}");
+    assert!(err.contains("arn:aws:iam::1:role/r"), "{err}");
+    assert_no_secret(&err, &["OIDCTOKENVALUE"]);
+    assert_eq!(refused.requests().len(), 2, "nor do we");
+
+    let err = h
+        .extension(&[("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.as_str())])
+        .unwrap_err();
+    assert!(err.contains("AWS_ROLE_ARN"), "{err}");
+    let missing = h.home.join("nope").display().to_string();
+    let err = h
+        .extension(&[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", missing.as_str()),
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ("AWS_ENDPOINT_URL_STS", &endpoint),
+        ])
+        .unwrap_err();
+    assert!(
+        err.contains("cannot read the web identity token file"),
+        "{err}"
+    );
+}

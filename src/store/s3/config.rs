@@ -131,6 +131,10 @@ const VARS: &[&str] = &[
     "AWS_PROFILE",
     "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_CONFIG_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_ENDPOINT_URL_STS",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",
@@ -250,7 +254,19 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
         &profile_name,
     );
 
-    let secrets = resolve_secrets(opts, env, &profile, &profile_name)?;
+    let region = non_empty(&opts.region)
+        .or_else(|| env.var("AWS_REGION"))
+        .or_else(|| env.var("AWS_DEFAULT_REGION"))
+        .or_else(|| profile.config("region"))
+        .unwrap_or_else(|| DEFAULT_REGION.to_string());
+    if !region
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Error::usage(format!("invalid region '{region}'")));
+    }
+
+    let secrets = resolve_secrets(opts, env, &profile, &profile_name, &region)?;
     if secrets.is_none() && explicit_profile.is_some() && !profile.exists() {
         return Err(Error::usage(format!(
             "profile '{profile_name}' not found in ~/.aws/credentials or ~/.aws/config"
@@ -267,18 +283,6 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
             )
         })?,
     };
-
-    let region = non_empty(&opts.region)
-        .or_else(|| env.var("AWS_REGION"))
-        .or_else(|| env.var("AWS_DEFAULT_REGION"))
-        .or_else(|| profile.config("region"))
-        .unwrap_or_else(|| DEFAULT_REGION.to_string());
-    if !region
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(Error::usage(format!("invalid region '{region}'")));
-    }
 
     let endpoint_text = non_empty(&opts.endpoint)
         .or_else(|| env.var("AWS_ENDPOINT_URL_S3"))
@@ -365,6 +369,7 @@ fn resolve_secrets(
     env: &Environment,
     profile: &Profile,
     profile_name: &str,
+    region: &str,
 ) -> Result<Option<Secrets>> {
     match (
         non_empty(&opts.access_key_id),
@@ -396,6 +401,35 @@ fn resolve_secrets(
                 session_token: env.var("AWS_SESSION_TOKEN"),
             }));
         }
+    }
+    // Web identity: the variables (unless a profile is named), else the profile's settings.
+    let web = |env_name: &str, key: &str| {
+        opts.profile
+            .is_none()
+            .then(|| env.var(env_name))
+            .flatten()
+            .or_else(|| profile.get(key))
+    };
+    if let Some(token_file) = web("AWS_WEB_IDENTITY_TOKEN_FILE", "web_identity_token_file") {
+        let role_arn = web("AWS_ROLE_ARN", "role_arn").ok_or_else(|| {
+            Error::usage(
+                "AWS_WEB_IDENTITY_TOKEN_FILE (or web_identity_token_file) is set but no role: \
+                 set AWS_ROLE_ARN (or role_arn in the profile)",
+            )
+        })?;
+        let session_name = web("AWS_ROLE_SESSION_NAME", "role_session_name").unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!("sqlite-backup-{now}")
+        });
+        let sts = env
+            .var("AWS_ENDPOINT_URL_STS")
+            .or_else(|| env.var("AWS_ENDPOINT_URL"))
+            .or_else(|| profile.config("endpoint_url"))
+            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        return credentials::from_web_identity(&sts, &token_file, &role_arn, &session_name)
+            .map(Some);
     }
     // botocore's order within a profile: keys in the credentials file, then credential_process,
     // then keys in the config file.

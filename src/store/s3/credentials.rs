@@ -1,5 +1,5 @@
-//! Credentials that are not static keys: the `credential_process` of a profile and the container
-//! endpoint (ECS, EKS Pod Identity). `config::resolve` asks these only after the static sources
+//! Credentials that are not static keys: the `credential_process` of a profile, web identity
+//! (STS AssumeRoleWithWebIdentity) and the container endpoint (ECS, EKS Pod Identity). `config::resolve` asks these only after the static sources
 //! (options, environment, credentials file) found nothing, in botocore's order. Whatever these
 //! return is a secret: no message here ever quotes a command's output or an endpoint's answer.
 
@@ -18,6 +18,10 @@ const MAX_ANSWER: u64 = 64 << 10;
 const CONTAINER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const CONTAINER_TIMEOUT: Duration = Duration::from_secs(2);
 const CONTAINER_ATTEMPTS: u32 = 3;
+/// STS is an ordinary AWS API: the S3 client's defaults are too patient for a credential fetch.
+const STS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const STS_TIMEOUT: Duration = Duration::from_secs(30);
+const STS_ATTEMPTS: u32 = 3;
 
 /// Runs `command` (split like a shell would, but without one, as botocore does) and reads the
 /// JSON it prints: `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken"?, ...}`.
@@ -145,6 +149,129 @@ pub fn from_container(url: &str, token: Option<&str>) -> Result<Secrets> {
         Kind::Auth,
         format!("no credentials from {what} ({last})"),
     ))
+}
+
+/// STS `AssumeRoleWithWebIdentity` (EKS IRSA, GitHub Actions OIDC): the token of `token_file`
+/// exchanged for temporary credentials of `role_arn`. Unsigned, as the API is.
+pub fn from_web_identity(
+    sts: &str,
+    token_file: &str,
+    role_arn: &str,
+    session_name: &str,
+) -> Result<Secrets> {
+    let what = "STS AssumeRoleWithWebIdentity";
+    let url = url::Url::parse(sts)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| Error::usage("the STS endpoint is not a valid http(s) URL"))?;
+    let mut file = std::fs::File::open(token_file).map_err(|e| {
+        Error::io(
+            format!("cannot read the web identity token file {token_file}"),
+            e,
+        )
+    })?;
+    let mut token = String::new();
+    file.by_ref()
+        .take(MAX_ANSWER)
+        .read_to_string(&mut token)
+        .map_err(|e| {
+            Error::io(
+                format!("cannot read the web identity token file {token_file}"),
+                e,
+            )
+        })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Error::usage(format!(
+            "the web identity token file {token_file} is empty"
+        )));
+    }
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("Action", "AssumeRoleWithWebIdentity")
+        .append_pair("Version", "2011-06-15")
+        .append_pair("RoleArn", role_arn)
+        .append_pair("RoleSessionName", session_name)
+        .append_pair("WebIdentityToken", token)
+        .finish();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(STS_CONNECT_TIMEOUT))
+        .timeout_global(Some(STS_TIMEOUT))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let mut last = String::new();
+    for _ in 0..STS_ATTEMPTS {
+        let sent = agent
+            .post(url.as_str())
+            .header(
+                "Content-Type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )
+            .send(body.as_str());
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(ureq::Error::Timeout(_)) => {
+                last = "timed out".to_string();
+                continue;
+            }
+            Err(_) => {
+                last = "cannot connect".to_string();
+                continue;
+            }
+        };
+        let status = response.status().as_u16();
+        let answer = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_string()
+            .unwrap_or_default();
+        if (200..300).contains(&status) {
+            let field = |name: &str| xml_field(&answer, name);
+            return secrets(
+                field("AccessKeyId"),
+                field("SecretAccessKey"),
+                field("SessionToken"),
+                what,
+            );
+        }
+        // The code names the problem (InvalidIdentityToken, AccessDenied); the message might
+        // quote the token.
+        let code = xml_field(&answer, "Code")
+            .filter(|c| c.len() <= 64 && c.chars().all(|c| c.is_ascii_alphanumeric()))
+            .map(|c| format!(", {c}"))
+            .unwrap_or_default();
+        last = format!("HTTP {status}{code}");
+        if status < 500 {
+            return Err(Error::new(
+                Kind::Auth,
+                format!("{what} for {role_arn} was refused ({last}): check the role's trust policy and the token"),
+            ));
+        }
+    }
+    Err(Error::new(
+        Kind::Auth,
+        format!(
+            "no credentials from {what} at {} ({last})",
+            super::config::display_endpoint(&url)
+        ),
+    ))
+}
+
+/// The text of the first `<name>` element, XML entities decoded.
+fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml.get(start..)?.find(&format!("</{name}>"))?;
+    let raw = xml.get(start..end)?.trim();
+    Some(
+        raw.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
 }
 
 fn container_answer(body: &[u8], what: &str) -> Result<Secrets> {
@@ -303,6 +430,15 @@ mod tests {
             );
             assert!(!err.message.contains("HIDDENSK"), "{err}");
         }
+    }
+
+    #[test]
+    fn sts_answer_fields() {
+        let xml = "<R><Credentials><AccessKeyId> AK </AccessKeyId><SecretAccessKey>a&amp;b</SecretAccessKey></Credentials></R>";
+        assert_eq!(xml_field(xml, "AccessKeyId").as_deref(), Some("AK"));
+        assert_eq!(xml_field(xml, "SecretAccessKey").as_deref(), Some("a&b"));
+        assert_eq!(xml_field(xml, "SessionToken"), None);
+        assert_eq!(xml_field("<Code>x", "Code"), None);
     }
 
     #[test]
