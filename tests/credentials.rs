@@ -402,3 +402,108 @@ fn web_identity_failures_are_clear_and_never_quote_the_token() {
         "{err}"
     );
 }
+
+const IMDS_JSON: &str = r#"{"Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z", "Type": "AWS-HMAC", "AccessKeyId": "AKIDINSTANCE", "SecretAccessKey": "IMDSSECRETVALUE", "Token": "IMDSTOKENVALUE", "Expiration": "2099-01-01T00:00:00Z"}"#;
+
+#[test]
+fn instance_profile_through_imdsv2() {
+    let h = host();
+    // One connection per request: token, role, credentials; for botocore, then for us.
+    let session = [
+        Reply::Body(200, "IMDSSESSIONTOKEN"),
+        Reply::Body(200, "backup-role\n"),
+        Reply::Body(200, IMDS_JSON),
+    ];
+    let imds = HttpServer::replying(&[session.clone(), session].concat());
+    let endpoint = imds.base();
+    let vars = [
+        ("AWS_EC2_METADATA_DISABLED", "false"),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint.as_str()),
+    ];
+    h.both_pick(&vars, ("AKIDINSTANCE", Some("IMDSTOKENVALUE")));
+    let requests = imds.requests();
+    let seen: Vec<_> = requests
+        .iter()
+        .map(|r| (r.method.as_str(), r.target.as_str()))
+        .collect();
+    let one = [
+        ("PUT", "/latest/api/token"),
+        ("GET", "/latest/meta-data/iam/security-credentials/"),
+        (
+            "GET",
+            "/latest/meta-data/iam/security-credentials/backup-role",
+        ),
+    ];
+    assert_eq!(seen, [one, one].concat(), "botocore's requests, then ours");
+    let ours = &requests[3..];
+    assert_eq!(
+        ours[0].header("x-aws-ec2-metadata-token-ttl-seconds"),
+        Some("21600")
+    );
+    assert!(ours[1..]
+        .iter()
+        .all(|r| r.header("x-aws-ec2-metadata-token") == Some("IMDSSESSIONTOKEN")));
+
+    // Disabled (as in every other test): never asked, like botocore.
+    let silent = HttpServer::start(500);
+    let off = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", silent.base())];
+    let off: Vec<(&str, &str)> = off.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(h.botocore(&off), Ok(None));
+    let err = h.extension(&off).unwrap_err();
+    assert!(err.contains("no AWS credentials"), "{err}");
+    assert!(silent.requests().is_empty(), "{:#?}", silent.requests());
+
+    // Nothing listening: no credentials, quickly (1 s connect timeout at most).
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let started = std::time::Instant::now();
+    let err = h
+        .extension(&[
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &closed),
+        ])
+        .unwrap_err();
+    assert!(err.contains("no AWS credentials"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn instance_profile_without_role_or_with_bad_answers() {
+    let h = host();
+    // An instance without a role: 404 on the role list, no credentials (botocore: none either).
+    let norole = HttpServer::replying(&[Reply::Body(200, "T"), Reply::Status(404)]);
+    let endpoint = norole.base();
+    let vars = [
+        ("AWS_EC2_METADATA_DISABLED", "false"),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint.as_str()),
+    ];
+    let err = h.extension(&vars).unwrap_err();
+    assert!(err.contains("no AWS credentials"), "{err}");
+    // Garbage credentials are an error that never quotes them.
+    let garbage = HttpServer::replying(&[
+        Reply::Body(200, "T"),
+        Reply::Body(200, "role"),
+        Reply::Body(200, "LEAKEDSECRETVALUE"),
+    ]);
+    let endpoint = garbage.base();
+    let err = h
+        .extension(&[
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint.as_str()),
+        ])
+        .unwrap_err();
+    assert!(err.contains("EC2 instance metadata service"), "{err}");
+    assert_no_secret(&err, &["LEAKEDSECRETVALUE"]);
+}
+
+/// .cargo/config.toml keeps every test process (and the sqlite3/python children that keep their
+/// environment) away from the real metadata service.
+#[test]
+fn test_processes_never_ask_the_real_metadata_service() {
+    assert_eq!(
+        std::env::var("AWS_EC2_METADATA_DISABLED").as_deref(),
+        Ok("true")
+    );
+}

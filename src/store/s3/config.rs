@@ -115,6 +115,9 @@ pub const BACKOFF_ENV: &str = "SQLITE_BACKUP_S3_BACKOFF_MS";
 #[derive(Clone, Default)]
 pub struct Environment {
     vars: HashMap<String, String>,
+    /// Ask the EC2 metadata service last: the process's environment only, so unit tests built
+    /// from `empty()` never send a request.
+    imds: bool,
     credentials_file: Option<String>,
     config_file: Option<String>,
 }
@@ -135,6 +138,8 @@ const VARS: &[&str] = &[
     "AWS_ROLE_ARN",
     "AWS_ROLE_SESSION_NAME",
     "AWS_ENDPOINT_URL_STS",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",
@@ -151,6 +156,7 @@ impl Environment {
     /// The process environment and the shared files it points at (missing files are fine).
     pub fn from_process() -> Result<Environment> {
         let mut env = Environment::empty();
+        env.imds = true;
         for name in VARS {
             if let Ok(value) = std::env::var(name) {
                 env.vars.insert(name.to_string(), value);
@@ -274,12 +280,17 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
     }
     let secrets = match secrets {
         Some(secrets) => secrets,
-        None => container_secrets(env)?.ok_or_else(|| {
+        None => match container_secrets(env)? {
+            Some(secrets) => Some(secrets),
+            None => imds_secrets(env, &profile)?,
+        }
+        .ok_or_else(|| {
             Error::new(
                 Kind::Auth,
                 "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the \
                  access_key_id/secret_access_key options, or a profile in ~/.aws/credentials \
-                 (keys or credential_process), or AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 (keys or credential_process), or AWS_CONTAINER_CREDENTIALS_FULL_URI, or an EC2 \
+                 instance profile",
             )
         })?,
     };
@@ -451,6 +462,26 @@ fn resolve_secrets(
         return credentials::from_process(&command, profile_name).map(Some);
     }
     Ok(keys(&|k| profile.get(k)))
+}
+
+/// The EC2 instance profile, last of all, unless `AWS_EC2_METADATA_DISABLED` is `true`.
+fn imds_secrets(env: &Environment, profile: &Profile) -> Result<Option<Secrets>> {
+    let disabled = env
+        .var("AWS_EC2_METADATA_DISABLED")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if !env.imds || disabled {
+        return Ok(None);
+    }
+    let base = env
+        .var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        .or_else(|| profile.config("ec2_metadata_service_endpoint"))
+        .unwrap_or_else(|| "http://169.254.169.254/".to_string());
+    let base = if base.ends_with('/') {
+        base
+    } else {
+        format!("{base}/")
+    };
+    credentials::from_imds(&base)
 }
 
 /// The container endpoint (ECS, EKS Pod Identity), after every profile source, as in botocore.

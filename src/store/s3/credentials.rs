@@ -1,5 +1,6 @@
 //! Credentials that are not static keys: the `credential_process` of a profile, web identity
-//! (STS AssumeRoleWithWebIdentity) and the container endpoint (ECS, EKS Pod Identity). `config::resolve` asks these only after the static sources
+//! (STS AssumeRoleWithWebIdentity), the container endpoint (ECS, EKS Pod Identity) and the EC2
+//! instance metadata service (IMDSv2). `config::resolve` asks these only after the static sources
 //! (options, environment, credentials file) found nothing, in botocore's order. Whatever these
 //! return is a secret: no message here ever quotes a command's output or an endpoint's answer.
 
@@ -22,6 +23,8 @@ const CONTAINER_ATTEMPTS: u32 = 3;
 const STS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STS_TIMEOUT: Duration = Duration::from_secs(30);
 const STS_ATTEMPTS: u32 = 3;
+/// botocore's metadata_service_timeout (1 s, one attempt): off EC2 the chain ends quickly.
+const IMDS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Runs `command` (split like a shell would, but without one, as botocore does) and reads the
 /// JSON it prints: `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken"?, ...}`.
@@ -272,6 +275,98 @@ fn xml_field(xml: &str, name: &str) -> Option<String> {
             .replace("&apos;", "'")
             .replace("&amp;", "&"),
     )
+}
+
+/// EC2 instance profile through IMDSv2: a session token (PUT), the role's name, its credentials.
+/// `Ok(None)` when no metadata service answers (not on EC2), as the SDKs treat it. A service
+/// that refuses tokens (403, 404, 405) is asked without one (IMDSv1), as botocore does.
+pub fn from_imds(base: &str) -> Result<Option<Secrets>> {
+    let what = "the EC2 instance metadata service";
+    let base = url::Url::parse(base)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| {
+            Error::usage("AWS_EC2_METADATA_SERVICE_ENDPOINT is not a valid http(s) URL")
+        })?;
+    let at = |path: &str| {
+        base.join(path)
+            .map_err(|_| Error::usage("bad metadata endpoint"))
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(IMDS_TIMEOUT))
+        .timeout_global(Some(IMDS_TIMEOUT))
+        .proxy(None)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let read = |response: &mut ureq::http::Response<ureq::Body>| {
+        response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_string()
+            .map_err(|_| Error::new(Kind::Auth, format!("cannot read {what}'s answer")))
+    };
+    let token = match agent
+        .put(at("latest/api/token")?.as_str())
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+        .send_empty()
+    {
+        Err(_) => return Ok(None), // nothing there: not on EC2
+        Ok(mut r) => match r.status().as_u16() {
+            200..=299 => Some(read(&mut r)?.trim().to_string()),
+            403..=405 => None,
+            status => {
+                return Err(Error::new(
+                    Kind::Auth,
+                    format!("{what} refused a session token (HTTP {status})"),
+                ))
+            }
+        },
+    };
+    if token.as_deref().is_some_and(|t| t.contains(['\r', '\n'])) {
+        return Err(Error::new(Kind::Auth, format!("{what} sent a bad token")));
+    }
+    let get = |path: &str| -> Result<Option<String>> {
+        let mut request = agent.get(at(path)?.as_str());
+        if let Some(token) = &token {
+            request = request.header("X-aws-ec2-metadata-token", token.as_str());
+        }
+        match request.call() {
+            Err(ureq::Error::Timeout(_)) => {
+                Err(Error::new(Kind::Auth, format!("{what} timed out")))
+            }
+            Err(_) => Err(Error::new(Kind::Auth, format!("{what} stopped answering"))),
+            Ok(mut r) if r.status().is_success() => read(&mut r).map(Some),
+            Ok(r) if r.status().as_u16() == 404 => Ok(None),
+            Ok(r) => Err(Error::new(
+                Kind::Auth,
+                format!("{what} answered HTTP {}", r.status().as_u16()),
+            )),
+        }
+    };
+    let prefix = "latest/meta-data/iam/security-credentials/";
+    // 404: the instance has no role.
+    let Some(roles) = get(prefix)? else {
+        return Ok(None);
+    };
+    let Some(role) = roles.lines().map(str::trim).find(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    if !role
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+    {
+        return Err(Error::new(
+            Kind::Auth,
+            format!("{what} named an invalid role"),
+        ));
+    }
+    let Some(body) = get(&format!("{prefix}{role}"))? else {
+        return Ok(None);
+    };
+    container_answer(body.as_bytes(), what).map(Some)
 }
 
 fn container_answer(body: &[u8], what: &str) -> Result<Secrets> {
