@@ -401,7 +401,8 @@ fn container_host_allowed(url: &url::Url) -> bool {
                     || ip == std::net::Ipv4Addr::new(169, 254, 170, 23)
             }
             Some(url::Host::Ipv6(ip)) => {
-                ip.is_loopback() || ip == "fd00:ec2::23".parse::<std::net::Ipv6Addr>().unwrap_or(ip)
+                ip.is_loopback()
+                    || ip == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)
             }
             Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
             None => false,
