@@ -1,9 +1,10 @@
 //! S3 options and where their values come from: options > environment > shared AWS files >
 //! defaults, as every AWS tool does it. `resolve` is a function of the options and an
 //! `Environment` (variables plus file contents), so the precedence rules are unit-tested without
-//! touching the real environment or home directory; only a `credential_process` or a container
-//! endpoint, when the environment names one, makes it run a command or send a request. Finding, reading and parsing the files is
-//! `aws_files`'s.
+//! touching the real environment or home directory. Only credentials that are not static keys
+//! (`credential_process`, web identity, the container endpoint, and IMDS for the process's
+//! environment) make it run a command or send a request: `credentials` does those. Finding,
+//! reading and parsing the files is `aws_files`'s.
 
 use std::collections::HashMap;
 use std::fmt;
