@@ -466,7 +466,9 @@ pub fn sqlite3_cli_clean_env(
         .arg(db)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home);
+        .env("HOME", home)
+        // Never the real EC2 metadata service; a test may turn it back on in `vars`.
+        .env("AWS_EC2_METADATA_DISABLED", "true");
     for (name, value) in vars {
         cmd.env(name, value);
     }
@@ -497,6 +499,7 @@ pub fn venv_python(script: &str, args: &[&str], home: &Path) -> Output {
         .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home);
+        .env("HOME", home)
+        .env("AWS_EC2_METADATA_DISABLED", "true");
     run(cmd, script)
 }

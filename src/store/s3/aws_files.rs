@@ -64,6 +64,11 @@ impl Profile {
             .cloned()
     }
 
+    /// A key of the credentials file only.
+    pub fn credentials(&self, key: &str) -> Option<String> {
+        self.credentials.as_ref().and_then(|s| s.get(key)).cloned()
+    }
+
     /// A key of the config file only (`region`, `endpoint_url`).
     pub fn config(&self, key: &str) -> Option<String> {
         self.config.as_ref().and_then(|s| s.get(key)).cloned()

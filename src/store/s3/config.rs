@@ -1,8 +1,10 @@
 //! S3 options and where their values come from: options > environment > shared AWS files >
-//! defaults, as every AWS tool does it. `resolve` is a pure function of the options and an
+//! defaults, as every AWS tool does it. `resolve` is a function of the options and an
 //! `Environment` (variables plus file contents), so the precedence rules are unit-tested without
-//! touching the real environment or home directory. Finding, reading and parsing the files is
-//! `aws_files`'s.
+//! touching the real environment or home directory. Only credentials that are not static keys
+//! (`credential_process`, web identity, the container endpoint, and IMDS for the process's
+//! environment) make it run a command or send a request: `credentials` does those. Finding,
+//! reading and parsing the files is `aws_files`'s.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,6 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::aws_files::{self, Profile};
+use super::credentials;
 use crate::error::{Error, Kind, Result};
 
 /// S3 options a user may pass as JSON. Every field is optional; `None` means "from the
@@ -126,6 +129,9 @@ pub const BACKOFF_ENV: &str = "SQLITE_BACKUP_S3_BACKOFF_MS";
 #[derive(Clone, Default)]
 pub struct Environment {
     vars: HashMap<String, String>,
+    /// Ask the EC2 metadata service last: the process's environment only, so unit tests built
+    /// from `empty()` never send a request.
+    imds: bool,
     credentials_file: Option<String>,
     config_file: Option<String>,
 }
@@ -142,6 +148,16 @@ const VARS: &[&str] = &[
     "AWS_PROFILE",
     "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_CONFIG_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
     BACKOFF_ENV,
 ];
 
@@ -154,6 +170,7 @@ impl Environment {
     /// The process environment and the shared files it points at (missing files are fine).
     pub fn from_process() -> Result<Environment> {
         let mut env = Environment::empty();
+        env.imds = true;
         for name in VARS {
             if let Ok(value) = std::env::var(name) {
                 env.vars.insert(name.to_string(), value);
@@ -258,20 +275,6 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
         &profile_name,
     );
 
-    let secrets = resolve_secrets(opts, env, &profile)?;
-    if secrets.is_none() && explicit_profile.is_some() && !profile.exists() {
-        return Err(Error::usage(format!(
-            "profile '{profile_name}' not found in ~/.aws/credentials or ~/.aws/config"
-        )));
-    }
-    let secrets = secrets.ok_or_else(|| {
-        Error::new(
-            Kind::Auth,
-            "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the \
-             access_key_id/secret_access_key options, or a profile in ~/.aws/credentials",
-        )
-    })?;
-
     let region = non_empty(&opts.region)
         .or_else(|| env.var("AWS_REGION"))
         .or_else(|| env.var("AWS_DEFAULT_REGION"))
@@ -283,6 +286,29 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
     {
         return Err(Error::usage(format!("invalid region '{region}'")));
     }
+
+    let secrets = resolve_secrets(opts, env, &profile, &profile_name, &region)?;
+    if secrets.is_none() && explicit_profile.is_some() && !profile.exists() {
+        return Err(Error::usage(format!(
+            "profile '{profile_name}' not found in ~/.aws/credentials or ~/.aws/config"
+        )));
+    }
+    let secrets = match secrets {
+        Some(secrets) => secrets,
+        None => match container_secrets(env)? {
+            Some(secrets) => Some(secrets),
+            None => imds_secrets(env, &profile)?,
+        }
+        .ok_or_else(|| {
+            Error::new(
+                Kind::Auth,
+                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the \
+                 access_key_id/secret_access_key options, or a profile in ~/.aws/credentials \
+                 (keys or credential_process), or AWS_CONTAINER_CREDENTIALS_FULL_URI, or an EC2 \
+                 instance profile",
+            )
+        })?,
+    };
 
     let endpoint_text = non_empty(&opts.endpoint)
         .or_else(|| env.var("AWS_ENDPOINT_URL_S3"))
@@ -369,6 +395,8 @@ fn resolve_secrets(
     opts: &S3Options,
     env: &Environment,
     profile: &Profile,
+    profile_name: &str,
+    region: &str,
 ) -> Result<Option<Secrets>> {
     match (
         non_empty(&opts.access_key_id),
@@ -401,17 +429,102 @@ fn resolve_secrets(
             }));
         }
     }
-    match (
-        profile.get("aws_access_key_id"),
-        profile.get("aws_secret_access_key"),
+    // Web identity: the variables (unless a profile is named), else the profile's settings.
+    let web = |env_name: &str, key: &str| {
+        opts.profile
+            .is_none()
+            .then(|| env.var(env_name))
+            .flatten()
+            .or_else(|| profile.get(key))
+    };
+    if let Some(token_file) = web("AWS_WEB_IDENTITY_TOKEN_FILE", "web_identity_token_file") {
+        let role_arn = web("AWS_ROLE_ARN", "role_arn").ok_or_else(|| {
+            Error::usage(
+                "AWS_WEB_IDENTITY_TOKEN_FILE (or web_identity_token_file) is set but no role: \
+                 set AWS_ROLE_ARN (or role_arn in the profile)",
+            )
+        })?;
+        let session_name = web("AWS_ROLE_SESSION_NAME", "role_session_name").unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!("sqlite-backup-{now}")
+        });
+        let sts = env
+            .var("AWS_ENDPOINT_URL_STS")
+            .or_else(|| env.var("AWS_ENDPOINT_URL"))
+            .or_else(|| profile.config("endpoint_url"))
+            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        return credentials::from_web_identity(&sts, &token_file, &role_arn, &session_name)
+            .map(Some);
+    }
+    // botocore's order within a profile: keys in the credentials file, then credential_process,
+    // then keys in the config file.
+    let keys = |get: &dyn Fn(&str) -> Option<String>| match (
+        get("aws_access_key_id"),
+        get("aws_secret_access_key"),
     ) {
-        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(Secrets {
+        (Some(access_key_id), Some(secret_access_key)) => Some(Secrets {
             access_key_id,
             secret_access_key,
-            session_token: profile.get("aws_session_token"),
-        })),
-        _ => Ok(None),
+            session_token: get("aws_session_token"),
+        }),
+        _ => None,
+    };
+    if let Some(secrets) = keys(&|k| profile.credentials(k)) {
+        return Ok(Some(secrets));
     }
+    if let Some(command) = profile.get("credential_process") {
+        return credentials::from_process(&command, profile_name).map(Some);
+    }
+    Ok(keys(&|k| profile.get(k)))
+}
+
+/// The EC2 instance profile, last of all, unless `AWS_EC2_METADATA_DISABLED` is `true`.
+fn imds_secrets(env: &Environment, profile: &Profile) -> Result<Option<Secrets>> {
+    let disabled = env
+        .var("AWS_EC2_METADATA_DISABLED")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if !env.imds || disabled {
+        return Ok(None);
+    }
+    let base = env
+        .var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        .or_else(|| profile.config("ec2_metadata_service_endpoint"))
+        .unwrap_or_else(|| "http://169.254.169.254/".to_string());
+    let base = if base.ends_with('/') {
+        base
+    } else {
+        format!("{base}/")
+    };
+    credentials::from_imds(&base)
+}
+
+/// The container endpoint (ECS, EKS Pod Identity), after every profile source, as in botocore.
+fn container_secrets(env: &Environment) -> Result<Option<Secrets>> {
+    let url = match (
+        env.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+        env.var("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+    ) {
+        (Some(relative), _) => format!("http://169.254.170.2{relative}"),
+        (None, Some(full)) => full,
+        (None, None) => return Ok(None),
+    };
+    let token = match env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| {
+                    Error::io(
+                        format!("cannot read {path} (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)"),
+                        e,
+                    )
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+    };
+    credentials::from_container(&url, token.as_deref()).map(Some)
 }
 
 fn non_empty(value: &Option<String>) -> Option<String> {

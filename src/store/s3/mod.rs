@@ -2,16 +2,18 @@
 //!
 //! rusty-s3 signs (SigV4 presigned URLs) and parses XML; ureq sends. One concern per file:
 //! `config` (options > environment > shared files, resolved once), `aws_files` (reading
-//! `~/.aws/{credentials,config}`), `request` (every S3 request: action → signed request →
-//! typed answer), `client` (transport: the one retry loop, timeouts), `errors` (answers →
-//! messages), `upload` (single PUT or multipart: the part state machine, with its `spool` and
-//! worker `pool`), `download` (resumable GET).
+//! `~/.aws/{credentials,config}`), `credentials` (credential_process, web identity, container
+//! endpoint, IMDS), `request` (every S3 request: action → signed request → typed answer),
+//! `client` (transport: the one retry loop, timeouts), `errors` (answers → messages), `upload`
+//! (single PUT or multipart: the part state machine, with its `spool` and worker `pool`),
+//! `download` (resumable GET).
 //! Semantics mirror the directory store: an upload is invisible until `commit`, and `abort` or
 //! a failure leaves nothing behind (no object, no incomplete multipart upload).
 
 mod aws_files;
 mod client;
 mod config;
+mod credentials;
 mod download;
 mod errors;
 mod request;
