@@ -263,6 +263,16 @@ fn missing_or_wrong_identity_is_a_clear_error() {
     );
     assert!(err.contains("not encrypted to any key"), "{err}");
     assert!(!dest.exists());
+    // A flipped byte in the ciphertext fails age's authentication: an error, nothing restored.
+    let mut bytes = fs::read(&backup).unwrap();
+    let last = bytes.len() - 20;
+    bytes[last] ^= 1;
+    let tampered = tmp.path().join("t.zst.age");
+    fs::write(&tampered, bytes).unwrap();
+    let opts = json!({"identity_file": tmp.path().join("key.txt")});
+    let err = restore_err(&conn, &tampered.display().to_string(), Some(&dest), &opts);
+    assert!(err.contains("t.zst.age"), "{err}");
+    assert!(!dest.exists());
     assert_no_temp_files_except(tmp.path(), &["src.db-shm", "src.db-wal"]);
 }
 
@@ -339,6 +349,15 @@ fn encrypted_backups_on_s3_store_no_plaintext_sha256() {
         &with(json!({"identity_file": key})),
     );
     assert_eq!(digest(&dest), want);
+    // Into a connection (dest_path NULL) too.
+    let target = open_memory();
+    restore(
+        &target,
+        location,
+        None,
+        &with(json!({"identity_file": key})),
+    );
+    assert_eq!(digest_conn(&target, "main"), want);
 }
 
 /// Every file under `dir` (object data and the server's metadata sidecars).
