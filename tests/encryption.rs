@@ -400,3 +400,47 @@ fn retention_deletes_old_encrypted_backups() {
     );
     assert_eq!(list(&dir), ["r-09.zst.age", "r-12.zst.age"]);
 }
+
+#[test]
+fn a_multipart_encrypted_upload_records_no_sha256_and_decrypts_with_the_cli() {
+    let tmp = tempdir();
+    let path = tmp.path().join("big.db");
+    let conn = open(&path);
+    // About 12 MB of random blobs: incompressible, so three 5 MiB parts.
+    conn.execute_batch(
+        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120)
+         INSERT INTO blobs SELECT i, randomblob(100000) FROM n;",
+    )
+    .unwrap();
+    let want = digest_conn(&conn, "main");
+    let (key, public, _) = age_key(tmp.path(), "key.txt");
+    let server = S3Server::start();
+    server.create_bucket("bkt");
+    let s3 = server.options_json();
+    let opts = merge(
+        &s3,
+        &json!({"recipients": [public], "part_size": 5 << 20, "level": 1}),
+    );
+    let report = to_s3(&conn, "s3://bkt", "big.zst.age", &opts);
+    assert!(report["parts"].as_u64().unwrap() > 1, "{report}");
+    let rows = list_rows(&conn, "s3://bkt", Some(&s3));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].sha256, None, "{rows:?}");
+    let object = server.object_path("bkt", "big.zst.age");
+    let compressed = run(Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&key)
+        .arg(&object));
+    let plain = tmp.path().join("big.zst");
+    fs::write(&plain, compressed).unwrap();
+    let restored = tmp.path().join("restored.db");
+    fs::write(
+        &restored,
+        run(Command::new("zstd").args(["-d", "-c"]).arg(&plain)),
+    )
+    .unwrap();
+    assert_eq!(integrity(&restored), "ok");
+    assert_eq!(digest(&restored), want);
+}
