@@ -232,7 +232,33 @@ pub fn open<'a>(
                 format!("cannot decrypt {url}: {other}"),
             ),
         })?;
-    Ok((true, Box::new(reader)))
+    Ok((
+        true,
+        Box::new(Authenticated {
+            inner: reader,
+            url: url.to_string(),
+        }),
+    ))
+}
+
+/// age's stream says only "decryption error" when a chunk fails its tag: say what it means.
+struct Authenticated<R> {
+    inner: R,
+    url: String,
+}
+
+impl<R: Read> Read for Authenticated<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{} failed age decryption ({e}): it was changed or truncated after it was                      encrypted",
+                    self.url
+                ),
+            )
+        })
+    }
 }
 
 #[cfg(test)]

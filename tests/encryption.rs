@@ -271,7 +271,8 @@ fn missing_or_wrong_identity_is_a_clear_error() {
     fs::write(&tampered, bytes).unwrap();
     let opts = json!({"identity_file": tmp.path().join("key.txt")});
     let err = restore_err(&conn, &tampered.display().to_string(), Some(&dest), &opts);
-    assert!(err.contains("t.zst.age"), "{err}");
+    assert!(err.contains("t.zst.age failed age decryption"), "{err}");
+    assert!(err.contains("changed or truncated"), "{err}");
     assert!(!dest.exists());
     assert_no_temp_files_except(tmp.path(), &["src.db-shm", "src.db-wal"]);
 }
