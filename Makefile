@@ -10,11 +10,12 @@ EXT := sqlite_backup.so
 .PHONY: deps tools dist-tools loadable loadable-release test test-hosts dist dist-test check-portable demo lint bench clean
 
 # System packages the build and tests need (bindgen needs libclang; tests drive the sqlite3
-# CLI, Debian's python3, gzip and zstd; gcc builds the old-SQLite hosts of tests/hosts.rs).
+# CLI, Debian's python3, gzip and zstd; age and ssh-keygen for tests/encryption.rs; gcc builds
+# the old-SQLite hosts of tests/hosts.rs).
 # Installed only when missing.
 deps:
 	@missing=""; \
-	for p in libclang-dev sqlite3 zstd gzip python3 python3-venv gcc libc6-dev; do \
+	for p in libclang-dev sqlite3 zstd gzip python3 python3-venv gcc libc6-dev age openssh-client; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -32,6 +32,10 @@ pub struct Request {
     pub create_only: bool,
     /// The names that belong to this backup series (for `if_changed`).
     pub series: crate::naming::Series,
+    /// age recipients: set exactly when the name ends in `.age`.
+    pub recipients: Option<std::sync::Arc<crate::crypt::Recipients>>,
+    /// Decrypts the newest backup for `if_changed` in an encrypted series.
+    pub identity_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +46,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
     pub compression: &'static str,
+    /// Encrypted with age (the name ends in `.age`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
     /// Size of the uncompressed snapshot.
     pub bytes: u64,
     /// Size as stored (0 when skipped).
@@ -75,8 +82,18 @@ fn ms_since(t: Instant) -> u64 {
 
 pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> Result<Report> {
     let started = Instant::now();
-    let codec = Codec::for_name(name);
+    let codec = Codec::for_name(crate::crypt::inner_name(name));
     let level = codec.level(req.level)?;
+    let recipients = match (&req.recipients, crate::crypt::wanted(name)) {
+        (Some(r), true) => Some(r.clone()),
+        (None, false) => None,
+        // request.rs pairs them; a mismatch must never store plaintext under `.age`.
+        _ => {
+            return Err(Error::usage(
+                "recipients and a name ending in .age go together",
+            ))
+        }
+    };
     // Everything that can be refused is refused before the snapshot, not after it.
     store.check_put(name, req.create_only)?;
 
@@ -101,6 +118,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         method: snap.method.name(),
         fallback: snap.fallback.clone(),
         compression: codec.name(),
+        encrypted: recipients.is_some(),
         bytes: snap.bytes,
         stored_bytes: 0,
         sha256: String::new(),
@@ -123,7 +141,8 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         let step = Instant::now();
         let hex = dbfile::sha256_reader(&mut reopen()?, "the snapshot")?;
         timings.hash = ms_since(step);
-        if let Some(same) = newest_with_same_content(store, &req.series, &hex)? {
+        let identity = req.identity_file.as_deref();
+        if let Some(same) = newest_with_same_content(store, &req.series, &hex, identity)? {
             report.sha256 = hex;
             report.skipped = true;
             report.same_as = Some(same);
@@ -134,7 +153,13 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         sha256.set(Ok(hex));
     }
     let meta = PutMeta {
-        sha256: sha256.clone(),
+        // An encrypted backup's plaintext hash would let whoever reads the bucket test a
+        // guess of its content: the store gets an empty one, which it does not record.
+        sha256: if recipients.is_some() {
+            crate::store::Sha256Cell::ready(String::new())
+        } else {
+            sha256.clone()
+        },
         backup_time: req.time,
         create_only: req.create_only,
         temp_dir: req.temp_dir.clone(),
@@ -177,7 +202,17 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
             inner: &mut file,
             meter: crate::progress::phase("compressing and storing", Some(snap.bytes)),
         };
-        let compressed = codec::compress(&mut metered, &mut counted, codec, level, req.threads);
+        let compressed = match &recipients {
+            None => codec::compress(&mut metered, &mut counted, codec, level, req.threads),
+            Some(r) => crate::crypt::encrypt(r, &mut counted).and_then(|mut sealed| {
+                let read = codec::compress(&mut metered, &mut sealed, codec, level, req.threads)?;
+                // The last chunk and its tag: without them the file does not decrypt.
+                sealed
+                    .finish()
+                    .map_err(|e| Error::io("cannot finish encryption", e))?;
+                Ok(read)
+            }),
+        };
         let CountingWriter {
             inner: upload,
             count,
@@ -224,13 +259,14 @@ fn newest_with_same_content(
     store: &dyn Store,
     series: &crate::naming::Series,
     sha256: &str,
+    identity: Option<&std::path::Path>,
 ) -> Result<Option<String>> {
     let Some(newest) = crate::retention::newest(series.select(store.list()?)) else {
         return Ok(None);
     };
     let stored_sha = match newest.sha256.clone() {
         Some(s) => s,
-        None => match content_sha256(store, &newest.name) {
+        None => match content_sha256(store, &newest.name, identity) {
             Ok(s) => s,
             // An unreadable previous backup is no reason to skip this one.
             Err(_) => return Ok(None),
@@ -240,8 +276,14 @@ fn newest_with_same_content(
 }
 
 /// sha256 of a stored backup's decompressed content.
-pub fn content_sha256(store: &dyn Store, name: &str) -> Result<String> {
-    let (_, mut reader) = codec::decoder(store.get(name)?)?;
+pub fn content_sha256(
+    store: &dyn Store,
+    name: &str,
+    identity: Option<&std::path::Path>,
+) -> Result<String> {
+    let url = store.url(name);
+    let (_, plain) = crate::crypt::open(store.get(name)?, identity, &url)?;
+    let (_, mut reader) = codec::decoder(plain)?;
     dbfile::sha256_reader(&mut reader, &store.url(name))
 }
 

@@ -147,8 +147,14 @@ fn backup_and_keep(
 /// the collations and functions the schema needs.
 pub fn verify(conn: &Connection, req: &request::Verify) -> Result<verify::Report> {
     let (store, name) = open_backup(&req.location, &req.s3)?;
-    let checked =
-        verify::fetch_checked(store.as_ref(), &name, &req.temp_dir, req.quick, Some(conn))?;
+    let checked = verify::fetch_checked(
+        store.as_ref(),
+        &name,
+        &req.temp_dir,
+        req.quick,
+        Some(conn),
+        req.identity_file.as_deref(),
+    )?;
     Ok(checked.report)
 }
 
@@ -196,7 +202,16 @@ pub fn restore(conn: &Connection, req: &request::Restore) -> Result<restore::Out
     let report = match &req.into {
         RestoreInto::File { path, overwrite } => {
             live::refuse_live_file(&protected(conn)?, path)?;
-            restore::to_file(store.as_ref(), &name, path, *overwrite, req.quick, conn)
+            let identity = req.identity_file.as_deref();
+            restore::to_file(
+                store.as_ref(),
+                &name,
+                path,
+                *overwrite,
+                req.quick,
+                conn,
+                identity,
+            )
         }
         RestoreInto::Connection {
             schema,
@@ -210,6 +225,7 @@ pub fn restore(conn: &Connection, req: &request::Restore) -> Result<restore::Out
             *busy_timeout_ms,
             temp_dir,
             req.quick,
+            req.identity_file.as_deref(),
         ),
     }?;
     Ok(restore::Outcome::Restored(report))

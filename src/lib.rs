@@ -8,6 +8,7 @@
 mod allow;
 mod backup;
 mod codec;
+mod crypt;
 mod dbfile;
 pub mod error;
 mod ffi;

@@ -132,7 +132,15 @@ pub fn sniff(store: &dyn Store, entry: &Entry) -> Class {
     }
     let holds = store
         .read_head(&entry.name, codec::SNIFF_LIMIT)
-        .map(|mut head| codec::holds_sqlite(&mut head));
+        .map(|mut head| {
+            // An encrypted backup (`.age` name) cannot be read without its key: its age
+            // header is what marks it as one.
+            if crate::crypt::wanted(&entry.name) {
+                crate::crypt::is_age_file(&mut head)
+            } else {
+                codec::holds_sqlite(&mut head)
+            }
+        });
     match holds {
         Ok(true) => Class::Backup,
         Ok(false) => Class::Ignored(NOT_A_BACKUP.into()),

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::allow;
 use crate::backup;
 use crate::codec::MAX_THREADS;
+use crate::crypt;
 use crate::error::{Error, Result};
 use crate::ffi::Connection;
 use crate::naming::{self, Series};
@@ -88,6 +89,11 @@ pub struct BackupOptions {
     notify_style: Option<Style>,
     notify_timeout_ms: Option<u64>,
     progress: Option<bool>,
+    /// age recipients for a name ending in `.age`.
+    recipients: Option<Vec<String>>,
+    recipients_file: Option<String>,
+    /// Decrypts the newest backup for `if_changed` when the series is encrypted.
+    identity_file: Option<String>,
 }
 
 /// Where a backup goes, as the caller gave it.
@@ -253,9 +259,35 @@ fn plan(target: Target, opts: BackupOptions) -> Result<Plan> {
             (destination, pattern)
         }
     };
+    let name = match &destination {
+        Destination::File { name, .. } | Destination::S3 { name, .. } => name,
+    };
+    let identity_file = crypt::identity_file(opts.identity_file.as_deref());
+    let recipients = if crypt::wanted(name) {
+        let recipients =
+            crypt::recipients(opts.recipients.as_deref(), opts.recipients_file.as_deref())?;
+        // Encrypted backups record no plaintext hash, so the only way to compare is to
+        // decrypt the newest one.
+        if opts.if_changed == Some(true) && identity_file.is_none() {
+            return Err(Error::usage(format!(
+                "option 'if_changed' with an encrypted (.age) backup needs option                  'identity_file' (or {}) to decrypt the newest backup and compare:                  the plaintext sha256 is not stored in the clear",
+                crypt::IDENTITY_ENV
+            )));
+        }
+        Some(std::sync::Arc::new(recipients))
+    } else {
+        if opts.recipients.is_some() || opts.recipients_file.is_some() {
+            return Err(Error::usage(format!(
+                "options 'recipients' and 'recipients_file' encrypt a backup whose name ends                  in .age, and '{name}' does not: add .age to the pattern (like db-%d.zst.age),                  or drop the option"
+            )));
+        }
+        None
+    };
     Ok(Plan {
         destination,
         backup: backup::Request {
+            recipients,
+            identity_file,
             schema: opts.schema.unwrap_or_else(|| DEFAULT_SCHEMA.to_string()),
             method: opts.method,
             busy_timeout_ms: opts.busy_timeout_ms.unwrap_or(DEFAULT_BUSY_TIMEOUT_MS),
@@ -280,6 +312,7 @@ pub struct VerifyOptions {
     quick: Option<bool>,
     temp_dir: Option<String>,
     progress: Option<bool>,
+    identity_file: Option<String>,
 }
 
 /// One verify_backup call, resolved.
@@ -289,6 +322,8 @@ pub struct Verify {
     pub temp_dir: PathBuf,
     pub quick: bool,
     pub progress: Option<bool>,
+    /// Decrypts an age backup (option or SQLITE_BACKUP_AGE_IDENTITY_FILE).
+    pub identity_file: Option<PathBuf>,
 }
 
 pub fn verify(location: String, s3: S3Options, opts: VerifyOptions) -> Result<Verify> {
@@ -301,6 +336,7 @@ pub fn verify(location: String, s3: S3Options, opts: VerifyOptions) -> Result<Ve
         temp_dir: temp_dir(opts.temp_dir.as_deref()),
         quick: opts.quick.unwrap_or(false),
         progress: opts.progress,
+        identity_file: crypt::identity_file(opts.identity_file.as_deref()),
     })
 }
 
@@ -318,6 +354,7 @@ pub struct RestoreOptions {
     series: Option<String>,
     if_missing: Option<bool>,
     missing_ok: Option<bool>,
+    identity_file: Option<String>,
 }
 
 /// One restore_backup call, resolved.
@@ -333,6 +370,8 @@ pub struct Restore {
     pub if_missing: bool,
     /// No backup yet is not an error (a first deployment has none).
     pub missing_ok: bool,
+    /// Decrypts an age backup (option or SQLITE_BACKUP_AGE_IDENTITY_FILE).
+    pub identity_file: Option<PathBuf>,
 }
 
 pub enum RestoreInto {
@@ -432,6 +471,7 @@ pub fn restore(
         newest: newest.then_some(series),
         if_missing,
         missing_ok: opts.missing_ok.unwrap_or(false),
+        identity_file: crypt::identity_file(opts.identity_file.as_deref()),
     })
 }
 

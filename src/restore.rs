@@ -47,6 +47,7 @@ pub fn to_file(
     overwrite: bool,
     quick: bool,
     caller: &Connection,
+    identity: Option<&Path>,
 ) -> Result<Report> {
     let dir = parent_dir(dest);
     if !dir.is_dir() {
@@ -75,7 +76,7 @@ pub fn to_file(
             )));
         }
     }
-    let checked = verify::fetch_checked(store, name, dir, quick, Some(caller))?;
+    let checked = verify::fetch_checked(store, name, dir, quick, Some(caller), identity)?;
     set_owner_and_mode(checked.file.as_file(), replaced.as_ref(), dest)?;
     crate::interrupt::check()?;
     still_the_same(dest, replaced.as_ref())?;
@@ -311,6 +312,7 @@ fn changed(dest: &Path) -> Error {
 }
 
 /// Restores `name` over `schema` of the calling connection, page by page.
+#[allow(clippy::too_many_arguments)]
 pub fn into_connection(
     conn: &Connection,
     schema: &str,
@@ -319,6 +321,7 @@ pub fn into_connection(
     busy_ms: u64,
     temp_dir: &Path,
     quick: bool,
+    identity: Option<&Path>,
 ) -> Result<Report> {
     if !conn.autocommit()? {
         return Err(Error::usage(
@@ -327,7 +330,7 @@ pub fn into_connection(
     }
     // Fails early, before any download, when the schema does not exist.
     conn.filename(schema)?;
-    let checked = verify::fetch_checked(store, name, temp_dir, quick, Some(conn))?;
+    let checked = verify::fetch_checked(store, name, temp_dir, quick, Some(conn), identity)?;
     check_wal_page_size(conn, schema, checked.report.page_size)?;
     let source = Connection::open(checked.file.path(), OpenMode::ReadWrite)?;
     crate::progress::phase("restoring", None);

@@ -9,6 +9,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::codec::{self, Codec};
+use crate::crypt;
 use crate::dbfile;
 use crate::error::{Error, Kind, Result};
 use crate::ffi::Connection;
@@ -28,6 +29,9 @@ pub struct Report {
     /// `caller` (attached to the calling connection, with its definitions) or `separate`.
     pub checked_on: &'static str,
     pub compression: &'static str,
+    /// Whether the backup was an age file, decrypted with identity_file.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
     pub tables: u64,
     pub page_size: u32,
     pub page_count: u64,
@@ -55,6 +59,7 @@ pub fn fetch_checked(
     dir: &Path,
     quick: bool,
     caller: Option<&Connection>,
+    identity: Option<&Path>,
 ) -> Result<Checked> {
     let started = Instant::now();
     let url = store.url(name);
@@ -66,7 +71,8 @@ pub fn fetch_checked(
         inner: store.get(name)?,
         count: 0,
     };
-    let (codec, mut reader) = codec::decoder(Box::new(&mut counted))?;
+    let (encrypted, plain) = crypt::open(Box::new(&mut counted), identity, &url)?;
+    let (codec, mut reader) = codec::decoder(plain)?;
     let mut file = temp::named(dir, temp::Ext::Db)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -131,6 +137,7 @@ pub fn fetch_checked(
             skipped: checked.skipped,
             checked_on: checked.checked_on,
             compression: codec.name(),
+            encrypted,
             tables: checked.tables,
             page_size,
             page_count: if page_size == 0 {

@@ -80,7 +80,7 @@ fn out_of_memory(bytes: usize) -> Error {
 /// `x-amz-*` headers).
 fn metadata(meta: &PutMeta) -> Result<Vec<Header>> {
     let sha256 = meta.sha256.wait()?;
-    Ok(vec![
+    let mut headers = vec![
         (
             "x-amz-meta-backup-time",
             meta.backup_time
@@ -91,7 +91,10 @@ fn metadata(meta: &PutMeta) -> Result<Vec<Header>> {
             "x-amz-meta-sqlite-backup-version",
             env!("CARGO_PKG_VERSION").to_string(),
         ),
-    ])
+    ];
+    // Empty for an encrypted backup: its plaintext hash is not stored in the clear.
+    headers.retain(|(name, value)| *name != "x-amz-meta-sha256" || !value.is_empty());
+    Ok(headers)
 }
 
 /// How an upload splits its stream (from the resolved options).
