@@ -405,16 +405,8 @@ fn retention_deletes_old_encrypted_backups() {
 #[test]
 fn a_multipart_encrypted_upload_records_no_sha256_and_decrypts_with_the_cli() {
     let tmp = tempdir();
-    let path = tmp.path().join("big.db");
-    let conn = open(&path);
     // About 12 MB of random blobs: incompressible, so three 5 MiB parts.
-    conn.execute_batch(
-        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120)
-         INSERT INTO blobs SELECT i, randomblob(100000) FROM n;",
-    )
-    .unwrap();
-    let want = digest_conn(&conn, "main");
+    let (conn, want) = big_db(tmp.path());
     let (key, public, _) = age_key(tmp.path(), "key.txt");
     let server = S3Server::start();
     server.create_bucket("bkt");

@@ -29,12 +29,7 @@ def attempt(conn, sql, *args):
 "#;
 
 fn run_py(body: &str, args: &[&str]) -> Vec<Value> {
-    let out = python(&format!("{PRELUDE}\n{body}"), args);
-    out.assert_ok();
-    out.stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+    python(&format!("{PRELUDE}\n{body}"), args).json_lines()
 }
 
 #[test]

@@ -77,14 +77,6 @@ fn foreign_files(dir: &Path, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-fn cli_json(out: &Output) -> Vec<Value> {
-    out.assert_ok();
-    out.stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
 // ---------------------------------------------------------------- item 1: the issue's commands
 
 /// The issue: `keep` with `%s.db` in the database's own directory deleted `app.db`.
@@ -97,7 +89,7 @@ fn keep_with_a_name_pattern_in_the_database_directory_spares_the_database() {
     let script = "select backup_to_file('%s.db', '{\"keep\":{\"keep_last\":1}}');\n\
          select backup_to_file('%s.db', '{\"keep\":{\"keep_last\":1},\"now\":\"2030-01-01T00:00:00Z\"}');\n";
     let out = sqlite3_cli(Path::new("app.db"), &[], script, Some(tmp.path()));
-    let results = cli_json(&out);
+    let results = out.json_lines();
     assert_eq!(digest(&db), expected, "app.db changed or vanished");
     // The second backup pruned the first (a real backup), and only it.
     let first = results[0]["destination"].as_str().unwrap();
@@ -150,7 +142,7 @@ fn prune_dot_in_the_database_directory_deletes_only_backups() {
          select backup_prune('.', '{\"keep_last\": 1}');\n",
         Some(tmp.path()),
     );
-    let reports = cli_json(&out);
+    let reports = out.json_lines();
     // The dry run reports the same, deleting nothing.
     let (dry, report) = (&reports[0], &reports[1]);
     assert_eq!(dry["dry_run"], json!(true));

@@ -37,20 +37,6 @@ fn small_db(dir: &Path) -> (Connection, String) {
     (conn, digest)
 }
 
-/// About 12 MB of random blobs: incompressible, so more than two 5 MiB parts.
-fn big_db(dir: &Path) -> (Connection, String) {
-    let path = dir.join("big.db");
-    let conn = open(&path);
-    conn.execute_batch(
-        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120)
-         INSERT INTO blobs SELECT i, randomblob(100000) FROM n;",
-    )
-    .unwrap();
-    let digest = digest_conn(&conn, "main");
-    (conn, digest)
-}
-
 fn upstream(server: &S3Server) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], server.port()))
 }

@@ -167,6 +167,16 @@ impl Output {
     pub fn ok(&self) -> bool {
         self.status.success()
     }
+
+    /// A successful run's stdout, one JSON value per line.
+    #[track_caller]
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.assert_ok();
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
     #[track_caller]
     pub fn assert_ok(&self) -> &Self {
         assert!(
@@ -502,4 +512,18 @@ pub fn venv_python(script: &str, args: &[&str], home: &Path) -> Output {
         .env("HOME", home)
         .env("AWS_EC2_METADATA_DISABLED", "true");
     run(cmd, script)
+}
+
+/// About 12 MB of random blobs: incompressible, so more than two 5 MiB parts.
+pub fn big_db(dir: &Path) -> (Connection, String) {
+    let path = dir.join("big.db");
+    let conn = open(&path);
+    conn.execute_batch(
+        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120)
+         INSERT INTO blobs SELECT i, randomblob(100000) FROM n;",
+    )
+    .unwrap();
+    let digest = digest_conn(&conn, "main");
+    (conn, digest)
 }
