@@ -297,6 +297,11 @@ fn plaintext_sha256(
             crate::crypt::check_identity_file(identity)?;
             key_checked = true;
         }
+        // An S3 object without our metadata: only an age file is decrypted and hashed (its
+        // first bytes tell), never another tool's object that happens to end in `.age`.
+        if matches!(class, Class::Unknown) && prune::sniff(store, entry) != Class::Backup {
+            continue;
+        }
         match backup::content_sha256(store, &entry.name, Some(identity)) {
             Ok(hex) => {
                 entry.sha256 = Some(hex);

@@ -183,6 +183,8 @@ fn list_with_an_identity_shows_the_plaintext_sha256_on_s3() {
         &local,
         &server.object_path("bkt", "p/db-3.zst.age"),
     );
+    // Another tool's object whose name ends in .age but is no age file: never hashed.
+    fs::write(server.object_path("bkt", "p/notes.age"), b"not an age file").unwrap();
 
     let rows = list_rows(&conn, "s3://bkt/p", Some(&s3));
     assert_eq!(sha_of(&rows, "db-1.zst.age"), None, "{rows:?}");
@@ -197,7 +199,8 @@ fn list_with_an_identity_shows_the_plaintext_sha256_on_s3() {
     assert_eq!(sha_of(&rows, "db-1.zst.age"), sha(&ours), "{rows:?}");
     assert_eq!(sha_of(&rows, "db-2.zst"), sha(&plain), "{rows:?}");
     assert_eq!(sha_of(&rows, "db-3.zst.age"), sha(&other), "{rows:?}");
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(sha_of(&rows, "notes.age"), None, "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
 }
 
 #[test]
