@@ -442,3 +442,46 @@ fn encryption_errors_read_as_one_sentence() {
         assert!(!err.contains("  "), "{err:?}");
     }
 }
+
+/// Reading every encrypted backup can take long: the listing stops when the application's
+/// progress handler (its time limit, in Debian's python3) says so, like every other long call.
+#[test]
+fn a_listing_that_decrypts_can_be_interrupted() {
+    const SCRIPT: &str = r#"
+import json, os, sqlite3, sys
+location, key = sys.argv[1], sys.argv[2]
+c = sqlite3.connect(":memory:")
+c.enable_load_extension(True)
+c.load_extension(os.environ["EXT"])
+# Past its time limit: the handler stops whatever runs its 1000th instruction.
+c.set_progress_handler(lambda: 1, 1000)
+for opts in [{}, {"identity_file": key}]:
+    try:
+        n = c.execute("SELECT count(*) FROM backup_list(?, ?)", (location, json.dumps(opts))).fetchone()[0]
+        print("listed", n)
+    except sqlite3.OperationalError as e:
+        print("error:", e)
+"#;
+    let tmp = tempdir();
+    let (conn, _) = source(tmp.path());
+    let (key, public, _) = age_key(tmp.path(), "key.txt");
+    let dir = tmp.path().join("b");
+    fs::create_dir(&dir).unwrap();
+    to_file(
+        &conn,
+        &dir.join("db.zst.age"),
+        &json!({"recipients": [public]}),
+    );
+    let out = python(SCRIPT, &[dir.to_str().unwrap(), key.to_str().unwrap()]);
+    out.assert_ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    // Without a backup to decrypt the listing is short and finishes; decrypting is stopped.
+    assert_eq!(lines.first(), Some(&"listed 1"), "{}", out.stdout);
+    assert!(
+        lines
+            .get(1)
+            .is_some_and(|l| l.starts_with("error: backup_list: interrupted")),
+        "{}",
+        out.stdout
+    );
+}
