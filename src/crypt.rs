@@ -192,6 +192,12 @@ fn identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>> {
     })
 }
 
+/// Fails when `path` is not an identity file age can use: lets a caller that reads many
+/// backups (backup_list) refuse a bad key once, before reading any of them.
+pub fn check_identity_file(path: &Path) -> Result<()> {
+    identities(path).map(drop)
+}
+
 /// The stored bytes, decrypted when they are an age file. An age file needs an identity
 /// file; a plain one is passed through untouched.
 pub fn open<'a>(
@@ -222,11 +228,15 @@ pub fn open<'a>(
     let reader = decryptor
         .decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => Error::usage(format!(
-                "{url} was not encrypted to any key in identity_file {}: give the identity \
-                 whose recipient the backup was made for",
-                path.display()
-            )),
+            // Auth, like a rejected credential: backup_list tells it from a damaged backup.
+            age::DecryptError::NoMatchingKeys => Error::new(
+                crate::error::Kind::Auth,
+                format!(
+                    "{url} was not encrypted to any key in identity_file {}: give the \
+                     identity whose recipient the backup was made for",
+                    path.display()
+                ),
+            ),
             other => Error::new(
                 crate::error::Kind::Corrupt,
                 format!("cannot decrypt {url}: {other}"),
@@ -253,7 +263,8 @@ impl<R: Read> Read for Authenticated<R> {
             io::Error::new(
                 e.kind(),
                 format!(
-                    "{} failed age decryption ({e}): it was changed or truncated after it was                      encrypted",
+                    "{} failed age decryption ({e}): it was changed or truncated after it \
+                     was encrypted",
                     self.url
                 ),
             )
@@ -292,5 +303,16 @@ mod tests {
         let mut out = Vec::new();
         plain.read_to_end(&mut out).unwrap();
         assert!(encrypted && out == b"hello");
+        // Another key: Auth (rejected, not a damaged backup), and a key file that is none.
+        assert!(check_identity_file(&id).is_ok());
+        let other = dir.path().join("other.txt");
+        let stranger = age::x25519::Identity::generate();
+        std::fs::write(&other, stranger.to_string().expose_secret()).unwrap();
+        let err = open(Box::new(&sealed[..]), Some(&other), "x")
+            .err()
+            .unwrap();
+        assert_eq!(err.kind, crate::error::Kind::Auth, "{err:?}");
+        std::fs::write(&other, "hello\n").unwrap();
+        assert!(check_identity_file(&other).is_err());
     }
 }

@@ -266,7 +266,61 @@ pub fn list(conn: &Connection, req: &request::List) -> Result<Vec<(Entry, Class)
     rows.sort_by(crate::retention::newest_first);
     let listed = listing.iter().map(|e| e.name.as_str()).collect();
     let classes = prune::classify(store.as_ref(), &rows, &listed, &protected(conn)?);
-    Ok(rows.into_iter().zip(classes).collect())
+    let mut rows: Vec<(Entry, Class)> = rows.into_iter().zip(classes).collect();
+    if let Some(identity) = &req.identity_file {
+        plaintext_sha256(store.as_ref(), &mut rows, identity)?;
+    }
+    Ok(rows)
+}
+
+/// With an identity, the sha256 of an encrypted (`.age`) backup is its plaintext's, the one
+/// its backup call reported: each is decrypted, decompressed and hashed, streaming. One the key
+/// does not open (an older key) or a damaged one keeps NULL (verify_backup says what is wrong);
+/// a key that opens none of them is most likely the wrong file, and an error.
+fn plaintext_sha256(
+    store: &dyn Store,
+    rows: &mut [(Entry, Class)],
+    identity: &std::path::Path,
+) -> Result<()> {
+    let mut key_checked = false;
+    let mut opened = 0usize;
+    let mut refused: Option<Error> = None;
+    for (entry, class) in rows.iter_mut() {
+        let candidate = crate::crypt::wanted(&entry.name)
+            && entry.sha256.is_none()
+            && !matches!(class, Class::Ignored(_));
+        if !candidate {
+            continue;
+        }
+        // A bad key file is one error, before any backup is read.
+        if !key_checked {
+            crate::crypt::check_identity_file(identity)?;
+            key_checked = true;
+        }
+        // An S3 object without our metadata: only an age file is decrypted and hashed (its
+        // first bytes tell), never another tool's object that happens to end in `.age`.
+        if matches!(class, Class::Unknown) && prune::sniff(store, entry) != Class::Backup {
+            continue;
+        }
+        match backup::content_sha256(store, &entry.name, Some(identity)) {
+            Ok(hex) => {
+                entry.sha256 = Some(hex);
+                opened += 1;
+            }
+            Err(e) if e.kind == Kind::Interrupted => return Err(e),
+            Err(e) if e.kind == Kind::Auth => {
+                refused.get_or_insert(e);
+            }
+            Err(_) => {}
+        }
+    }
+    match refused {
+        Some(e) if opened == 0 => Err(e.context(format!(
+            "identity_file {} opens none of the encrypted backups listed",
+            identity.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// backup_prune: the policy applied to the location.

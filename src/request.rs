@@ -59,6 +59,17 @@ fn allow_temp_dir(option: Option<&str>) -> Result<()> {
     }
 }
 
+/// Under SQLITE_BACKUP_ALLOW, a key file named by an option (`identity_file`,
+/// `recipients_file`) must be inside too: reading any file as a key tells whether it exists, and
+/// a line that is not a key is quoted in the error. The SQLITE_BACKUP_AGE_* variables are the
+/// host's own choice, like `$TMPDIR`, and are not checked. Empty means none.
+fn allow_key_file(option: Option<&str>, what: &str) -> Result<()> {
+    match option {
+        Some(file) if !file.is_empty() => allow::path(Path::new(file), what),
+        _ => Ok(()),
+    }
+}
+
 /// A user's `match` glob as a series (None: every name).
 fn series(glob: Option<&str>) -> Result<Option<Series>> {
     glob.map(Series::glob).transpose()
@@ -155,6 +166,8 @@ pub struct Plan {
 pub fn backup(target: Target, opts: BackupOptions) -> Result<Backup> {
     // The places besides the destination: refused before any ping.
     allow_temp_dir(opts.temp_dir.as_deref())?;
+    allow_key_file(opts.recipients_file.as_deref(), "option 'recipients_file'")?;
+    allow_key_file(opts.identity_file.as_deref(), "option 'identity_file'")?;
     if let Some(url) = &opts.notify {
         allow::url(url, "notify URL")?;
     }
@@ -270,7 +283,9 @@ fn plan(target: Target, opts: BackupOptions) -> Result<Plan> {
         // decrypt the newest one.
         if opts.if_changed == Some(true) && identity_file.is_none() {
             return Err(Error::usage(format!(
-                "option 'if_changed' with an encrypted (.age) backup needs option                  'identity_file' (or {}) to decrypt the newest backup and compare:                  the plaintext sha256 is not stored in the clear",
+                "option 'if_changed' with an encrypted (.age) backup needs option \
+                 'identity_file' (or {}) to decrypt the newest backup and compare: \
+                 the plaintext sha256 is not stored in the clear",
                 crypt::IDENTITY_ENV
             )));
         }
@@ -278,7 +293,9 @@ fn plan(target: Target, opts: BackupOptions) -> Result<Plan> {
     } else {
         if opts.recipients.is_some() || opts.recipients_file.is_some() {
             return Err(Error::usage(format!(
-                "options 'recipients' and 'recipients_file' encrypt a backup whose name ends                  in .age, and '{name}' does not: add .age to the pattern (like db-%d.zst.age),                  or drop the option"
+                "options 'recipients' and 'recipients_file' encrypt a backup whose name ends \
+                 in .age, and '{name}' does not: add .age to the pattern (like db-%d.zst.age), \
+                 or drop the option"
             )));
         }
         None
@@ -330,6 +347,7 @@ pub fn verify(location: String, s3: S3Options, opts: VerifyOptions) -> Result<Ve
     allow::location(&location, "location")?;
     allow::s3_options(&s3)?;
     allow_temp_dir(opts.temp_dir.as_deref())?;
+    allow_key_file(opts.identity_file.as_deref(), "option 'identity_file'")?;
     Ok(Verify {
         location,
         s3,
@@ -396,6 +414,7 @@ pub fn restore(
     allow::location(&location, "location")?;
     allow::s3_options(&s3)?;
     allow_temp_dir(opts.temp_dir.as_deref())?;
+    allow_key_file(opts.identity_file.as_deref(), "option 'identity_file'")?;
     let newest = opts.newest.unwrap_or(false);
     if opts.series.is_some() && !newest {
         return Err(Error::usage(
@@ -482,6 +501,7 @@ pub fn restore(
 pub struct ListOptions {
     #[serde(rename = "match")]
     series: Option<String>,
+    identity_file: Option<String>,
 }
 
 /// One backup_list call, resolved.
@@ -490,15 +510,20 @@ pub struct List {
     pub s3: S3Options,
     /// Only names in this series are listed; None: everything.
     pub series: Option<Series>,
+    /// Decrypts `.age` backups to show their plaintext sha256 (option or
+    /// SQLITE_BACKUP_AGE_IDENTITY_FILE); None: their sha256 is NULL.
+    pub identity_file: Option<PathBuf>,
 }
 
 pub fn list(location: String, s3: S3Options, opts: ListOptions) -> Result<List> {
     allow::location(&location, "location")?;
     allow::s3_options(&s3)?;
+    allow_key_file(opts.identity_file.as_deref(), "option 'identity_file'")?;
     Ok(List {
         location,
         s3,
         series: series(opts.series.as_deref())?,
+        identity_file: crypt::identity_file(opts.identity_file.as_deref()),
     })
 }
 

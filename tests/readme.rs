@@ -68,6 +68,12 @@ fn readme_sql_examples_run() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir(dir.path().join("backups")).expect("backups dir");
+    // The identity of the README's age recipient age1zvkyg2…: a made-up key (32 bytes of 0x42).
+    std::fs::write(
+        dir.path().join("key.txt"),
+        "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX\n",
+    )
+    .expect("key.txt");
     let made = Command::new(common::SQLITE3)
         .arg("app.db")
         .arg(format!(".read {}", root.join("sql/sample.sql").display()))

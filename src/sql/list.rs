@@ -139,7 +139,10 @@ impl ListCursor {
         let req = request::list(location, s3, options::decode(map)?)?;
         // SAFETY: the connection this table was created on, live while its cursors are.
         let conn = unsafe { Connection::borrowed(self.db) };
-        self.rows = job::list(&conn, &req)?;
+        // With identity_file every encrypted backup is read in full: interruptible.
+        // SAFETY: this statement's connection, probed only on this thread during the call.
+        let probe = unsafe { crate::ffi::interrupt::Probe::new(self.db) };
+        self.rows = crate::interrupt::watch(probe).finish(job::list(&conn, &req))?;
         self.at = 0;
         self.location = req.location;
         self.options = options;

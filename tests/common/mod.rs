@@ -8,6 +8,7 @@
 // from both and fails with duplicate symbols, depending on which crate a test file named first.
 extern crate sqlite_backup;
 
+pub mod age;
 pub mod calls;
 pub mod http;
 pub mod proxy;
