@@ -41,7 +41,8 @@ pub struct Client {
     agent: Agent,
     /// For `request`, which signs.
     pub(super) bucket: rusty_s3::Bucket,
-    pub(super) credentials: rusty_s3::Credentials,
+    /// Asked at every request `request` signs: temporary credentials are refreshed.
+    pub(super) credentials: super::credentials::Provider,
     /// For messages: scheme, host, port, path; never credentials.
     pub endpoint: String,
     timeouts: Timeouts,
@@ -76,13 +77,7 @@ impl Client {
                 }
             ))
         })?;
-        let s = &cfg.secrets;
-        let credentials = match &s.session_token {
-            Some(token) => {
-                rusty_s3::Credentials::new_with_token(&s.access_key_id, &s.secret_access_key, token)
-            }
-            None => rusty_s3::Credentials::new(&s.access_key_id, &s.secret_access_key),
-        };
+        let credentials = super::credentials::Provider::new(&cfg.secrets, cfg.refresh.clone());
         let config = Agent::config_builder()
             // 4xx/5xx are answers to read (S3's XML error), not transport errors.
             .http_status_as_error(false)

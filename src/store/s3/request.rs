@@ -109,6 +109,12 @@ pub struct Range<'a> {
 }
 
 impl Client {
+    /// The credentials to sign with, asked at every request: temporary ones are refreshed
+    /// before they expire, mid-upload too (`credentials::Provider`).
+    fn signing(&self) -> Result<std::sync::Arc<rusty_s3::Credentials>> {
+        self.credentials.current()
+    }
+
     /// One page of ListObjectsV2 under `prefix`, from `token` on.
     pub fn list_page(
         &self,
@@ -116,7 +122,8 @@ impl Client {
         token: Option<&str>,
         target: &Target,
     ) -> Result<ListObjectsV2Response> {
-        let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+        let credentials = self.signing()?;
+        let mut action = self.bucket.list_objects_v2(Some(&credentials));
         if !prefix.is_empty() {
             action.with_prefix(prefix);
         }
@@ -134,7 +141,8 @@ impl Client {
 
     /// HeadObject: `None` when the object does not exist.
     pub fn head_object(&self, key: &str, target: &Target) -> Result<Option<ObjectHead>> {
-        let action = self.bucket.head_object(Some(&self.credentials), key);
+        let credentials = self.signing()?;
+        let action = self.bucket.head_object(Some(&credentials), key);
         let sse_c = &self.encryption.on_access;
         let reply = match self.call(&Request::sign(action, sse_c), target) {
             Ok(reply) => reply,
@@ -168,7 +176,8 @@ impl Client {
         range: &Range<'_>,
         target: &Target,
     ) -> Result<Response<Body>> {
-        let action = self.bucket.get_object(Some(&self.credentials), key);
+        let credentials = self.signing()?;
+        let action = self.bucket.get_object(Some(&credentials), key);
         let mut req = Request::sign(action, &self.encryption.on_access);
         if range.from > 0 || range.to.is_some() {
             let to = range.to.map(|to| to.to_string()).unwrap_or_default();
@@ -189,7 +198,8 @@ impl Client {
         create_only: bool,
         target: &Target,
     ) -> Result<Option<String>> {
-        let action = self.bucket.put_object(Some(&self.credentials), key);
+        let credentials = self.signing()?;
+        let action = self.bucket.put_object(Some(&credentials), key);
         let signed = self.on_create(metadata);
         let req = Request::sign(action, &signed)
             .header("content-md5", content_md5(body))
@@ -206,9 +216,8 @@ impl Client {
         metadata: &[Header],
         target: &Target,
     ) -> Result<String> {
-        let action = self
-            .bucket
-            .create_multipart_upload(Some(&self.credentials), key);
+        let credentials = self.signing()?;
+        let action = self.bucket.create_multipart_upload(Some(&credentials), key);
         let signed = self.on_create(metadata);
         let reply = self.call(&Request::sign(action, &signed), target)?;
         let created = CreateMultipartUpload::parse_response(&String::from_utf8_lossy(&reply.body))
@@ -232,9 +241,10 @@ impl Client {
     ) -> Result<String> {
         let number16 = u16::try_from(number)
             .map_err(|_| Error::usage(format!("{}: too many parts", target.url)))?;
+        let credentials = self.signing()?;
         let action = self
             .bucket
-            .upload_part(Some(&self.credentials), key, number16, upload_id);
+            .upload_part(Some(&credentials), key, number16, upload_id);
         let req = Request::sign(action, &self.encryption.on_access)
             .header("content-md5", content_md5(body))
             .body(body);
@@ -256,8 +266,9 @@ impl Client {
         create_only: bool,
         target: &Target,
     ) -> Result<Option<String>> {
+        let credentials = self.signing()?;
         let action = self.bucket.complete_multipart_upload(
-            Some(&self.credentials),
+            Some(&credentials),
             key,
             upload_id,
             etags.iter().map(String::as_str),
@@ -279,9 +290,12 @@ impl Client {
     /// bucket lifecycle rule (AbortIncompleteMultipartUpload) removes; there is nothing better
     /// to do with the error.
     pub fn abort_multipart(&self, key: &str, upload_id: &str, target: &Target) {
+        // An upload failing because its credentials could not be refreshed is still aborted,
+        // with the current ones (which that leaves valid for minutes: see credentials.rs).
+        let credentials = self.credentials.current_or_held();
         let action = self
             .bucket
-            .abort_multipart_upload(Some(&self.credentials), key, upload_id);
+            .abort_multipart_upload(Some(&credentials), key, upload_id);
         let _ = self.call(&Request::sign(action, &[]), target);
     }
 
@@ -296,7 +310,8 @@ impl Client {
 
     /// DeleteObject (S3 says nothing about a missing key).
     pub fn delete_object(&self, key: &str, target: &Target) -> Result<()> {
-        let action = self.bucket.delete_object(Some(&self.credentials), key);
+        let credentials = self.signing()?;
+        let action = self.bucket.delete_object(Some(&credentials), key);
         self.call(&Request::sign(action, &[]), target)?;
         Ok(())
     }
