@@ -707,3 +707,84 @@ fn failed_refresh_keeps_valid_credentials_and_fails_clearly_near_expiry() {
     assert!(s3.proxy.requests().is_empty(), "{:#?}", s3.proxy.requests());
     s3.assert_nothing_stored();
 }
+
+/// A credential source named by host name is looked up on a thread of ours: ureq's own resolver
+/// started it with a panicking `thread::spawn`, and a refresh runs on an upload's worker threads.
+/// sqlite3 runs as an unprivileged user allowed one thread (as in tests/limits.rs).
+#[test]
+fn a_credential_source_by_name_starts_no_panicking_thread() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run sqlite3 as another user with a thread limit");
+        return;
+    }
+    let dir = tempdir();
+    let base = dir.path();
+    std::fs::copy(ext(), base.join("sqlite_backup.so")).unwrap();
+    let db = base.join("app.db");
+    make_sample_db(&db, Journal::Rollback, 3);
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [(base, 0o777), (db.as_path(), 0o666)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let endpoint = HttpServer::replying(&[Reply::Body(200, CONTAINER_JSON)]);
+    let sql = to_s3_sql(
+        "s3://bkt/p",
+        "x.db",
+        &json!({"endpoint": "http://127.0.0.1:9", "retries": 0}),
+    );
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "prlimit",
+            "--nproc=1",
+            "--",
+            "setpriv",
+            "--reuid=54321",
+        ])
+        .args([
+            "--regid=54321",
+            "--clear-groups",
+            "--",
+            "sqlite3",
+            "-bail",
+            "-cmd",
+        ])
+        .arg(format!(".load {}", base.join("sqlite_backup").display()))
+        .arg(&db)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", base)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("http://localhost:{}/creds", endpoint.port()),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{sql};\n").as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "an SQL error: {stderr}");
+    assert!(
+        stderr.contains("backup_to_s3: no credentials from the container credentials endpoint"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panic") && !stderr.contains("internal error"),
+        "{stderr}"
+    );
+    assert!(
+        endpoint.requests().is_empty(),
+        "no thread, no lookup, no request"
+    );
+}

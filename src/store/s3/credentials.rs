@@ -116,14 +116,15 @@ pub fn from_container(url: &str, token: Option<&str>) -> Result<Secrets> {
             "the container authorization token contains a line break",
         ));
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(CONTAINER_CONNECT_TIMEOUT))
-        .timeout_global(Some(CONTAINER_TIMEOUT))
-        .proxy(None)
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
+    let agent = agent(
+        ureq::Agent::config_builder()
+            .timeout_connect(Some(CONTAINER_CONNECT_TIMEOUT))
+            .timeout_global(Some(CONTAINER_TIMEOUT))
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build(),
+    );
     let mut last = String::new();
     for _ in 0..CONTAINER_ATTEMPTS {
         let mut request = agent
@@ -202,13 +203,14 @@ pub fn from_web_identity(
         .append_pair("RoleSessionName", session_name)
         .append_pair("WebIdentityToken", token)
         .finish();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(STS_CONNECT_TIMEOUT))
-        .timeout_global(Some(STS_TIMEOUT))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
+    let agent = agent(
+        ureq::Agent::config_builder()
+            .timeout_connect(Some(STS_CONNECT_TIMEOUT))
+            .timeout_global(Some(STS_TIMEOUT))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build(),
+    );
     let mut last = String::new();
     for _ in 0..STS_ATTEMPTS {
         let sent = agent
@@ -299,14 +301,15 @@ pub fn from_imds(base: &str) -> Result<Option<Secrets>> {
         base.join(path)
             .map_err(|_| Error::usage("bad metadata endpoint"))
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(IMDS_TIMEOUT))
-        .timeout_global(Some(IMDS_TIMEOUT))
-        .proxy(None)
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
+    let agent = agent(
+        ureq::Agent::config_builder()
+            .timeout_connect(Some(IMDS_TIMEOUT))
+            .timeout_global(Some(IMDS_TIMEOUT))
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build(),
+    );
     let read = |response: &mut ureq::http::Response<ureq::Body>| {
         response
             .body_mut()
@@ -374,6 +377,16 @@ pub fn from_imds(base: &str) -> Result<Option<Secrets>> {
         return Ok(None);
     };
     container_answer(body.as_bytes(), what).map(Some)
+}
+
+/// An agent with our resolver: ureq's own starts its lookup threads with a panicking
+/// `thread::spawn`, and a refresh runs on an upload's worker threads too.
+fn agent(config: ureq::config::Config) -> ureq::Agent {
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::new(),
+        crate::threads::Resolver,
+    )
 }
 
 fn container_answer(body: &[u8], what: &str) -> Result<Secrets> {
