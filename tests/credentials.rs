@@ -591,6 +591,18 @@ impl SlowS3 {
             .collect()
     }
 
+    /// The backup is whole and no multipart upload is left open.
+    #[track_caller]
+    fn assert_object_verifies(&self) {
+        let v = verify(
+            &open_memory(),
+            "s3://bkt/p/db.sqlite",
+            &self.server.options_json(),
+        );
+        assert_eq!(v["ok"], true, "{v}");
+        assert!(self.server.incomplete_uploads().is_empty());
+    }
+
     /// No object, no multipart upload left open.
     #[track_caller]
     fn assert_nothing_stored(&self) {
@@ -633,6 +645,40 @@ fn temporary_credentials_are_refreshed_during_a_long_upload() {
     );
     assert_eq!(v["ok"], true, "{v}");
     assert!(s3.server.incomplete_uploads().is_empty());
+}
+
+#[test]
+fn a_retry_is_signed_again_with_refreshed_credentials() {
+    let h = host();
+    let s3 = slow_s3(&h, Duration::ZERO);
+    // The first attempt at part 1 hangs 4 s and breaks; by the retry the first credentials are
+    // in the refresh window (3 s after they were fetched).
+    s3.proxy.clear_faults();
+    s3.proxy.fault(
+        "PUT",
+        "partNumber=1",
+        1,
+        Fault::Stall(Duration::from_secs(4)),
+    );
+    let endpoint = HttpServer::replying(&[
+        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", ADVISORY + 3)),
+        Reply::Body(200, expiring(&s3.server, "TOKEN-TWO", 3600)),
+    ]);
+    s3.backup(&h, &endpoint).assert_ok();
+    let part1: Vec<String> = s3
+        .proxy
+        .requests()
+        .iter()
+        .zip(s3.tokens())
+        .filter(|(r, _)| r.query.contains("partNumber=1&"))
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(
+        part1,
+        ["TOKEN-ONE", "TOKEN-TWO"],
+        "the attempt, then the retry"
+    );
+    s3.assert_object_verifies();
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The transport: signs nothing itself (`request` builds the signed requests), sends one
+//! The transport: signs nothing itself (`request` builds the signed requests, at each attempt), sends one
 //! request with ureq, reads S3 errors, and retries transient failures in one place
 //! (`with_retries`) with exponential backoff and full jitter.
 
@@ -110,10 +110,16 @@ impl Client {
         })
     }
 
-    /// Sends `req` (with retries) and reads the whole answer.
-    pub fn call(&self, req: &Request<'_>, target: &Target) -> Result<Reply> {
+    /// Sends the request `sign` makes (with retries) and reads the whole answer. `sign` runs
+    /// at each attempt: a retry is signed again, with credentials refreshed meanwhile.
+    pub fn call<'r>(
+        &self,
+        sign: impl Fn() -> Result<Request<'r>>,
+        target: &Target,
+    ) -> Result<Reply> {
         self.with_retries(|| {
-            let response = self.send_once(req, target)?;
+            let req = sign()?;
+            let response = self.send_once(&req, target)?;
             let (parts, body) = response.into_parts();
             let body = body
                 .into_with_config()
@@ -137,10 +143,14 @@ impl Client {
         })
     }
 
-    /// Sends `req` (with retries) and returns the successful response with its body unread,
-    /// for streaming downloads.
-    pub fn open(&self, req: &Request<'_>, target: &Target) -> Result<Response<Body>> {
-        self.with_retries(|| self.send_once(req, target))
+    /// Sends the request `sign` makes (with retries, each signed again) and returns the
+    /// successful response with its body unread, for streaming downloads.
+    pub fn open<'r>(
+        &self,
+        sign: impl Fn() -> Result<Request<'r>>,
+        target: &Target,
+    ) -> Result<Response<Body>> {
+        self.with_retries(|| self.send_once(&sign()?, target))
     }
 
     /// The one retry loop: `attempt` is tried up to `1 + retries` times while it fails with
