@@ -531,6 +531,12 @@ fn expiring(server: &S3Server, token: &str, secs: i64) -> &'static str {
 /// The refresh windows (src/store/s3/credentials.rs), in seconds.
 const ADVISORY: i64 = 15 * 60;
 const MANDATORY: i64 = 10 * 60;
+/// How long after the fetch the first credentials of a test reach a window: the backup's first
+/// request goes out within a second here, so this leaves room for a busy machine.
+const MARGIN: i64 = 5;
+const MARGIN_TIME: Duration = Duration::from_secs(MARGIN as u64);
+/// Each part's delay: two of them span MARGIN, so a later request comes after it.
+const PART_DELAY: Duration = Duration::from_millis(2500);
 
 /// s3s-fs behind a proxy that delays every part by `delay`, a bucket, and a 12 MB database that
 /// goes up in three 5 MiB parts (s3s-fs's minimum), one at a time.
@@ -618,11 +624,12 @@ impl SlowS3 {
 #[test]
 fn temporary_credentials_are_refreshed_during_a_long_upload() {
     let h = host();
-    let s3 = slow_s3(&h, Duration::from_secs(2));
-    // The first credentials enter the refresh window 3 s after they were fetched; the upload
-    // takes more than 6 (three parts of 2 s and the rest). The next ones last an hour.
+    let s3 = slow_s3(&h, PART_DELAY);
+    // The first credentials enter the refresh window MARGIN after they were fetched; the first
+    // request goes out well before, the last one (after three parts of PART_DELAY) after. The
+    // next ones last an hour.
     let endpoint = HttpServer::replying(&[
-        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", ADVISORY + 3)),
+        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", ADVISORY + MARGIN)),
         Reply::Body(200, expiring(&s3.server, "TOKEN-TWO", 3600)),
     ]);
     let out = s3.backup(&h, &endpoint);
@@ -651,17 +658,17 @@ fn temporary_credentials_are_refreshed_during_a_long_upload() {
 fn a_retry_is_signed_again_with_refreshed_credentials() {
     let h = host();
     let s3 = slow_s3(&h, Duration::ZERO);
-    // The first attempt at part 1 hangs 4 s and breaks; by the retry the first credentials are
-    // in the refresh window (3 s after they were fetched).
+    // The first attempt at part 1 hangs past MARGIN and breaks; by the retry the first
+    // credentials are in the refresh window.
     s3.proxy.clear_faults();
     s3.proxy.fault(
         "PUT",
         "partNumber=1",
         1,
-        Fault::Stall(Duration::from_secs(4)),
+        Fault::Stall(MARGIN_TIME + Duration::from_secs(1)),
     );
     let endpoint = HttpServer::replying(&[
-        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", ADVISORY + 3)),
+        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", ADVISORY + MARGIN)),
         Reply::Body(200, expiring(&s3.server, "TOKEN-TWO", 3600)),
     ]);
     s3.backup(&h, &endpoint).assert_ok();
@@ -706,22 +713,24 @@ fn failed_refresh_keeps_valid_credentials_and_fails_clearly_near_expiry() {
     );
     assert_eq!(v["ok"], true, "{v}");
 
-    // 3 s before the last 10 minutes, then refused: the upload (parts of 2 s) stops half-way
+    // MARGIN before the last 10 minutes, then refused: the upload stops half-way
     // with an error naming the source, and is aborted (signed with the still valid credentials).
-    let s3 = slow_s3(&h, Duration::from_secs(2));
+    let s3 = slow_s3(&h, PART_DELAY);
     let mandatory = HttpServer::replying(&[
-        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", MANDATORY + 3)),
+        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", MANDATORY + MARGIN)),
         Reply::Body(403, "LEAKEDSECRETVALUE"),
     ]);
     let out = s3.backup(&h, &mandatory);
     assert!(!out.ok(), "{}", out.stdout);
     let err = out.stderr;
-    assert!(
-        err.contains(
-            "temporary credentials from the container credentials endpoint expire in 59"
-        ) && err.contains("s and could not be refreshed: no credentials from the container credentials endpoint (HTTP 403)"),
-        "{err}"
-    );
+    let left = err
+        .split_once("temporary credentials from the container credentials endpoint expire in ")
+        .and_then(|(_, rest)| rest.split_once(" s and could not be refreshed: "))
+        .filter(|(_, why)| {
+            why.starts_with("no credentials from the container credentials endpoint (HTTP 403)")
+        })
+        .and_then(|(secs, _)| secs.parse::<i64>().ok());
+    assert!(left.is_some_and(|s| s > 0 && s < MANDATORY), "{err}");
     assert_no_secret(
         &err,
         &["LEAKEDSECRETVALUE", "TOKEN-ONE", &s3.server.secret_key],
