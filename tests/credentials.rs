@@ -7,11 +7,15 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
-use common::calls::to_s3_sql;
+use common::calls::{to_s3_sql, verify};
 use common::http::{HttpServer, Reply};
+use common::proxy::{Fault, Proxy};
+use common::s3server::S3Server;
 use common::*;
 use serde_json::{json, Value};
+use sqlite_backup::store::s3::BACKOFF_ENV;
 
 /// What a configuration yields: the access key and the session token.
 type Picked = (String, Option<String>);
@@ -505,5 +509,337 @@ fn test_processes_never_ask_the_real_metadata_service() {
     assert_eq!(
         std::env::var("AWS_EC2_METADATA_DISABLED").as_deref(),
         Ok("true")
+    );
+}
+
+// ---- refresh of temporary credentials during a long call ----
+
+/// What the container endpoint answers: `server`'s keys (s3s-fs checks signatures with one key
+/// pair) with the session token `token`, expiring `secs` from now. Leaked: the fake endpoint's
+/// replies are static strings.
+fn expiring(server: &S3Server, token: &str, secs: i64) -> &'static str {
+    let expires = chrono::Utc::now() + chrono::TimeDelta::seconds(secs);
+    let answer = json!({
+        "AccessKeyId": server.access_key,
+        "SecretAccessKey": server.secret_key,
+        "Token": token,
+        "Expiration": expires.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    });
+    Box::leak(answer.to_string().into_boxed_str())
+}
+
+/// The refresh windows (src/store/s3/credentials.rs), in seconds.
+const ADVISORY: i64 = 15 * 60;
+const MANDATORY: i64 = 10 * 60;
+/// How long after the fetch the first credentials of a test reach a window: the backup's first
+/// request goes out within a second here, so this leaves room for a busy machine.
+const MARGIN: i64 = 5;
+const MARGIN_TIME: Duration = Duration::from_secs(MARGIN as u64);
+/// Each part's delay: two of them span MARGIN, so a later request comes after it.
+const PART_DELAY: Duration = Duration::from_millis(2500);
+
+/// s3s-fs behind a proxy that delays every part by `delay`, a bucket, and a 12 MB database that
+/// goes up in three 5 MiB parts (s3s-fs's minimum), one at a time.
+struct SlowS3 {
+    server: S3Server,
+    proxy: Proxy,
+    db: std::path::PathBuf,
+}
+
+fn slow_s3(h: &Host, delay: Duration) -> SlowS3 {
+    let server = S3Server::start();
+    server.create_bucket("bkt");
+    let proxy = Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], server.port())));
+    proxy.fault("PUT", "partNumber", usize::MAX, Fault::Delay(delay));
+    let dir = h.db.with_file_name(format!("big-{}", server.port()));
+    std::fs::create_dir(&dir).unwrap();
+    big_db(&dir);
+    SlowS3 {
+        server,
+        proxy,
+        db: dir.join("big.db"),
+    }
+}
+
+impl SlowS3 {
+    /// backup_to_s3 of the database as `s3://bkt/p/db.sqlite` through the proxy, with the
+    /// container endpoint `endpoint` as the only source of credentials.
+    fn backup(&self, h: &Host, endpoint: &HttpServer) -> Output {
+        let sql = to_s3_sql(
+            "s3://bkt/p",
+            "db.sqlite",
+            &json!({"endpoint": self.proxy.endpoint(), "part_size": 5 << 20, "concurrency": 1}),
+        );
+        let uri = endpoint.url("/creds");
+        sqlite3_cli_clean_env(
+            &self.db,
+            &["-bail"],
+            &format!("{sql};\n"),
+            &h.home,
+            &with_imds_off(&[
+                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri),
+                (BACKOFF_ENV, "5"),
+            ]),
+        )
+    }
+
+    /// The session token each request to S3 was signed with, in order.
+    fn tokens(&self) -> Vec<String> {
+        self.proxy
+            .requests()
+            .iter()
+            .map(|r| {
+                url::form_urlencoded::parse(r.query.as_bytes())
+                    .find(|(k, _)| k == "X-Amz-Security-Token")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// The backup is whole and no multipart upload is left open.
+    #[track_caller]
+    fn assert_object_verifies(&self) {
+        let v = verify(
+            &open_memory(),
+            "s3://bkt/p/db.sqlite",
+            &self.server.options_json(),
+        );
+        assert_eq!(v["ok"], true, "{v}");
+        assert!(self.server.incomplete_uploads().is_empty());
+    }
+
+    /// No object, no multipart upload left open.
+    #[track_caller]
+    fn assert_nothing_stored(&self) {
+        assert!(!self.server.object_path("bkt", "p/db.sqlite").exists());
+        assert!(
+            self.server.incomplete_uploads().is_empty(),
+            "{:?}",
+            self.server.incomplete_uploads()
+        );
+    }
+}
+
+#[test]
+fn temporary_credentials_are_refreshed_during_a_long_upload() {
+    let h = host();
+    let s3 = slow_s3(&h, PART_DELAY);
+    // The first credentials enter the refresh window MARGIN after they were fetched; the first
+    // request goes out well before, the last one (after three parts of PART_DELAY) after. The
+    // next ones last an hour.
+    let endpoint = HttpServer::replying(&[
+        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", ADVISORY + MARGIN)),
+        Reply::Body(200, expiring(&s3.server, "TOKEN-TWO", 3600)),
+    ]);
+    let out = s3.backup(&h, &endpoint);
+    let r = out.assert_ok().json_lines().remove(0);
+    assert_eq!(r["parts"], 3, "{r}");
+    let tokens = s3.tokens();
+    let switch = tokens.iter().position(|t| t == "TOKEN-TWO");
+    assert!(
+        switch.is_some_and(|n| n > 0
+            && tokens[..n].iter().all(|t| t == "TOKEN-ONE")
+            && tokens[n..].iter().all(|t| t == "TOKEN-TWO")),
+        "the first requests signed with the first token, the later ones with the refreshed one: \
+         {tokens:?}"
+    );
+    assert_eq!(endpoint.requests().len(), 2, "asked once more, not more");
+    let v = verify(
+        &open_memory(),
+        "s3://bkt/p/db.sqlite",
+        &s3.server.options_json(),
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(s3.server.incomplete_uploads().is_empty());
+}
+
+#[test]
+fn a_retry_is_signed_again_with_refreshed_credentials() {
+    let h = host();
+    let s3 = slow_s3(&h, Duration::ZERO);
+    // The first attempt at part 1 hangs past MARGIN and breaks; by the retry the first
+    // credentials are in the refresh window.
+    s3.proxy.clear_faults();
+    s3.proxy.fault(
+        "PUT",
+        "partNumber=1",
+        1,
+        Fault::Stall(MARGIN_TIME + Duration::from_secs(1)),
+    );
+    let endpoint = HttpServer::replying(&[
+        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", ADVISORY + MARGIN)),
+        Reply::Body(200, expiring(&s3.server, "TOKEN-TWO", 3600)),
+    ]);
+    s3.backup(&h, &endpoint).assert_ok();
+    let part1: Vec<String> = s3
+        .proxy
+        .requests()
+        .iter()
+        .zip(s3.tokens())
+        .filter(|(r, _)| r.query.contains("partNumber=1&"))
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(
+        part1,
+        ["TOKEN-ONE", "TOKEN-TWO"],
+        "the attempt, then the retry"
+    );
+    s3.assert_object_verifies();
+}
+
+#[test]
+fn failed_refresh_keeps_valid_credentials_and_fails_clearly_near_expiry() {
+    let h = host();
+    let s3 = slow_s3(&h, Duration::ZERO);
+
+    // In the advisory window (12 minutes left) a refresh that fails keeps the current ones.
+    let advisory = HttpServer::replying(&[
+        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", 12 * 60)),
+        Reply::Body(500, "LEAKEDSECRETVALUE"),
+    ]);
+    let out = s3.backup(&h, &advisory);
+    out.assert_ok();
+    let tokens = s3.tokens();
+    assert!(tokens.iter().all(|t| t == "TOKEN-ONE"), "{tokens:?}");
+    assert!(
+        advisory.requests().len() > tokens.len(),
+        "tried again before each request (3 attempts each on a 500)"
+    );
+    let v = verify(
+        &open_memory(),
+        "s3://bkt/p/db.sqlite",
+        &s3.server.options_json(),
+    );
+    assert_eq!(v["ok"], true, "{v}");
+
+    // MARGIN before the last 10 minutes, then refused: the upload stops half-way
+    // with an error naming the source, and is aborted (signed with the still valid credentials).
+    let s3 = slow_s3(&h, PART_DELAY);
+    let mandatory = HttpServer::replying(&[
+        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", MANDATORY + MARGIN)),
+        Reply::Body(403, "LEAKEDSECRETVALUE"),
+    ]);
+    let out = s3.backup(&h, &mandatory);
+    assert!(!out.ok(), "{}", out.stdout);
+    let err = out.stderr;
+    let left = err
+        .split_once("temporary credentials from the container credentials endpoint expire in ")
+        .and_then(|(_, rest)| rest.split_once(" s and could not be refreshed: "))
+        .filter(|(_, why)| {
+            why.starts_with("no credentials from the container credentials endpoint (HTTP 403)")
+        })
+        .and_then(|(secs, _)| secs.parse::<i64>().ok());
+    assert!(left.is_some_and(|s| s > 0 && s < MANDATORY), "{err}");
+    assert_no_secret(
+        &err,
+        &["LEAKEDSECRETVALUE", "TOKEN-ONE", &s3.server.secret_key],
+    );
+    let requests = s3.proxy.requests();
+    assert!(
+        requests.iter().any(|r| r.query.contains("partNumber")),
+        "failed half-way: {requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "DELETE" && r.query.contains("uploadId")),
+        "aborted: {requests:#?}"
+    );
+    s3.assert_nothing_stored();
+
+    // Expired on arrival and not refreshable: refused before anything is sent.
+    let s3 = slow_s3(&h, Duration::ZERO);
+    let expired = HttpServer::replying(&[
+        Reply::Body(200, expiring(&s3.server, "TOKEN-ONE", -60)),
+        Reply::Body(403, "LEAKEDSECRETVALUE"),
+    ]);
+    let err = s3.backup(&h, &expired).stderr;
+    assert!(
+        err.contains("temporary credentials from the container credentials endpoint expired and could not be refreshed"),
+        "{err}"
+    );
+    assert!(s3.proxy.requests().is_empty(), "{:#?}", s3.proxy.requests());
+    s3.assert_nothing_stored();
+}
+
+/// A credential source named by host name is looked up on a thread of ours: ureq's own resolver
+/// started it with a panicking `thread::spawn`, and a refresh runs on an upload's worker threads.
+/// sqlite3 runs as an unprivileged user allowed one thread (as in tests/limits.rs).
+#[test]
+fn a_credential_source_by_name_starts_no_panicking_thread() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run sqlite3 as another user with a thread limit");
+        return;
+    }
+    let dir = tempdir();
+    let base = dir.path();
+    std::fs::copy(ext(), base.join("sqlite_backup.so")).unwrap();
+    let db = base.join("app.db");
+    make_sample_db(&db, Journal::Rollback, 3);
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [(base, 0o777), (db.as_path(), 0o666)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let endpoint = HttpServer::replying(&[Reply::Body(200, CONTAINER_JSON)]);
+    let sql = to_s3_sql(
+        "s3://bkt/p",
+        "x.db",
+        &json!({"endpoint": "http://127.0.0.1:9", "retries": 0}),
+    );
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "prlimit",
+            "--nproc=1",
+            "--",
+            "setpriv",
+            "--reuid=54321",
+        ])
+        .args([
+            "--regid=54321",
+            "--clear-groups",
+            "--",
+            "sqlite3",
+            "-bail",
+            "-cmd",
+        ])
+        .arg(format!(".load {}", base.join("sqlite_backup").display()))
+        .arg(&db)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", base)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("http://localhost:{}/creds", endpoint.port()),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{sql};\n").as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "an SQL error: {stderr}");
+    assert!(
+        stderr.contains("backup_to_s3: no credentials from the container credentials endpoint"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panic") && !stderr.contains("internal error"),
+        "{stderr}"
+    );
+    assert!(
+        endpoint.requests().is_empty(),
+        "no thread, no lookup, no request"
     );
 }

@@ -22,6 +22,8 @@ pub enum Fault {
     DropRequest(usize),
     /// Read the request, say nothing for this long, then close.
     Stall(Duration),
+    /// Read the request, wait this long, then forward it: a slow link.
+    Delay(Duration),
     /// Forward the request, but cut the response body off after this many bytes.
     DropResponse(usize),
     /// Answer with this status and an S3 XML error as soon as the headers are in, without
@@ -253,6 +255,7 @@ fn handle(
             let _ = client.shutdown(Shutdown::Both);
             return Ok(());
         }
+        Some(Fault::Delay(duration)) => thread::sleep(duration),
         _ => {}
     }
 

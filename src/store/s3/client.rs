@@ -1,4 +1,4 @@
-//! The transport: signs nothing itself (`request` builds the signed requests), sends one
+//! The transport: signs nothing itself (`request` builds the signed requests, at each attempt), sends one
 //! request with ureq, reads S3 errors, and retries transient failures in one place
 //! (`with_retries`) with exponential backoff and full jitter.
 
@@ -41,7 +41,8 @@ pub struct Client {
     agent: Agent,
     /// For `request`, which signs.
     pub(super) bucket: rusty_s3::Bucket,
-    pub(super) credentials: rusty_s3::Credentials,
+    /// Asked at every request `request` signs: temporary credentials are refreshed.
+    pub(super) credentials: super::credentials::Provider,
     /// For messages: scheme, host, port, path; never credentials.
     pub endpoint: String,
     timeouts: Timeouts,
@@ -76,13 +77,7 @@ impl Client {
                 }
             ))
         })?;
-        let s = &cfg.secrets;
-        let credentials = match &s.session_token {
-            Some(token) => {
-                rusty_s3::Credentials::new_with_token(&s.access_key_id, &s.secret_access_key, token)
-            }
-            None => rusty_s3::Credentials::new(&s.access_key_id, &s.secret_access_key),
-        };
+        let credentials = super::credentials::Provider::new(&cfg.secrets, cfg.refresh.clone());
         let config = Agent::config_builder()
             // 4xx/5xx are answers to read (S3's XML error), not transport errors.
             .http_status_as_error(false)
@@ -115,10 +110,16 @@ impl Client {
         })
     }
 
-    /// Sends `req` (with retries) and reads the whole answer.
-    pub fn call(&self, req: &Request<'_>, target: &Target) -> Result<Reply> {
+    /// Sends the request `sign` makes (with retries) and reads the whole answer. `sign` runs
+    /// at each attempt: a retry is signed again, with credentials refreshed meanwhile.
+    pub fn call<'r>(
+        &self,
+        sign: impl Fn() -> Result<Request<'r>>,
+        target: &Target,
+    ) -> Result<Reply> {
         self.with_retries(|| {
-            let response = self.send_once(req, target)?;
+            let req = sign()?;
+            let response = self.send_once(&req, target)?;
             let (parts, body) = response.into_parts();
             let body = body
                 .into_with_config()
@@ -142,10 +143,14 @@ impl Client {
         })
     }
 
-    /// Sends `req` (with retries) and returns the successful response with its body unread,
-    /// for streaming downloads.
-    pub fn open(&self, req: &Request<'_>, target: &Target) -> Result<Response<Body>> {
-        self.with_retries(|| self.send_once(req, target))
+    /// Sends the request `sign` makes (with retries, each signed again) and returns the
+    /// successful response with its body unread, for streaming downloads.
+    pub fn open<'r>(
+        &self,
+        sign: impl Fn() -> Result<Request<'r>>,
+        target: &Target,
+    ) -> Result<Response<Body>> {
+        self.with_retries(|| self.send_once(&sign()?, target))
     }
 
     /// The one retry loop: `attempt` is tried up to `1 + retries` times while it fails with

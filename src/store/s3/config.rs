@@ -9,13 +9,15 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use url::Url;
 
 use super::aws_files::{self, Profile};
-use super::credentials;
+use super::credentials::{self, Refresh};
 use crate::error::{Error, Kind, Result};
 
 /// S3 options a user may pass as JSON. Every field is optional; `None` means "from the
@@ -217,6 +219,36 @@ pub struct Secrets {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub session_token: Option<String>,
+    /// Temporary credentials' `Expiration`; `None` for keys that do not expire.
+    pub expires: Option<DateTime<Utc>>,
+}
+
+impl Secrets {
+    fn keys(
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    ) -> Secrets {
+        Secrets {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            expires: None,
+        }
+    }
+}
+
+/// Credentials as found: static keys, or temporary ones with the way to ask for them again.
+type Found = (Secrets, Option<Refresh>);
+
+/// Temporary credentials: fetched now, and again by the client before they expire.
+fn temporary(
+    what: String,
+    fetch: impl Fn() -> Result<Secrets> + Send + Sync + 'static,
+) -> Result<Option<Found>> {
+    let secrets = fetch()?;
+    let fetch = Arc::new(fetch);
+    Ok(Some((secrets, Some(Refresh { what, fetch }))))
 }
 
 /// Everything the client needs, with every default applied and every value checked.
@@ -226,6 +258,8 @@ pub struct Resolved {
     pub region: String,
     pub path_style: bool,
     pub secrets: Secrets,
+    /// For temporary `secrets`: their source, asked again before they expire.
+    pub refresh: Option<Refresh>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub part_size: u64,
@@ -293,10 +327,10 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
             "profile '{profile_name}' not found in ~/.aws/credentials or ~/.aws/config"
         )));
     }
-    let secrets = match secrets {
-        Some(secrets) => secrets,
+    let (secrets, refresh) = match secrets {
+        Some(found) => found,
         None => match container_secrets(env)? {
-            Some(secrets) => Some(secrets),
+            Some(found) => Some(found),
             None => imds_secrets(env, &profile)?,
         }
         .ok_or_else(|| {
@@ -378,6 +412,7 @@ pub fn resolve(opts: &S3Options, env: &Environment, bucket: &str) -> Result<Reso
         region,
         path_style,
         secrets,
+        refresh,
         connect_timeout: Duration::from_millis(connect_timeout_ms),
         timeout: Duration::from_millis(timeout_ms),
         part_size,
@@ -397,17 +432,20 @@ fn resolve_secrets(
     profile: &Profile,
     profile_name: &str,
     region: &str,
-) -> Result<Option<Secrets>> {
+) -> Result<Option<Found>> {
     match (
         non_empty(&opts.access_key_id),
         non_empty(&opts.secret_access_key),
     ) {
         (Some(access_key_id), Some(secret_access_key)) => {
-            return Ok(Some(Secrets {
-                access_key_id,
-                secret_access_key,
-                session_token: non_empty(&opts.session_token),
-            }))
+            return Ok(Some((
+                Secrets::keys(
+                    access_key_id,
+                    secret_access_key,
+                    non_empty(&opts.session_token),
+                ),
+                None,
+            )))
         }
         (Some(_), None) | (None, Some(_)) => {
             return Err(Error::usage(
@@ -422,11 +460,14 @@ fn resolve_secrets(
             env.var("AWS_ACCESS_KEY_ID"),
             env.var("AWS_SECRET_ACCESS_KEY"),
         ) {
-            return Ok(Some(Secrets {
-                access_key_id,
-                secret_access_key,
-                session_token: env.var("AWS_SESSION_TOKEN"),
-            }));
+            return Ok(Some((
+                Secrets::keys(
+                    access_key_id,
+                    secret_access_key,
+                    env.var("AWS_SESSION_TOKEN"),
+                ),
+                None,
+            )));
         }
     }
     // Web identity: the variables (unless a profile is named), else the profile's settings.
@@ -455,8 +496,10 @@ fn resolve_secrets(
             .or_else(|| env.var("AWS_ENDPOINT_URL"))
             .or_else(|| profile.config("endpoint_url"))
             .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
-        return credentials::from_web_identity(&sts, &token_file, &role_arn, &session_name)
-            .map(Some);
+        // Asked again, the token file is read again: EKS and GitHub rotate it.
+        return temporary("STS AssumeRoleWithWebIdentity".to_string(), move || {
+            credentials::from_web_identity(&sts, &token_file, &role_arn, &session_name)
+        });
     }
     // botocore's order within a profile: keys in the credentials file, then credential_process,
     // then keys in the config file.
@@ -464,24 +507,27 @@ fn resolve_secrets(
         get("aws_access_key_id"),
         get("aws_secret_access_key"),
     ) {
-        (Some(access_key_id), Some(secret_access_key)) => Some(Secrets {
-            access_key_id,
-            secret_access_key,
-            session_token: get("aws_session_token"),
-        }),
+        (Some(access_key_id), Some(secret_access_key)) => Some((
+            Secrets::keys(access_key_id, secret_access_key, get("aws_session_token")),
+            None,
+        )),
         _ => None,
     };
     if let Some(secrets) = keys(&|k| profile.credentials(k)) {
         return Ok(Some(secrets));
     }
     if let Some(command) = profile.get("credential_process") {
-        return credentials::from_process(&command, profile_name).map(Some);
+        let profile_name = profile_name.to_string();
+        return temporary(
+            format!("the credential_process of profile '{profile_name}'"),
+            move || credentials::from_process(&command, &profile_name),
+        );
     }
     Ok(keys(&|k| profile.get(k)))
 }
 
 /// The EC2 instance profile, last of all, unless `AWS_EC2_METADATA_DISABLED` is `true`.
-fn imds_secrets(env: &Environment, profile: &Profile) -> Result<Option<Secrets>> {
+fn imds_secrets(env: &Environment, profile: &Profile) -> Result<Option<Found>> {
     let disabled = env
         .var("AWS_EC2_METADATA_DISABLED")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
@@ -497,11 +543,25 @@ fn imds_secrets(env: &Environment, profile: &Profile) -> Result<Option<Secrets>>
     } else {
         format!("{base}/")
     };
-    credentials::from_imds(&base)
+    let Some(secrets) = credentials::from_imds(&base)? else {
+        return Ok(None);
+    };
+    let refresh = Refresh {
+        what: "the EC2 instance metadata service".to_string(),
+        fetch: Arc::new(move || {
+            credentials::from_imds(&base)?.ok_or_else(|| {
+                Error::new(
+                    Kind::Auth,
+                    "the EC2 instance metadata service no longer gives the instance's credentials",
+                )
+            })
+        }),
+    };
+    Ok(Some((secrets, Some(refresh))))
 }
 
 /// The container endpoint (ECS, EKS Pod Identity), after every profile source, as in botocore.
-fn container_secrets(env: &Environment) -> Result<Option<Secrets>> {
+fn container_secrets(env: &Environment) -> Result<Option<Found>> {
     let url = match (
         env.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
         env.var("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
@@ -510,21 +570,31 @@ fn container_secrets(env: &Environment) -> Result<Option<Secrets>> {
         (None, Some(full)) => full,
         (None, None) => return Ok(None),
     };
-    let token = match env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
-        Some(path) => Some(
-            std::fs::read_to_string(&path)
-                .map_err(|e| {
-                    Error::io(
-                        format!("cannot read {path} (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)"),
-                        e,
-                    )
-                })?
-                .trim()
-                .to_string(),
-        ),
-        None => env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
-    };
-    credentials::from_container(&url, token.as_deref()).map(Some)
+    let token_file = env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE");
+    let token = env.var("AWS_CONTAINER_AUTHORIZATION_TOKEN");
+    // Asked again, the token file is read again: EKS Pod Identity rotates it.
+    temporary(
+        "the container credentials endpoint".to_string(),
+        move || {
+            let token = match &token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| {
+                            Error::io(
+                                format!(
+                                    "cannot read {path} (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)"
+                                ),
+                                e,
+                            )
+                        })?
+                        .trim()
+                        .to_string(),
+                ),
+                None => token.clone(),
+            };
+            credentials::from_container(&url, token.as_deref())
+        },
+    )
 }
 
 fn non_empty(value: &Option<String>) -> Option<String> {

@@ -3,11 +3,15 @@
 //! instance metadata service (IMDSv2). `config::resolve` asks these only after the static sources
 //! (options, environment, credentials file) found nothing, in botocore's order. Whatever these
 //! return is a secret: no message here ever quotes a command's output or an endpoint's answer.
+//! They return their `Expiration` too, and `Provider` (held by the client) asks the same source
+//! again before it comes, so that a long upload does not fail half-way with ExpiredToken.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use serde::Deserialize;
 
 use super::config::Secrets;
@@ -70,6 +74,7 @@ pub fn from_process(command: &str, profile: &str) -> Result<Secrets> {
         access_key_id: Option<String>,
         secret_access_key: Option<String>,
         session_token: Option<String>,
+        expiration: Option<String>,
     }
     // serde's message could quote the output: say only what is wrong with it.
     let answer: Answer = serde_json::from_slice(&out).map_err(|_| {
@@ -88,6 +93,7 @@ pub fn from_process(command: &str, profile: &str) -> Result<Secrets> {
         answer.access_key_id,
         answer.secret_access_key,
         answer.session_token,
+        answer.expiration.as_deref(),
         &what,
     )
 }
@@ -110,14 +116,15 @@ pub fn from_container(url: &str, token: Option<&str>) -> Result<Secrets> {
             "the container authorization token contains a line break",
         ));
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(CONTAINER_CONNECT_TIMEOUT))
-        .timeout_global(Some(CONTAINER_TIMEOUT))
-        .proxy(None)
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
+    let agent = agent(
+        ureq::Agent::config_builder()
+            .timeout_connect(Some(CONTAINER_CONNECT_TIMEOUT))
+            .timeout_global(Some(CONTAINER_TIMEOUT))
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build(),
+    );
     let mut last = String::new();
     for _ in 0..CONTAINER_ATTEMPTS {
         let mut request = agent
@@ -196,13 +203,14 @@ pub fn from_web_identity(
         .append_pair("RoleSessionName", session_name)
         .append_pair("WebIdentityToken", token)
         .finish();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(STS_CONNECT_TIMEOUT))
-        .timeout_global(Some(STS_TIMEOUT))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
+    let agent = agent(
+        ureq::Agent::config_builder()
+            .timeout_connect(Some(STS_CONNECT_TIMEOUT))
+            .timeout_global(Some(STS_TIMEOUT))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build(),
+    );
     let mut last = String::new();
     for _ in 0..STS_ATTEMPTS {
         let sent = agent
@@ -236,6 +244,7 @@ pub fn from_web_identity(
                 field("AccessKeyId"),
                 field("SecretAccessKey"),
                 field("SessionToken"),
+                field("Expiration").as_deref(),
                 what,
             );
         }
@@ -292,14 +301,15 @@ pub fn from_imds(base: &str) -> Result<Option<Secrets>> {
         base.join(path)
             .map_err(|_| Error::usage("bad metadata endpoint"))
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(IMDS_TIMEOUT))
-        .timeout_global(Some(IMDS_TIMEOUT))
-        .proxy(None)
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
+    let agent = agent(
+        ureq::Agent::config_builder()
+            .timeout_connect(Some(IMDS_TIMEOUT))
+            .timeout_global(Some(IMDS_TIMEOUT))
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build(),
+    );
     let read = |response: &mut ureq::http::Response<ureq::Body>| {
         response
             .body_mut()
@@ -369,6 +379,16 @@ pub fn from_imds(base: &str) -> Result<Option<Secrets>> {
     container_answer(body.as_bytes(), what).map(Some)
 }
 
+/// An agent with our resolver: ureq's own starts its lookup threads with a panicking
+/// `thread::spawn`, and a refresh runs on an upload's worker threads too.
+fn agent(config: ureq::config::Config) -> ureq::Agent {
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::new(),
+        crate::threads::Resolver,
+    )
+}
+
 fn container_answer(body: &[u8], what: &str) -> Result<Secrets> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
@@ -376,6 +396,7 @@ fn container_answer(body: &[u8], what: &str) -> Result<Secrets> {
         access_key_id: Option<String>,
         secret_access_key: Option<String>,
         token: Option<String>,
+        expiration: Option<String>,
     }
     let answer: Answer = serde_json::from_slice(body).map_err(|_| {
         Error::new(
@@ -387,6 +408,7 @@ fn container_answer(body: &[u8], what: &str) -> Result<Secrets> {
         answer.access_key_id,
         answer.secret_access_key,
         answer.token,
+        answer.expiration.as_deref(),
         what,
     )
 }
@@ -415,19 +437,229 @@ fn secrets(
     key: Option<String>,
     secret: Option<String>,
     token: Option<String>,
+    expiration: Option<&str>,
     what: &str,
 ) -> Result<Secrets> {
     let present = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    let expires = match expiration.map(str::trim).filter(|e| !e.is_empty()) {
+        None => None,
+        Some(text) => Some(parse_expiration(text).ok_or_else(|| {
+            Error::new(
+                Kind::Auth,
+                format!("{what} gave an Expiration that is not an ISO 8601 time"),
+            )
+        })?),
+    };
     match (present(key), present(secret)) {
         (Some(access_key_id), Some(secret_access_key)) => Ok(Secrets {
             access_key_id,
             secret_access_key,
             session_token: present(token),
+            expires,
         }),
         _ => Err(Error::new(
             Kind::Auth,
             format!("{what} gave no AccessKeyId and SecretAccessKey"),
         )),
+    }
+}
+
+/// `2026-01-02T03:04:05Z` (STS, IMDS, ECS, with or without fractions or an offset); a time
+/// without a zone is UTC.
+fn parse_expiration(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|t| t.and_utc())
+        })
+}
+
+/// botocore's windows (`RefreshableCredentials`): 15 minutes before the expiry one caller
+/// refreshes while the others keep signing, and a failure keeps the current credentials; in the
+/// last 10 minutes every request waits for fresh ones, and a failure is an error while the
+/// current ones are still good enough to sign the abort of an upload with.
+pub const ADVISORY_REFRESH: TimeDelta = TimeDelta::minutes(15);
+pub const MANDATORY_REFRESH: TimeDelta = TimeDelta::minutes(10);
+
+/// How to ask a source of temporary credentials again.
+#[derive(Clone)]
+pub struct Refresh {
+    /// The source, for messages: "the container credentials endpoint".
+    pub what: String,
+    pub fetch: Arc<dyn Fn() -> Result<Secrets> + Send + Sync>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Window {
+    Fresh,
+    Advisory,
+    Mandatory,
+    Expired,
+}
+
+fn window(expires: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Window {
+    let Some(expires) = expires else {
+        return Window::Fresh;
+    };
+    let left = expires.signed_duration_since(now);
+    if left <= TimeDelta::zero() {
+        Window::Expired
+    } else if left < MANDATORY_REFRESH {
+        Window::Mandatory
+    } else if left < ADVISORY_REFRESH {
+        Window::Advisory
+    } else {
+        Window::Fresh
+    }
+}
+
+/// What signs requests now, and until when.
+#[derive(Clone)]
+struct Held {
+    credentials: Arc<rusty_s3::Credentials>,
+    expires: Option<DateTime<Utc>>,
+}
+
+impl Held {
+    fn new(secrets: &Secrets) -> Held {
+        let s = secrets;
+        let credentials = match &s.session_token {
+            Some(token) => {
+                rusty_s3::Credentials::new_with_token(&s.access_key_id, &s.secret_access_key, token)
+            }
+            None => rusty_s3::Credentials::new(&s.access_key_id, &s.secret_access_key),
+        };
+        Held {
+            credentials: Arc::new(credentials),
+            expires: s.expires,
+        }
+    }
+}
+
+/// The credentials a client signs with, shared by the threads of an upload. Static keys never
+/// change; temporary ones are fetched again from their source in the windows above, one fetch at
+/// a time.
+pub struct Provider {
+    held: Mutex<Held>,
+    refresh: Option<Refresh>,
+    /// Taken by the one caller that refreshes.
+    turn: Mutex<()>,
+    clock: Box<dyn Fn() -> DateTime<Utc> + Send + Sync>,
+}
+
+impl Provider {
+    pub fn new(secrets: &Secrets, refresh: Option<Refresh>) -> Provider {
+        Provider::with_clock(secrets, refresh, Box::new(Utc::now))
+    }
+
+    fn with_clock(
+        secrets: &Secrets,
+        refresh: Option<Refresh>,
+        clock: Box<dyn Fn() -> DateTime<Utc> + Send + Sync>,
+    ) -> Provider {
+        Provider {
+            held: Mutex::new(Held::new(secrets)),
+            refresh,
+            turn: Mutex::new(()),
+            clock,
+        }
+    }
+
+    /// The credentials to sign a request with now, refreshed first when they expire soon.
+    pub fn current(&self) -> Result<Arc<rusty_s3::Credentials>> {
+        let held = self.held();
+        let Some(refresh) = &self.refresh else {
+            return Ok(held.credentials);
+        };
+        match window(held.expires, (self.clock)()) {
+            Window::Fresh => Ok(held.credentials),
+            Window::Advisory => {
+                // Someone else is refreshing: these are good for 10 minutes more.
+                let _turn = match self.turn.try_lock() {
+                    Ok(turn) => turn,
+                    Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(TryLockError::WouldBlock) => return Ok(held.credentials),
+                };
+                match self.fetch_if_needed(refresh, Window::Advisory) {
+                    Ok(fresh) => Ok(fresh),
+                    // Still good for 10 minutes: the next request tries again.
+                    Err(_) => Ok(held.credentials),
+                }
+            }
+            Window::Mandatory | Window::Expired => {
+                let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+                self.fetch_if_needed(refresh, Window::Mandatory)
+            }
+        }
+    }
+
+    /// `current`, or, when it fails, what is held: for an abort, which is better sent with
+    /// soon-to-expire credentials than not at all.
+    pub fn current_or_held(&self) -> Arc<rusty_s3::Credentials> {
+        self.current().unwrap_or_else(|_| self.held().credentials)
+    }
+
+    fn held(&self) -> Held {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// With the turn taken: asks the source unless the caller before us already did (what is
+    /// held is no longer in `from` or later), and keeps the answer.
+    fn fetch_if_needed(
+        &self,
+        refresh: &Refresh,
+        from: Window,
+    ) -> Result<Arc<rusty_s3::Credentials>> {
+        let held = self.held();
+        let now = (self.clock)();
+        let needed = match window(held.expires, now) {
+            Window::Fresh => false,
+            Window::Advisory => from == Window::Advisory,
+            Window::Mandatory | Window::Expired => true,
+        };
+        if !needed {
+            return Ok(held.credentials);
+        }
+        let what = &refresh.what;
+        let fresh = match (refresh.fetch)() {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                let when = match window(held.expires, now) {
+                    Window::Expired => "expired".to_string(),
+                    _ => format!(
+                        "expire in {} s",
+                        held.expires
+                            .map_or(0, |t| t.signed_duration_since(now).num_seconds())
+                    ),
+                };
+                return Err(Error::new(
+                    Kind::Auth,
+                    format!(
+                        "temporary credentials from {what} {when} and could not be refreshed: {}",
+                        e.message
+                    ),
+                ));
+            }
+        };
+        if window(fresh.expires, (self.clock)()) == Window::Expired {
+            return Err(Error::new(
+                Kind::Auth,
+                format!(
+                    "temporary credentials from {what} were refreshed but have already expired: \
+                     check this machine's clock"
+                ),
+            ));
+        }
+        let fresh = Held::new(&fresh);
+        let credentials = Arc::clone(&fresh.credentials);
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(credentials)
     }
 }
 
@@ -535,6 +767,233 @@ mod tests {
         assert_eq!(xml_field(xml, "SecretAccessKey").as_deref(), Some("a&b"));
         assert_eq!(xml_field(xml, "SessionToken"), None);
         assert_eq!(xml_field("<Code>x", "Code"), None);
+    }
+
+    /// A clock the test moves, `t0` + the seconds it holds.
+    fn clock() -> (Arc<std::sync::atomic::AtomicI64>, DateTime<Utc>) {
+        let t0 = parse_expiration("2026-01-02T03:00:00Z").unwrap();
+        (Arc::new(std::sync::atomic::AtomicI64::new(0)), t0)
+    }
+
+    fn temp(token: &str, expires: DateTime<Utc>) -> Secrets {
+        Secrets {
+            access_key_id: "AK".into(),
+            secret_access_key: "HIDDENSECRET".into(),
+            session_token: Some(token.into()),
+            expires: Some(expires),
+        }
+    }
+
+    /// A provider holding `T0` until `t0 + expires_after`; each fetch answers the next of
+    /// `answers` (`Err` for `None`) and is counted.
+    fn provider(
+        expires_after: i64,
+        answers: Vec<Option<Secrets>>,
+    ) -> (
+        Provider,
+        Arc<std::sync::atomic::AtomicI64>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (secs, t0) = clock();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let answers = Mutex::new(answers.into_iter());
+        let refresh = Refresh {
+            what: "the test endpoint".into(),
+            fetch: Arc::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                answers.lock().unwrap().next().flatten().ok_or_else(|| {
+                    Error::new(
+                        Kind::Auth,
+                        "no credentials from the test endpoint (HTTP 500)",
+                    )
+                })
+            }),
+        };
+        let now = Arc::clone(&secs);
+        let initial = temp("T0", t0 + TimeDelta::seconds(expires_after));
+        let p = Provider::with_clock(
+            &initial,
+            Some(refresh),
+            Box::new(move || t0 + TimeDelta::seconds(now.load(Ordering::SeqCst))),
+        );
+        (p, secs, calls)
+    }
+
+    fn token(p: &Provider) -> String {
+        p.current().unwrap().token().unwrap().to_string()
+    }
+
+    #[test]
+    fn windows_are_botocores() {
+        let (_, t0) = clock();
+        let at = |secs: i64| window(Some(t0 + TimeDelta::seconds(secs)), t0);
+        assert_eq!(window(None, t0), Window::Fresh, "static keys");
+        assert_eq!(at(3600), Window::Fresh);
+        assert_eq!(at(15 * 60), Window::Fresh);
+        assert_eq!(at(15 * 60 - 1), Window::Advisory);
+        assert_eq!(at(10 * 60), Window::Advisory);
+        assert_eq!(at(10 * 60 - 1), Window::Mandatory);
+        assert_eq!(at(1), Window::Mandatory);
+        assert_eq!(at(0), Window::Expired);
+        assert_eq!(at(-5), Window::Expired);
+    }
+
+    #[test]
+    fn expirations_of_the_sources_parse() {
+        let t = |s| parse_expiration(s).map(|t| t.to_rfc3339());
+        let want = Some("2026-01-02T03:04:05+00:00".to_string());
+        assert_eq!(t("2026-01-02T03:04:05Z"), want);
+        assert_eq!(t("2026-01-02T05:04:05+02:00"), want);
+        assert_eq!(t("2026-01-02T03:04:05"), want);
+        assert!(t("2026-01-02T03:04:05.123Z").is_some());
+        assert_eq!(t("tomorrow"), None);
+        let err = secrets(
+            Some("AK".into()),
+            Some("HIDDENSK".into()),
+            None,
+            Some("soon"),
+            "w",
+        )
+        .err()
+        .unwrap();
+        assert!(err.message.contains("Expiration"), "{err}");
+        let ok = secrets(Some("AK".into()), Some("S".into()), None, None, "w").unwrap();
+        assert_eq!(ok.expires, None, "no Expiration: keys that do not expire");
+    }
+
+    #[test]
+    fn refreshed_in_the_windows_and_not_before() {
+        use std::sync::atomic::Ordering;
+        let (_, t0) = clock();
+        let later = t0 + TimeDelta::hours(1);
+        let (p, now, calls) = provider(
+            20 * 60,
+            vec![Some(temp("T1", later)), Some(temp("T2", later))],
+        );
+        assert_eq!(token(&p), "T0");
+        now.store(5 * 60 - 1, Ordering::SeqCst);
+        assert_eq!(token(&p), "T0", "more than 15 minutes left");
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        now.store(6 * 60, Ordering::SeqCst); // 14 minutes left
+        assert_eq!(token(&p), "T1");
+        assert_eq!(token(&p), "T1", "fresh again: not asked twice");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        now.store(55 * 60, Ordering::SeqCst); // 5 minutes left of T1
+        assert_eq!(token(&p), "T2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn failed_advisory_refresh_keeps_the_current_ones() {
+        use std::sync::atomic::Ordering;
+        let (_, t0) = clock();
+        let (p, _, calls) = provider(12 * 60, vec![None, None, Some(temp("T1", t0))]);
+        assert_eq!(token(&p), "T0");
+        assert_eq!(token(&p), "T0", "each request tries again");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Credentials that are already expired are no refresh either.
+        assert_eq!(token(&p), "T0");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn failed_mandatory_refresh_is_an_error_naming_the_source() {
+        use std::sync::atomic::Ordering;
+        let (_, t0) = clock();
+        let (p, now, calls) = provider(9 * 60, vec![None, None, None]);
+        let err = p.current().err().unwrap();
+        assert_eq!(err.kind, Kind::Auth);
+        assert_eq!(
+            err.message,
+            "temporary credentials from the test endpoint expire in 540 s and could not be \
+             refreshed: no credentials from the test endpoint (HTTP 500)"
+        );
+        // An abort is still signed, with what is held (after one more try).
+        assert_eq!(p.current_or_held().token(), Some("T0"));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        now.store(9 * 60, Ordering::SeqCst);
+        let err = p.current().err().unwrap();
+        assert!(
+            err.message.starts_with(
+                "temporary credentials from the test endpoint expired and could not be refreshed"
+            ),
+            "{err}"
+        );
+        assert!(!err.message.contains("HIDDENSECRET"));
+        let (p, _, _) = provider(60, vec![Some(temp("T1", t0))]);
+        let err = p.current().err().unwrap();
+        assert!(err.message.contains("already expired"), "{err}");
+    }
+
+    #[test]
+    fn static_keys_are_never_refreshed() {
+        let (_, t0) = clock();
+        let expired = temp("T0", t0 - TimeDelta::hours(1));
+        let p = Provider::new(&expired, None);
+        assert_eq!(token(&p), "T0", "no source to ask: the server decides");
+        let mut keys = expired;
+        keys.expires = None;
+        let (p, _, calls) = provider(0, vec![]);
+        *p.held.lock().unwrap() = Held::new(&keys);
+        assert_eq!(token(&p), "T0");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn threads_refresh_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (_, t0) = clock();
+        for (left, waits) in [(5 * 60, true), (12 * 60, false)] {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&calls);
+            let (release, gate) = std::sync::mpsc::channel::<()>();
+            let gate = Mutex::new(gate);
+            let refresh = Refresh {
+                what: "w".into(),
+                fetch: Arc::new(move || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let _ = gate.lock().unwrap().recv();
+                    Ok(temp("T1", t0 + TimeDelta::hours(1)))
+                }),
+            };
+            let p = Arc::new(Provider::with_clock(
+                &temp("T0", t0 + TimeDelta::seconds(left)),
+                Some(refresh),
+                Box::new(move || t0),
+            ));
+            let first = {
+                let p = Arc::clone(&p);
+                std::thread::spawn(move || token(&p))
+            };
+            while calls.load(Ordering::SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            let others: Vec<_> = (0..4)
+                .map(|_| {
+                    let p = Arc::clone(&p);
+                    std::thread::spawn(move || token(&p))
+                })
+                .collect();
+            if !waits {
+                // Advisory: nobody waits for the one refreshing.
+                for t in others {
+                    assert_eq!(t.join().unwrap(), "T0");
+                }
+                release.send(()).unwrap();
+                assert_eq!(first.join().unwrap(), "T1");
+            } else {
+                // Mandatory: everyone waits, and uses what the first one got.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                release.send(()).unwrap();
+                assert_eq!(first.join().unwrap(), "T1");
+                for t in others {
+                    assert_eq!(t.join().unwrap(), "T1");
+                }
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! rusty-s3 signs (SigV4 presigned URLs) and parses XML; ureq sends. One concern per file:
 //! `config` (options > environment > shared files, resolved once), `aws_files` (reading
 //! `~/.aws/{credentials,config}`), `credentials` (credential_process, web identity, container
-//! endpoint, IMDS), `request` (every S3 request: action → signed request → typed answer),
+//! endpoint, IMDS, and refreshing what they give before it expires), `request` (every S3 request: action → signed request → typed answer),
 //! `client` (transport: the one retry loop, timeouts), `errors` (answers → messages), `upload`
 //! (single PUT or multipart: the part state machine, with its `spool` and worker `pool`),
 //! `download` (resumable GET).

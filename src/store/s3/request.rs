@@ -15,7 +15,7 @@ use ureq::http::Response;
 use ureq::Body;
 use url::Url;
 
-use super::client::{header, Client};
+use super::client::{header, Client, Reply};
 use super::errors::Target;
 use crate::error::{Error, Kind, Result};
 
@@ -109,6 +109,17 @@ pub struct Range<'a> {
 }
 
 impl Client {
+    /// Sends the request `make` signs with the credentials of the moment, asked at every
+    /// attempt (the one place that asks): temporary ones are refreshed before they expire, and
+    /// a retry after a refresh carries the new ones (`credentials::Provider`).
+    fn call_signed<'r>(
+        &self,
+        make: impl Fn(&rusty_s3::Credentials) -> Request<'r>,
+        target: &Target,
+    ) -> Result<Reply> {
+        self.call(|| Ok(make(&*self.credentials.current()?)), target)
+    }
+
     /// One page of ListObjectsV2 under `prefix`, from `token` on.
     pub fn list_page(
         &self,
@@ -116,14 +127,17 @@ impl Client {
         token: Option<&str>,
         target: &Target,
     ) -> Result<ListObjectsV2Response> {
-        let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
-        if !prefix.is_empty() {
-            action.with_prefix(prefix);
-        }
-        if let Some(token) = token {
-            action.with_continuation_token(token);
-        }
-        let reply = self.call(&Request::sign(action, &[]), target)?;
+        let sign = |credentials: &rusty_s3::Credentials| {
+            let mut action = self.bucket.list_objects_v2(Some(credentials));
+            if !prefix.is_empty() {
+                action.with_prefix(prefix);
+            }
+            if let Some(token) = token {
+                action.with_continuation_token(token);
+            }
+            Request::sign(action, &[])
+        };
+        let reply = self.call_signed(sign, target)?;
         ListObjectsV2::parse_response(&String::from_utf8_lossy(&reply.body)).map_err(|_| {
             Error::new(
                 Kind::Remote,
@@ -134,9 +148,10 @@ impl Client {
 
     /// HeadObject: `None` when the object does not exist.
     pub fn head_object(&self, key: &str, target: &Target) -> Result<Option<ObjectHead>> {
-        let action = self.bucket.head_object(Some(&self.credentials), key);
         let sse_c = &self.encryption.on_access;
-        let reply = match self.call(&Request::sign(action, sse_c), target) {
+        let sign =
+            |c: &rusty_s3::Credentials| Request::sign(self.bucket.head_object(Some(c), key), sse_c);
+        let reply = match self.call_signed(sign, target) {
             Ok(reply) => reply,
             Err(e) if e.kind == Kind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -168,16 +183,20 @@ impl Client {
         range: &Range<'_>,
         target: &Target,
     ) -> Result<Response<Body>> {
-        let action = self.bucket.get_object(Some(&self.credentials), key);
-        let mut req = Request::sign(action, &self.encryption.on_access);
-        if range.from > 0 || range.to.is_some() {
-            let to = range.to.map(|to| to.to_string()).unwrap_or_default();
-            req = req.header("range", format!("bytes={}-{to}", range.from));
-        }
-        if let Some(etag) = range.if_match {
-            req = req.header("if-match", etag);
-        }
-        self.open(&req, target)
+        let sign = || {
+            let credentials = self.credentials.current()?;
+            let action = self.bucket.get_object(Some(&credentials), key);
+            let mut req = Request::sign(action, &self.encryption.on_access);
+            if range.from > 0 || range.to.is_some() {
+                let to = range.to.map(|to| to.to_string()).unwrap_or_default();
+                req = req.header("range", format!("bytes={}-{to}", range.from));
+            }
+            if let Some(etag) = range.if_match {
+                req = req.header("if-match", etag);
+            }
+            Ok(req)
+        };
+        self.open(sign, target)
     }
 
     /// PutObject of a whole object: its ETag.
@@ -189,13 +208,15 @@ impl Client {
         create_only: bool,
         target: &Target,
     ) -> Result<Option<String>> {
-        let action = self.bucket.put_object(Some(&self.credentials), key);
         let signed = self.on_create(metadata);
-        let req = Request::sign(action, &signed)
-            .header("content-md5", content_md5(body))
-            .body(body)
-            .create_only(create_only);
-        let reply = self.call(&req, target)?;
+        let md5 = content_md5(body);
+        let sign = |c: &rusty_s3::Credentials| {
+            Request::sign(self.bucket.put_object(Some(c), key), &signed)
+                .header("content-md5", md5.clone())
+                .body(body)
+                .create_only(create_only)
+        };
+        let reply = self.call_signed(sign, target)?;
         Ok(etag_of(&reply.headers).map(|e| unquote(&e)))
     }
 
@@ -206,11 +227,11 @@ impl Client {
         metadata: &[Header],
         target: &Target,
     ) -> Result<String> {
-        let action = self
-            .bucket
-            .create_multipart_upload(Some(&self.credentials), key);
         let signed = self.on_create(metadata);
-        let reply = self.call(&Request::sign(action, &signed), target)?;
+        let sign = |c: &rusty_s3::Credentials| {
+            Request::sign(self.bucket.create_multipart_upload(Some(c), key), &signed)
+        };
+        let reply = self.call_signed(sign, target)?;
         let created = CreateMultipartUpload::parse_response(&String::from_utf8_lossy(&reply.body))
             .map_err(|_| {
                 Error::new(
@@ -232,13 +253,14 @@ impl Client {
     ) -> Result<String> {
         let number16 = u16::try_from(number)
             .map_err(|_| Error::usage(format!("{}: too many parts", target.url)))?;
-        let action = self
-            .bucket
-            .upload_part(Some(&self.credentials), key, number16, upload_id);
-        let req = Request::sign(action, &self.encryption.on_access)
-            .header("content-md5", content_md5(body))
-            .body(body);
-        let reply = self.call(&req, target)?;
+        let md5 = content_md5(body);
+        let sign = |c: &rusty_s3::Credentials| {
+            let action = self.bucket.upload_part(Some(c), key, number16, upload_id);
+            Request::sign(action, &self.encryption.on_access)
+                .header("content-md5", md5.clone())
+                .body(body)
+        };
+        let reply = self.call_signed(sign, target)?;
         etag_of(&reply.headers).ok_or_else(|| {
             Error::new(
                 Kind::Remote,
@@ -256,18 +278,22 @@ impl Client {
         create_only: bool,
         target: &Target,
     ) -> Result<Option<String>> {
-        let action = self.bucket.complete_multipart_upload(
-            Some(&self.credentials),
-            key,
-            upload_id,
-            etags.iter().map(String::as_str),
-        );
-        let body = action.clone().body();
+        let etags = || etags.iter().map(String::as_str);
+        // The body does not depend on the signature.
+        let body = self
+            .bucket
+            .complete_multipart_upload(None, key, upload_id, etags())
+            .body();
         // SSE-C here too: a bucket policy may require it on every request of the upload.
-        let req = Request::sign(action, &self.encryption.on_access)
-            .body(body.as_bytes())
-            .create_only(create_only);
-        let reply = self.call(&req, target)?;
+        let sign = |c: &rusty_s3::Credentials| {
+            let action = self
+                .bucket
+                .complete_multipart_upload(Some(c), key, upload_id, etags());
+            Request::sign(action, &self.encryption.on_access)
+                .body(body.as_bytes())
+                .create_only(create_only)
+        };
+        let reply = self.call_signed(sign, target)?;
         let text = String::from_utf8_lossy(&reply.body);
         Ok(CompleteMultipartUploadResponse::parse(&text)
             .ok()
@@ -279,10 +305,16 @@ impl Client {
     /// bucket lifecycle rule (AbortIncompleteMultipartUpload) removes; there is nothing better
     /// to do with the error.
     pub fn abort_multipart(&self, key: &str, upload_id: &str, target: &Target) {
-        let action = self
-            .bucket
-            .abort_multipart_upload(Some(&self.credentials), key, upload_id);
-        let _ = self.call(&Request::sign(action, &[]), target);
+        // An upload failing because its credentials could not be refreshed is still aborted,
+        // with the current ones (which that leaves valid for minutes: see credentials.rs).
+        let sign = || {
+            let credentials = self.credentials.current_or_held();
+            let action = self
+                .bucket
+                .abort_multipart_upload(Some(&credentials), key, upload_id);
+            Ok(Request::sign(action, &[]))
+        };
+        let _ = self.call(sign, target);
     }
 
     /// The headers of a new object: its metadata, then encryption and storage class.
@@ -296,8 +328,9 @@ impl Client {
 
     /// DeleteObject (S3 says nothing about a missing key).
     pub fn delete_object(&self, key: &str, target: &Target) -> Result<()> {
-        let action = self.bucket.delete_object(Some(&self.credentials), key);
-        self.call(&Request::sign(action, &[]), target)?;
+        let sign =
+            |c: &rusty_s3::Credentials| Request::sign(self.bucket.delete_object(Some(c), key), &[]);
+        self.call_signed(sign, target)?;
         Ok(())
     }
 }
