@@ -365,8 +365,8 @@ fn a_server_that_ignores_expect_and_refuses_mid_body_is_still_heard() {
 #[test]
 fn a_success_answered_before_the_whole_body_went_out_is_not_believed() {
     // A broken server or proxy says 200 after 256 KiB of a 4 MiB body and closes: the object
-    // cannot be complete, so this is a failed (retried) request, never a stored backup. (Main
-    // passes this too, with a broken pipe; it guards the transport that reads such answers.)
+    // cannot be complete, so this is a failed (retried) request, never a stored backup: a broken
+    // pipe when the body does not fit in the socket buffers, no ETag when it does.
     let server = server();
     let proxy = Proxy::start(upstream(&server));
     let opts = S3Options {
@@ -383,6 +383,28 @@ fn a_success_answered_before_the_whole_body_went_out_is_not_believed() {
         "{err}"
     );
     assert!(err.message.contains("gave up after 2 attempts"), "{err}");
+}
+
+#[test]
+fn a_success_without_an_etag_is_not_believed() {
+    // The same broken server with a body small enough to fit in the socket buffers: the client's
+    // write completes, then it reads "200" (with no ETag). Before the ETag check that was a
+    // stored backup that the server never had; the 4 MiB case above only failed when the
+    // buffers were too small for the body, so it passed or failed by timing.
+    let server = server();
+    let proxy = Proxy::start(upstream(&server));
+    let opts = S3Options {
+        endpoint: Some(proxy.endpoint()),
+        retries: Some(1),
+        ..server.options()
+    };
+    let store = S3Store::open_with_env("bkt", "", &opts, &server.env()).unwrap();
+    proxy.fault("PUT", "", usize::MAX, Fault::RejectAfter(256 << 10, 200));
+    let err = put(&store, "small.gz", &data(300 << 10)).unwrap_err();
+    assert_eq!(err.kind, Kind::Transient, "{err}");
+    assert!(err.message.contains("carries no ETag"), "{err}");
+    assert!(err.message.contains("gave up after 2 attempts"), "{err}");
+    assert!(!server.object_path("bkt", "small.gz").exists());
 }
 
 #[test]

@@ -245,6 +245,22 @@ impl Client {
                     ),
                 ));
             }
+            // S3 answers every upload with the ETag of what it stored. A broken server or
+            // proxy may say 200 after part of a body that fitted in the socket buffers: with
+            // no ETag that success is not believed either.
+            if req.method == Method::Put
+                && !req.body.is_empty()
+                && header(response.headers(), "etag").is_none()
+            {
+                return Err(Error::new(
+                    Kind::Transient,
+                    format!(
+                        "{}: the connection to {} answered the upload with a success that \
+                         carries no ETag, so the server cannot be trusted to hold it",
+                        target.url, self.endpoint
+                    ),
+                ));
+            }
             return Ok(response);
         }
         // A server or proxy that does not do "100-continue" may say so (RFC 9110 §10.1.1):
