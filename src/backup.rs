@@ -417,6 +417,9 @@ fn stream(job: &StreamJob) -> Result<Streamed> {
         let copy_start = Instant::now();
         // A failed pass drops the writer, which ends the stream with an error.
         let streamed = source.emit(&page1, writer).map(|mut w| w.close(Ok(())));
+        // The read transaction ends here, not when compression does: in rollback-journal
+        // mode writers wait only for the copy.
+        drop(source);
         let copy_ms = ms_since(copy_start);
         // Compression finishes on its thread; interrupts are this thread's to see.
         let mut interrupted = Ok(());
@@ -435,7 +438,6 @@ fn stream(job: &StreamJob) -> Result<Streamed> {
         interrupted?;
         Ok((streamed.map(|_| copy_ms), joined))
     })?;
-    drop(source); // ends the read transaction before the upload commits
     let (compressed, counted, hex) = compressed;
     let CountingWriter {
         inner: upload,
