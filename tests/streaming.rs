@@ -373,3 +373,40 @@ fn kill_9_mid_stream_leaves_no_temp_file_and_the_next_call_cleans_up() {
     assert_eq!(report["method"], "stream");
     assert_eq!(list(out.path()), vec!["next.db".to_string()]);
 }
+
+#[test]
+fn s3_multipart_stream_records_the_restored_sha256_and_if_changed_skips() {
+    let server = common::s3server::S3Server::start();
+    server.create_bucket("bkt");
+    let dir = tempdir();
+    let (conn, expected) = big_db(dir.path());
+    conn.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+    let mut opts = server.options_json();
+    opts["method"] = "stream".into();
+    opts["part_size"] = (5u64 << 20).into();
+    opts["if_changed"] = true.into();
+    let call = |key: &str| {
+        call_json(
+            &conn,
+            &format!(
+                "SELECT backup_to_s3('s3://bkt', {}, {})",
+                lit(key),
+                lit(opts.to_string())
+            ),
+        )
+    };
+    let first = call("big.db.zst");
+    assert_eq!(first["method"], "stream", "{first}");
+    assert!(first["parts"].as_u64().unwrap() >= 2, "{first}");
+    assert_eq!(first["skipped"], false);
+    let stored = decompress_cli(&server.object_path("bkt", "big.db.zst"));
+    assert_eq!(sha256_hex(&stored), first["sha256"].as_str().unwrap());
+    let restored = dir.path().join("r.db");
+    fs::write(&restored, stored).unwrap();
+    assert_eq!(digest(&restored), expected);
+    // The recorded sha256 lets the unchanged database be skipped without compressing.
+    let second = call("big.db.zst");
+    assert_eq!(second["skipped"], true, "{second}");
+    assert_eq!(second["sha256"], first["sha256"]);
+    assert_eq!(second["same_as"], "s3://bkt/big.db.zst", "{second}");
+}
