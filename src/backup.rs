@@ -303,20 +303,29 @@ fn stream(job: &StreamJob) -> Result<Streamed> {
     let req = job.req;
     let source = crate::stream::Source::open(job.conn, &req.schema, req.busy_timeout_ms)?;
     crate::progress::phase("taking a snapshot", None);
-    let page1 = source.capture()?;
+    let (page1, free) = source.capture()?;
     let header = crate::stream::Header::parse(&page1).map_err(|e| Error::new(Kind::Corrupt, e))?;
-    if header.freelist > 0 {
-        return Ok(Streamed::Instead(format!(
-            "the database has {} free pages, which hold deleted data a page stream would \
-             keep: copied with {} instead (VACUUM the database to stream it)",
-            header.freelist,
-            if source.is_own_file() {
-                "VACUUM INTO"
-            } else {
-                "the page copy"
-            }
-        )));
-    }
+    let instead = if source.is_own_file() {
+        "VACUUM INTO"
+    } else {
+        "the page copy"
+    };
+    // Free pages hold deleted data: the stream zeroes them, when it knows which they are.
+    let free = match free {
+        Ok(free) if header.page_count < 1 << 24 => free,
+        Ok(_) => {
+            return Ok(Streamed::Instead(format!(
+                "the database has {} pages, more than the stream tells apart: copied with \
+                 {instead} instead",
+                header.page_count
+            )))
+        }
+        Err(why) => {
+            return Ok(Streamed::Instead(format!(
+                "the free pages cannot be zeroed ({why}): copied with {instead} instead"
+            )))
+        }
+    };
     let first_pass_ms = ms_since(job.started);
     let mut timings = Timings::default();
     let bytes = u64::from(header.page_count) * header.page_size as u64;
@@ -348,7 +357,7 @@ fn stream(job: &StreamJob) -> Result<Streamed> {
     if hash_first {
         crate::progress::phase("hashing", Some(bytes));
         let step = Instant::now();
-        let hashed = source.emit(&page1, crate::stream::HashOut::default())?;
+        let hashed = source.emit(&page1, &free, crate::stream::HashOut::default())?;
         let hex = dbfile::hex(&sha2::Digest::finalize(hashed.hasher));
         timings.hash = ms_since(step);
         if req.if_changed {
@@ -416,7 +425,9 @@ fn stream(job: &StreamJob) -> Result<Streamed> {
         let writer = crate::stream::PipeWriter::new(&pipe);
         let copy_start = Instant::now();
         // A failed pass drops the writer, which ends the stream with an error.
-        let streamed = source.emit(&page1, writer).map(|mut w| w.close(Ok(())));
+        let streamed = source
+            .emit(&page1, &free, writer)
+            .map(|mut w| w.close(Ok(())));
         // The read transaction ends here, not when compression does: in rollback-journal
         // mode writers wait only for the copy.
         drop(source);

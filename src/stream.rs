@@ -157,14 +157,127 @@ fn free_space(
     Some((pointers_end..content, blocks))
 }
 
-/// First pass: keeps page 1 as the destination commits it.
-#[derive(Default)]
+/// Memory for the pages of the first pass that could be free-list trunk pages.
+const CANDIDATE_BYTES: usize = 32 << 20;
+/// Free-list leaves known at once (4 bytes each).
+const MAX_FREE_PAGES: usize = 8 << 20;
+
+/// First pass: keeps page 1 as the destination commits it, and every page that could be a
+/// free-list trunk page (page 1, which names the first trunk, comes last).
 pub struct Capture {
     pub page1: Vec<u8>,
+    /// The source's page count: a trunk page's numbers are all at most this.
+    page_count: u32,
+    /// Trunk-like pages: next trunk and leaf numbers.
+    candidates: BTreeMap<u32, (u32, Vec<u32>)>,
+    candidate_bytes: usize,
+    /// More trunk-like pages than `CANDIDATE_BYTES` holds: the free list cannot be known.
+    overflowed: bool,
+}
+
+impl Capture {
+    pub fn new(page_count: u32) -> Capture {
+        Capture {
+            page1: Vec::new(),
+            page_count,
+            candidates: BTreeMap::new(),
+            candidate_bytes: 0,
+            overflowed: false,
+        }
+    }
+
+    /// A trunk page: the next trunk (or 0), a count that fits the page, leaf numbers in range.
+    /// A b-tree page never reads as one (its type byte makes the first number at least 2^25,
+    /// and streamed databases have fewer pages); an overflow page rarely does, and a false
+    /// candidate is only kept, never used unless the chain from page 1 leads to it.
+    fn remember_if_trunk(&mut self, pgno: u32, page: &[u8]) {
+        let be32 = |i: usize| {
+            page.get(i..i + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let (Some(next), Some(count)) = (be32(0), be32(4)) else {
+            return;
+        };
+        if next > self.page_count || count as usize > page.len() / 4 - 2 || self.overflowed {
+            return;
+        }
+        let mut leaves = Vec::new();
+        if leaves.try_reserve_exact(count as usize).is_err() {
+            self.overflowed = true;
+            return;
+        }
+        for i in 0..count as usize {
+            match be32(8 + 4 * i) {
+                Some(leaf) if (2..=self.page_count).contains(&leaf) => leaves.push(leaf),
+                _ => return,
+            }
+        }
+        self.candidate_bytes += 64 + 4 * leaves.len();
+        if self.candidate_bytes > CANDIDATE_BYTES {
+            self.overflowed = true;
+            self.candidates.clear();
+            return;
+        }
+        self.candidates.insert(pgno, (next, leaves));
+    }
+
+    /// The free list page 1 names, walked through the remembered trunk pages.
+    pub fn free_list(&self) -> std::result::Result<FreeList, String> {
+        let header = Header::parse(&self.page1)?;
+        let mut list = FreeList::default();
+        if header.freelist == 0 {
+            return Ok(list);
+        }
+        if self.overflowed || header.freelist as usize > MAX_FREE_PAGES {
+            return Err(format!(
+                "{} free pages are too many to track",
+                header.freelist
+            ));
+        }
+        let be32 = |i: usize| {
+            self.page1
+                .get(i..i + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0)
+        };
+        let mut trunk = be32(32);
+        let max_leaves = header.usable / 4 - 2;
+        while trunk != 0 {
+            if list.trunks.len() > header.freelist as usize {
+                return Err("the free list loops".into());
+            }
+            let Some((next, leaves)) = self.candidates.get(&trunk) else {
+                return Err(format!("free-list trunk page {trunk} was not recognised"));
+            };
+            if leaves.len() > max_leaves {
+                return Err(format!(
+                    "free-list trunk page {trunk} holds too many leaves"
+                ));
+            }
+            list.trunks.insert(trunk, leaves.len() as u32);
+            list.leaves.extend_from_slice(leaves);
+            trunk = *next;
+        }
+        list.leaves.sort_unstable();
+        let distinct = list.leaves.windows(2).all(|w| w[0] != w[1]);
+        if !distinct || list.trunks.len() + list.leaves.len() != header.freelist as usize {
+            return Err("the free list does not add up to the header's count".into());
+        }
+        Ok(list)
+    }
+}
+
+/// Free pages: trunk pages (how many leaf numbers each holds) and leaf pages, zeroed in the
+/// stream (a trunk keeps its numbers).
+#[derive(Debug, Default, Clone)]
+pub struct FreeList {
+    trunks: BTreeMap<u32, u32>,
+    leaves: Vec<u32>,
 }
 
 impl PageSink for Capture {
     fn write_page(&mut self, pgno: u32, page: &[u8]) -> std::result::Result<(), String> {
+        self.remember_if_trunk(pgno, page);
         if pgno == 1 {
             self.page1.clear();
             self.page1
@@ -209,12 +322,18 @@ pub struct Emit<O> {
     pending_bytes: usize,
     max_pending: usize,
     page1_confirmed: bool,
+    free: FreeList,
     pub out: O,
 }
 
 impl<O: Out> Emit<O> {
     /// Starts the stream with page 1 (as `capture` saw it committed).
-    pub fn new(page1: Vec<u8>, max_pending: usize, out: O) -> std::result::Result<Self, String> {
+    pub fn new(
+        page1: Vec<u8>,
+        free: FreeList,
+        max_pending: usize,
+        out: O,
+    ) -> std::result::Result<Self, String> {
         let header = Header::parse(&page1)?;
         let mut emit = Emit {
             page1,
@@ -224,6 +343,7 @@ impl<O: Out> Emit<O> {
             pending_bytes: 0,
             max_pending,
             page1_confirmed: false,
+            free,
             out,
         };
         let mut first = emit.page1.clone();
@@ -239,13 +359,22 @@ impl<O: Out> Emit<O> {
         Ok(emit)
     }
 
-    fn send(&mut self, pgno: u32, mut page: Vec<u8>) -> std::result::Result<(), String> {
-        if !self.header.is_ptrmap(pgno) {
-            zero_free_space(&mut page, 0, self.header.usable);
+    /// Hands on page `next` with its free space zeroed.
+    fn put_next(&mut self, mut page: Vec<u8>) -> std::result::Result<(), String> {
+        let pgno = self.next;
+        let usable = self.header.usable;
+        if self.free.leaves.binary_search(&pgno).is_ok() {
+            page.fill(0);
+        } else if let Some(&count) = self.free.trunks.get(&pgno) {
+            if let Some(rest) = page.get_mut(8 + 4 * count as usize..usable) {
+                rest.fill(0);
+            }
+        } else if !self.header.is_ptrmap(pgno) {
+            zero_free_space(&mut page, 0, usable);
         }
         self.out.put(&page)?;
         self.next += 1;
-        self.advance()
+        Ok(())
     }
 
     /// Hands on the lock-byte page (zeros) and the pages waiting, while it is their turn.
@@ -263,14 +392,7 @@ impl<O: Out> Emit<O> {
             match self.pending.remove(&self.next) {
                 Some(page) => {
                     self.pending_bytes -= page.len();
-                    if !self.header.is_ptrmap(self.next) {
-                        let mut page = page;
-                        zero_free_space(&mut page, 0, self.header.usable);
-                        self.out.put(&page)?;
-                    } else {
-                        self.out.put(&page)?;
-                    }
-                    self.next += 1;
+                    self.put_next(page)?;
                 }
                 None => return Ok(()),
             }
@@ -320,7 +442,8 @@ impl<O: Out> PageSink for Emit<O> {
             .map_err(|_| "out of memory".to_string())?;
         copy.extend_from_slice(page);
         if pgno == self.next {
-            return self.send(pgno, copy);
+            self.put_next(copy)?;
+            return self.advance();
         }
         if self.pending_bytes + page.len() > self.max_pending {
             return Err(format!(
@@ -730,18 +853,33 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// First pass: page 1 as the copy commits it.
-    pub fn capture(&self) -> Result<Vec<u8>> {
-        let capture = Arc::new(Mutex::new(Capture::default()));
+    /// First pass: page 1 as the copy commits it, and the free list (or why it is not known).
+    pub fn capture(&self) -> Result<(Vec<u8>, std::result::Result<FreeList, String>)> {
+        let (conn, schema) = match &self.own {
+            Some(reader) => (reader, "main"),
+            None => (self.caller, self.schema.as_str()),
+        };
+        let page_count: u32 = conn
+            .query_value(&format!(
+                "PRAGMA {}.page_count",
+                ffi::quote_identifier(schema)
+            ))?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u32::MAX);
+        let capture = Arc::new(Mutex::new(Capture::new(page_count)));
         self.pass(capture.clone())?;
-        let page1 = std::mem::take(&mut capture.lock().unwrap_or_else(|e| e.into_inner()).page1);
-        Header::parse(&page1).map_err(|e| Error::new(Kind::Corrupt, e))?;
-        Ok(page1)
+        let capture = match Arc::try_unwrap(capture) {
+            Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()),
+            Err(_) => return Err(Error::new(Kind::Io, "the page sink is still in use")),
+        };
+        Header::parse(&capture.page1).map_err(|e| Error::new(Kind::Corrupt, e))?;
+        let free = capture.free_list();
+        Ok((capture.page1, free))
     }
 
     /// A pass that hands the stream to `out`; returns `out` when every page went through.
-    pub fn emit<O: Out + 'static>(&self, page1: &[u8], out: O) -> Result<O> {
-        let emit = Emit::new(page1.to_vec(), PENDING_BYTES, out)
+    pub fn emit<O: Out + 'static>(&self, page1: &[u8], free: &FreeList, out: O) -> Result<O> {
+        let emit = Emit::new(page1.to_vec(), free.clone(), PENDING_BYTES, out)
             .map_err(|e| Error::new(Kind::Io, format!("cannot stream the database: {e}")))?;
         let emit = Arc::new(Mutex::new(emit));
         self.pass(emit.clone())?;
@@ -793,7 +931,8 @@ mod tests {
     #[test]
     fn pages_out_of_order_come_out_in_order_page_one_first() {
         let p1 = page1(512, 4);
-        let mut emit = Emit::new(p1.clone(), 4096, VecOut(Vec::new())).unwrap();
+        let mut emit =
+            Emit::new(p1.clone(), FreeList::default(), 4096, VecOut(Vec::new())).unwrap();
         emit.write_page(3, &page(512, 3)).unwrap();
         emit.write_page(2, &page(512, 2)).unwrap();
         emit.write_page(4, &page(512, 4)).unwrap();
@@ -810,7 +949,8 @@ mod tests {
     #[test]
     fn a_page_written_again_or_too_far_ahead_or_a_changed_page_one_is_an_error() {
         let p1 = page1(512, 8);
-        let mut emit = Emit::new(p1.clone(), 1024, VecOut(Vec::new())).unwrap();
+        let mut emit =
+            Emit::new(p1.clone(), FreeList::default(), 1024, VecOut(Vec::new())).unwrap();
         emit.write_page(2, &page(512, 2)).unwrap();
         assert!(emit
             .write_page(2, &page(512, 2))
@@ -849,7 +989,8 @@ mod tests {
         let lock = (PENDING_BYTE / ps as u64 + 1) as u32;
         assert_eq!(lock, 16385);
         let p1 = page1(ps, lock + 1);
-        let mut emit = Emit::new(p1.clone(), 1 << 20, Count(0, false)).unwrap();
+        let mut emit =
+            Emit::new(p1.clone(), FreeList::default(), 1 << 20, Count(0, false)).unwrap();
         let data = page(ps, 9);
         for pgno in 2..lock {
             emit.write_page(pgno, &data).unwrap();
@@ -893,6 +1034,65 @@ mod tests {
         let before = s.clone();
         zero_free_space(&mut s, 0, 512);
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn the_free_list_is_walked_from_page_one_and_its_pages_zeroed() {
+        let ps = 512;
+        let mut p1 = page1(ps, 8);
+        p1[32..36].copy_from_slice(&6u32.to_be_bytes()); // first trunk: 6
+        p1[36..40].copy_from_slice(&5u32.to_be_bytes()); // 5 free pages
+        let trunk = |next: u32, leaves: &[u32]| {
+            let mut p = vec![0xEEu8; ps];
+            p[..4].copy_from_slice(&next.to_be_bytes());
+            p[4..8].copy_from_slice(&(leaves.len() as u32).to_be_bytes());
+            for (i, l) in leaves.iter().enumerate() {
+                p[8 + 4 * i..12 + 4 * i].copy_from_slice(&l.to_be_bytes());
+            }
+            p
+        };
+        // Trunk 6 → trunk 3 (earlier in page order); leaves 2, 4 and 8.
+        let pages: Vec<(u32, Vec<u8>)> = vec![
+            (2, page(ps, 0xEE)),
+            (3, trunk(0, &[8])),
+            (4, page(ps, 0xEE)),
+            (5, page(ps, 0x55)),
+            (6, trunk(3, &[2, 4])),
+            (7, page(ps, 0x77)),
+            (8, page(ps, 0xEE)),
+        ];
+        let mut capture = Capture::new(8);
+        for (pgno, p) in &pages {
+            capture.write_page(*pgno, p).unwrap();
+        }
+        capture.write_page(1, &p1).unwrap();
+        let free = capture.free_list().unwrap();
+        let mut emit = Emit::new(p1.clone(), free, 1 << 20, VecOut(Vec::new())).unwrap();
+        for (pgno, p) in &pages {
+            emit.write_page(*pgno, p).unwrap();
+        }
+        emit.write_page(1, &p1).unwrap();
+        emit.finish().unwrap();
+        let out = emit.out.0;
+        let at = |pgno: usize| &out[(pgno - 1) * ps..pgno * ps];
+        for leaf in [2, 4, 8] {
+            assert!(at(leaf).iter().all(|&b| b == 0), "leaf {leaf}");
+        }
+        assert_eq!(&at(3)[..12], &trunk(0, &[8])[..12]);
+        assert!(at(3)[12..].iter().all(|&b| b == 0));
+        assert_eq!(&at(6)[..16], &trunk(3, &[2, 4])[..16]);
+        assert!(at(6)[16..].iter().all(|&b| b == 0));
+        assert!(at(5).iter().all(|&b| b == 0x55) && at(7).iter().all(|&b| b == 0x77));
+
+        // A header count that does not match the chain: not trusted.
+        let mut wrong = p1.clone();
+        wrong[36..40].copy_from_slice(&6u32.to_be_bytes());
+        let mut capture = Capture::new(8);
+        for (pgno, p) in &pages {
+            capture.write_page(*pgno, p).unwrap();
+        }
+        capture.write_page(1, &wrong).unwrap();
+        assert!(capture.free_list().unwrap_err().contains("add up"));
     }
 
     #[test]
