@@ -102,6 +102,9 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
     store.check_put(name, req.create_only)?;
 
     let mut method = req.method;
+    if method.is_none() && stream_by_default(conn, &req.schema) {
+        method = Some(Method::Stream);
+    }
     let mut stream_fallback = None;
     if method == Some(Method::Stream) {
         let job = StreamJob {
@@ -277,6 +280,30 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
     report.elapsed_ms = ms_since(started);
     report.timings_ms = timings;
     Ok(report)
+}
+
+/// Method `stream` is the default where the copy can wait for compression without holding
+/// anyone up: WAL databases (readers never block writers) and databases that are not a file
+/// of the default VFS (memory, temp, memdb). A rollback-journal file keeps `vacuum`: there the
+/// stream would have to spill what compression has not taken yet (see README).
+fn stream_by_default(conn: &Connection, schema: &str) -> bool {
+    if !crate::ffi::page_sink::available() {
+        return false;
+    }
+    let Ok(path) = conn.filename(schema) else {
+        return false;
+    };
+    let Some(path) = path else {
+        return true;
+    };
+    if !matches!(conn.custom_vfs(schema), Ok(None)) {
+        return true;
+    }
+    // Header bytes 18-19 are 2 in WAL mode (what the file says, whoever opened it).
+    std::fs::File::open(&path)
+        .ok()
+        .and_then(|mut f| dbfile::database_header(&mut f).ok().flatten())
+        .is_some_and(|h| h.get(18) == Some(&2))
 }
 
 struct StreamJob<'a> {

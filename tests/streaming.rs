@@ -430,3 +430,49 @@ fn s3_multipart_stream_records_the_restored_sha256_and_if_changed_skips() {
     assert_eq!(second["sha256"], first["sha256"]);
     assert_eq!(second["same_as"], "s3://bkt/big.db.zst", "{second}");
 }
+
+#[test]
+fn the_default_for_wal_and_memory_is_the_stream_which_needs_no_app_definitions() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    let conn = open(&db);
+    conn.create_collation("APPCOLL", |a: &str, b: &str| {
+        a.to_lowercase().cmp(&b.to_lowercase())
+    })
+    .unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE p(id INTEGER PRIMARY KEY, name TEXT);
+         CREATE INDEX p_name ON p(name COLLATE APPCOLL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+         INSERT INTO p(name) SELECT 'Name ' || i FROM n;",
+    )
+    .unwrap();
+    let dest = dir.path().join("app.db.zst");
+    let report = backup(&conn, &dest, "");
+    assert_eq!(report["method"], "stream", "{report}");
+    assert!(report.get("fallback").is_none(), "{report}");
+    // (Checked without APPCOLL: integrity_check would need it.)
+    let plain = decompress_cli(&dest);
+    assert_eq!(sha256_hex(&plain), report["sha256"].as_str().unwrap());
+    assert_eq!(plain.len() as u64, report["bytes"].as_u64().unwrap());
+
+    let memory = open_memory();
+    memory
+        .execute_batch("CREATE TABLE m(x); INSERT INTO m VALUES (1);")
+        .unwrap();
+    let report = backup(&memory, &dir.path().join("m.db"), "");
+    assert_eq!(report["method"], "stream", "{report}");
+
+    // A rollback-journal file keeps VACUUM INTO (which, lacking APPCOLL, falls back).
+    conn.execute_batch("PRAGMA journal_mode = DELETE").unwrap();
+    let report = backup(&conn, &dir.path().join("rb.db"), "");
+    assert_eq!(report["method"], "pages", "{report}");
+    assert!(
+        report["fallback"]
+            .as_str()
+            .unwrap()
+            .starts_with("VACUUM INTO failed"),
+        "{report}"
+    );
+}

@@ -84,11 +84,16 @@ impl Drop for SinkConnection {
     }
 }
 
+/// Whether this host lets us register the sink (checked once).
+pub fn available() -> bool {
+    *REGISTERED.get_or_init(|| register().is_ok())
+}
+
 /// Opens a connection on a new, empty database whose pages go to `sink`. Journal off,
 /// synchronous off, a small cache: pages leave the cache (and reach the sink) soon after the
 /// backup copies them.
 pub fn open(sink: Shared) -> Result<SinkConnection> {
-    if !*REGISTERED.get_or_init(|| register().is_ok()) {
+    if !available() {
         return Err(Error::new(
             Kind::Sqlite,
             "this SQLite cannot register the page sink VFS",
