@@ -476,3 +476,45 @@ fn the_default_for_wal_and_memory_is_the_stream_which_needs_no_app_definitions()
         "{report}"
     );
 }
+
+#[test]
+fn an_interrupt_mid_stream_stores_nothing() {
+    let dir = tempdir();
+    let db = dir.path().join("i.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE b(id INTEGER PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
+         INSERT INTO b SELECT i, randomblob(100000) FROM n;",
+    )
+    .unwrap();
+    let out = tempdir();
+    let handle = conn.get_interrupt_handle();
+    let interrupter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        handle.interrupt();
+        Instant::now()
+    });
+    let err = call_err(
+        &conn,
+        &format!(
+            "SELECT backup_to_file({}, {})",
+            path_lit(out.path().join("i.db.gz")),
+            lit(r#"{"level": 9, "threads": 1}"#)
+        ),
+    );
+    let ended = Instant::now();
+    let sent = interrupter.join().unwrap();
+    assert!(
+        err.ends_with("interrupted: stopped before finishing, nothing was stored or changed"),
+        "{err}"
+    );
+    assert!(
+        ended.duration_since(sent) < Duration::from_secs(1),
+        "{:?}",
+        ended.duration_since(sent)
+    );
+    assert_eq!(list(out.path()), Vec::<String>::new());
+    assert_alive(&conn);
+}
