@@ -380,7 +380,9 @@ fn stream(job: &StreamJob) -> Result<Streamed> {
     // on disk: a hash-only pass (no compression, nothing written) comes first then, in the
     // same read transaction.
     let sha256 = Sha256Cell::default();
-    let hash_first = req.if_changed || job.store.local_path(job.name).is_none();
+    // (An encrypted backup records no hash: S3 then needs none up front.)
+    let hash_first =
+        req.if_changed || (job.store.local_path(job.name).is_none() && job.recipients.is_none());
     if hash_first {
         crate::progress::phase("hashing", Some(bytes));
         let step = Instant::now();
@@ -486,7 +488,14 @@ fn stream(job: &StreamJob) -> Result<Streamed> {
             upload.abort();
             return Err(e);
         }
-        (Ok(ms), Ok(_)) => ms,
+        (Ok(ms), Ok(read)) if read == bytes => ms,
+        (Ok(_), Ok(read)) => {
+            upload.abort();
+            return Err(Error::new(
+                Kind::Io,
+                format!("the stream had {read} bytes where the database has {bytes}"),
+            ));
+        }
     };
     timings.snapshot = first_pass_ms + copy_ms;
     timings.compress = ms_since(step);

@@ -27,7 +27,7 @@ use crate::ffi::{self, Connection, OpenMode};
 
 /// Bytes of the pipe held in memory before the writer waits (WAL, memory) or spills
 /// (rollback journal).
-pub const PIPE_BYTES: usize = 8 << 20;
+pub const PIPE_BYTES: usize = 4 << 20;
 /// Pages written ahead of their turn (cache order) held until their turn comes.
 const PENDING_BYTES: usize = 16 << 20;
 /// What the pipe's writer gathers before handing on.
