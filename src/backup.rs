@@ -117,7 +117,13 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
             recipients: recipients.clone(),
             started,
         };
-        match stream(&job)? {
+        // Page 1 predicted from the source's (no first pass); if the copy commits another
+        // page 1 than predicted, nothing was stored: again with the first pass.
+        let streamed = match stream(&job, true) {
+            Err(e) if e.message.contains(crate::stream::PAGE1_CHANGED) => stream(&job, false),
+            other => other,
+        };
+        match streamed? {
             Streamed::Done(report) => return Ok(*report),
             Streamed::Instead(why) => {
                 stream_fallback = Some(why);
@@ -326,11 +332,19 @@ enum Streamed {
 /// Method `stream`: the pages go from the backup API through the page sink and a bounded
 /// pipe to compression on another thread, while the calling thread copies (it holds the
 /// caller's connection, and is the one that may ask about interrupts).
-fn stream(job: &StreamJob) -> Result<Streamed> {
+fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
     let req = job.req;
     let source = crate::stream::Source::open(job.conn, &req.schema, req.busy_timeout_ms)?;
     crate::progress::phase("taking a snapshot", None);
-    let (page1, free) = source.capture()?;
+    let predicted = if predict {
+        source.predicted_page1()?
+    } else {
+        None
+    };
+    let (page1, free) = match predicted {
+        Some(page1) => (page1, Ok(crate::stream::FreeList::default())),
+        None => source.capture()?,
+    };
     let header = crate::stream::Header::parse(&page1).map_err(|e| Error::new(Kind::Corrupt, e))?;
     let instead = if source.is_own_file() {
         "VACUUM INTO"
@@ -386,8 +400,7 @@ fn stream(job: &StreamJob) -> Result<Streamed> {
     if hash_first {
         crate::progress::phase("hashing", Some(bytes));
         let step = Instant::now();
-        let hashed = source.emit(&page1, &free, crate::stream::HashOut::default())?;
-        let hex = dbfile::hex(&sha2::Digest::finalize(hashed.hasher));
+        let hex = hash_pass(&source, &page1, &free)?;
         timings.hash = ms_since(step);
         if req.if_changed {
             let identity = req.identity_file.as_deref();
@@ -528,6 +541,34 @@ fn stream(job: &StreamJob) -> Result<Streamed> {
     report.elapsed_ms = ms_since(job.started);
     report.timings_ms = timings;
     Ok(Streamed::Done(Box::new(report)))
+}
+
+/// The stream's sha256 alone: the copy on this thread, the hashing on another (they overlap).
+fn hash_pass(
+    source: &crate::stream::Source,
+    page1: &[u8],
+    free: &crate::stream::FreeList,
+) -> Result<String> {
+    let pipe = crate::stream::Pipe::new(crate::stream::PIPE_BYTES, None);
+    std::thread::scope(|scope| {
+        let mut reader = HashingReader {
+            inner: crate::stream::PipeReader::new(&pipe),
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+        };
+        let hasher = spawn_scoped(scope, "backup-sha256", move || -> io::Result<String> {
+            let mut buf = vec![0u8; 1 << 20];
+            while io::Read::read(&mut reader, &mut buf)? > 0 {}
+            Ok(dbfile::hex(&sha2::Digest::finalize(reader.hasher)))
+        })?;
+        let streamed = source
+            .emit(page1, free, crate::stream::PipeWriter::new(&pipe))
+            .map(|mut w| w.close(Ok(())));
+        let hashed = hasher
+            .join()
+            .map_err(|_| Error::new(Kind::Io, "the hashing thread failed"))?;
+        streamed?;
+        hashed.map_err(|e| Error::io("cannot hash the database", e))
+    })
 }
 
 /// Hashes what compression reads: the stream's sha256 without a second read.

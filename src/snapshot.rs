@@ -272,7 +272,7 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
 }
 
 /// `file://` URI of an absolute path: `%`, `?` and `#` escaped, the rest as SQLite reads it.
-fn file_uri(path: &Path) -> String {
+pub(crate) fn file_uri(path: &Path) -> String {
     let mut uri = String::from("file://");
     for c in path.to_string_lossy().chars() {
         match c {

@@ -3,16 +3,17 @@
 //! through a bounded pipe to compression. No copy of the database is written anywhere.
 //!
 //! Page 1 must be the stream's first bytes, but the destination pager writes it last (it
-//! holds page 1 for the whole transaction, and the backup rewrites it at commit). So a first
-//! pass (`capture`) copies the database and keeps only page 1 as committed; the second pass
-//! (`emit`) starts the stream with it, then checks that its own page 1 is the same bytes. Both
-//! passes run in one read transaction on a second connection (file databases), so they see
-//! the same database.
+//! holds page 1 for the whole transaction, and the backup rewrites it at commit). For a
+//! database file, our reader notes page 1 as it reads it (`ffi::page1_watch`) and the copy's
+//! page 1 is predicted from it (`predicted_page1`). Otherwise a first pass (`capture`) copies
+//! the database and keeps page 1 as committed, and the free list. Either way the pass that
+//! streams checks that its own committed page 1 is the bytes it began with. All passes run in
+//! one read transaction on a second connection (file databases), so they see one database.
 //!
 //! Free space: in every b-tree page the gap between the cell pointers and the cell content
 //! and the bodies of freeblocks are zeroed (a page copy would keep deleted rows there when
-//! `secure_delete` is off). Free pages cannot be told from live ones without the free list,
-//! so a database with free pages is backed up by `VACUUM INTO` instead (see backup.rs).
+//! `secure_delete` is off); free-list leaves are zeros, trunks keep only their list. The free
+//! list is read in the first pass (its trunk pages may come after their leaves).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -34,6 +35,9 @@ const PENDING_BYTES: usize = 16 << 20;
 const CHUNK: usize = 256 << 10;
 /// The lock-byte page holds byte 0x40000000; SQLite never writes it.
 const PENDING_BYTE: u64 = 0x4000_0000;
+
+/// The copy committed another page 1 than the stream began with.
+pub const PAGE1_CHANGED: &str = "the database changed between the two passes of the copy";
 
 /// Facts from page 1's header.
 #[derive(Debug, Clone)]
@@ -423,7 +427,7 @@ impl<O: Out> PageSink for Emit<O> {
         }
         if pgno == 1 {
             if page != self.page1.as_slice() {
-                return Err("the database changed between the two passes of the copy".into());
+                return Err(PAGE1_CHANGED.into());
             }
             self.page1_confirmed = true;
             return Ok(());
@@ -475,21 +479,6 @@ impl<O: Out> PageSink for Emit<O> {
             }
             None => false,
         }
-    }
-}
-
-/// sha256 of the stream, computed where it is produced (the `if_changed` pass).
-#[derive(Default)]
-pub struct HashOut {
-    pub hasher: sha2::Sha256,
-    pub bytes: u64,
-}
-
-impl Out for HashOut {
-    fn put(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
-        sha2::Digest::update(&mut self.hasher, bytes);
-        self.bytes += bytes.len() as u64;
-        Ok(())
     }
 }
 
@@ -774,6 +763,8 @@ fn read_exact_at(mut file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
 /// read transaction for all passes, or the caller's own connection (memory, temp, another VFS).
 pub struct Source<'a> {
     own: Option<Connection>,
+    /// Page 1 as our own connection read it (see `ffi::page1_watch`).
+    watch: Option<crate::ffi::page1_watch::Page1Watch>,
     caller: &'a Connection,
     schema: String,
     busy_ms: u64,
@@ -792,6 +783,7 @@ impl<'a> Source<'a> {
                  locked: COMMIT or ROLLBACK first (a backup holds committed data only)"
             )));
         }
+        let mut watch = None;
         let own = match (&path, &custom_vfs) {
             (Some(path), None) => {
                 // The caller's connection reads first, so it opens the WAL (see snapshot.rs).
@@ -801,7 +793,20 @@ impl<'a> Source<'a> {
                         ffi::quote_identifier(schema)
                     ))
                 });
-                let reader = Connection::open_with_uris(path, OpenMode::ReadOnly)?;
+                // Through the page 1 watch when it can be registered: then the stream needs
+                // no first pass for page 1 (see `predicted_page1`).
+                watch = crate::ffi::page1_watch::Page1Watch::new();
+                let reader = match (&watch, std::path::absolute(path)) {
+                    (Some(w), Ok(absolute)) => {
+                        let uri = format!(
+                            "{}?mode=ro&{}",
+                            crate::snapshot::file_uri(&absolute),
+                            w.uri_parameters()
+                        );
+                        Connection::open_with_uris(std::path::Path::new(&uri), OpenMode::ReadOnly)?
+                    }
+                    _ => Connection::open_with_uris(path, OpenMode::ReadOnly)?,
+                };
                 reader.busy_timeout(busy_ms)?;
                 // One read transaction for every pass: they all see the same database.
                 reader.exec("BEGIN")?;
@@ -820,6 +825,7 @@ impl<'a> Source<'a> {
         };
         Ok(Source {
             own,
+            watch,
             caller: conn,
             schema: schema.to_string(),
             busy_ms,
@@ -851,6 +857,48 @@ impl<'a> Source<'a> {
             )),
             (Err(e), None) => Err(e.context("cannot copy the database pages")),
         }
+    }
+
+    /// The copy's page 1 as the backup will commit it, worked out from the source's page 1 as
+    /// our read transaction read it: the page count at 28, the destination's schema cookie
+    /// (its own, 0, plus one) at 40, its change counter (likewise 1) at 24 and 92, the library's
+    /// version at 96. None when unknown (not our own connection), or when the database has free
+    /// pages (the free list needs the first pass). The copy's own page 1 is compared with it.
+    pub fn predicted_page1(&self) -> Result<Option<Vec<u8>>> {
+        let (Some(own), Some(watch)) = (&self.own, &self.watch) else {
+            return Ok(None);
+        };
+        let Some(mut page1) = watch.page1() else {
+            return Ok(None);
+        };
+        let Ok(header) = Header::parse(&page1) else {
+            return Ok(None);
+        };
+        let page_count: u32 = match own
+            .query_value("PRAGMA main.page_count")?
+            .and_then(|v| v.parse().ok())
+        {
+            Some(n) => n,
+            None => return Ok(None),
+        };
+        if header.freelist != 0 {
+            return Ok(None);
+        }
+        // The pager counts from the destination's own (empty: 0) file, not the copied page.
+        let counter = 1;
+        let version = ffi::libversion_number() as u32;
+        for (at, value) in [
+            (24, counter),
+            (28, page_count),
+            (40, 1),
+            (92, counter),
+            (96, version),
+        ] {
+            if let Some(field) = page1.get_mut(at..at + 4) {
+                field.copy_from_slice(&value.to_be_bytes());
+            }
+        }
+        Ok(Some(page1))
     }
 
     /// First pass: page 1 as the copy commits it, and the free list (or why it is not known).
