@@ -518,3 +518,43 @@ fn an_interrupt_mid_stream_stores_nothing() {
     assert_eq!(list(out.path()), Vec::<String>::new());
     assert_alive(&conn);
 }
+
+#[test]
+fn a_full_temp_dir_while_spilling_fails_clearly_and_leaves_nothing() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let tmpfs = Tmpfs::mount("1m");
+    let dir = tempdir();
+    let db = dir.path().join("rb.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA journal_mode = DELETE;
+         CREATE TABLE b(id INTEGER PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+         INSERT INTO b SELECT i, randomblob(100000) FROM n;",
+    )
+    .unwrap();
+    let dest = dir.path().join("rb.db.gz");
+    let err = call_err(
+        &conn,
+        &format!(
+            "SELECT backup_to_file({}, {})",
+            path_lit(&dest),
+            lit(format!(
+                r#"{{{STREAM}, "level": 9, "threads": 1, "temp_dir": {}}}"#,
+                serde_json::json!(tmpfs.path())
+            ))
+        ),
+    );
+    assert!(err.contains("cannot write the spill file"), "{err}");
+    assert!(
+        err.contains("disk is full") || err.contains("No space"),
+        "{err}"
+    );
+    assert_eq!(list(tmpfs.path()), Vec::<String>::new());
+    assert!(!dest.exists());
+    assert_no_temp_files(dir.path());
+    assert_alive(&conn);
+}
