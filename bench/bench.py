@@ -43,18 +43,23 @@ DEFAULT_SIZES = "64M,256M,1G"
 BUCKET = "bench"
 
 # Contenders in the order of round 1; later rounds rotate it.
-CONTENDERS = ["seed", "s3_gz", "s3_zst", "file_gz", "verify", "verify_seed", "floor", "idle"]
+CONTENDERS = ["seed", "s3_gz", "s3_zst", "s3_gz_vacuum", "s3_zst_vacuum", "file_zst_tmpfs",
+              "file_gz", "verify", "verify_seed", "floor", "idle"]
 LABELS = {
     "seed": "seed: VACUUM INTO + gzip -6 + aws s3 cp",
-    "s3_gz": "backup_to_s3 .gz",
-    "s3_zst": "backup_to_s3 .zst",
+    "s3_gz": "backup_to_s3 .gz (default: stream, the database is in WAL mode)",
+    "s3_zst": "backup_to_s3 .zst (default: stream)",
+    "s3_gz_vacuum": "backup_to_s3 .gz, method vacuum (the default before #14)",
+    "s3_zst_vacuum": "backup_to_s3 .zst, method vacuum (the default before #14)",
+    "file_zst_tmpfs": "backup_to_file .zst, temp_dir on a 64 MiB tmpfs",
     "file_gz": "backup_to_file .gz",
     "verify": "verify_backup (s3 .gz)",
     "verify_seed": "aws s3 cp + gunzip + integrity_check",
     "floor": "snapshot alone (VACUUM INTO)",
     "idle": "sqlite3 + .load, idle (SELECT 1)",
 }
-BACKUPS = ["s3_gz", "s3_zst", "file_gz"]
+BACKUPS = ["s3_gz", "s3_zst", "s3_gz_vacuum", "s3_zst_vacuum", "file_zst_tmpfs", "file_gz"]
+VACUUM = "'{\"method\": \"vacuum\"}'"
 RSS_TARGET_MIB = 64
 
 
@@ -407,16 +412,17 @@ class Bench:
                 "rss_kib": max(s["rss_kib"] for s in steps),
                 "stored_bytes": stored, "steps": steps}
 
-    def c_backup_s3(self, db, key):
+    def c_backup_s3(self, db, key, opts=""):
         try:
-            r = self.ext_call(db, f"SELECT backup_to_s3('s3://{BUCKET}', '{key}')")
+            r = self.ext_call(db, f"SELECT backup_to_s3('s3://{BUCKET}', '{key}'{opts})")
             on_server = os.path.getsize(self.server.object_path(key))
         finally:
             self.server.delete(key)
         rep = r["report"]
         res = {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"],
                "stored_bytes": rep.get("stored_bytes"), "elapsed_ms": rep.get("elapsed_ms"),
-               "parts": rep.get("parts")}
+               "parts": rep.get("parts"), "spilled_bytes": rep.get("spilled_bytes"),
+               "method": rep.get("method")}
         if on_server != rep.get("stored_bytes"):
             res["warning"] = f"stored_bytes {rep.get('stored_bytes')} but the server holds {on_server}"
         return res
@@ -432,6 +438,26 @@ class Bench:
         rep = r["report"]
         return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"], "stored_bytes": stored,
                 "elapsed_ms": rep.get("elapsed_ms")}
+
+    def c_file_zst_tmpfs(self, db):
+        """The stream with temp_dir on a 64 MiB tmpfs: needs no temp space of the database's size."""
+        tmpfs = os.path.join(self.tmp, "tmpfs64")
+        dest = os.path.join(self.tmp, "stream.db.zst")
+        os.makedirs(tmpfs, exist_ok=True)
+        rm(dest)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", tmpfs]).returncode:
+            raise CommandFailed("cannot mount a tmpfs (needs root)")
+        try:
+            opts = '{"temp_dir": "%s"}' % tmpfs
+            r = self.ext_call(db, f"SELECT backup_to_file('{dest}', '{opts}')")
+            stored = os.path.getsize(dest)
+        finally:
+            subprocess.run(["umount", tmpfs])
+            rm(dest)
+        rep = r["report"]
+        return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"], "stored_bytes": stored,
+                "elapsed_ms": rep.get("elapsed_ms"), "spilled_bytes": rep.get("spilled_bytes"),
+                "method": rep.get("method")}
 
     def c_verify(self, db):
         r = self.ext_call(db, f"SELECT verify_backup('s3://{BUCKET}/verify.db.gz')")
@@ -488,6 +514,9 @@ class Bench:
             "seed": lambda: self.c_seed(db),
             "s3_gz": lambda: self.c_backup_s3(db, "db.gz"),
             "s3_zst": lambda: self.c_backup_s3(db, "db.zst"),
+            "s3_gz_vacuum": lambda: self.c_backup_s3(db, "db.gz", ", " + VACUUM),
+            "s3_zst_vacuum": lambda: self.c_backup_s3(db, "db.zst", ", " + VACUUM),
+            "file_zst_tmpfs": lambda: self.c_file_zst_tmpfs(db),
             "file_gz": lambda: self.c_file_gz(db),
             "verify": lambda: self.c_verify(db),
             "verify_seed": lambda: self.c_verify_seed(db),
@@ -499,6 +528,9 @@ class Bench:
 
     def run_size(self, size):
         db = self.database(size)
+        # WAL mode: the stream's back-pressure mode (in rollback mode it would spill). Persistent
+        # in the cached file; the seed's VACUUM INTO reads it the same way.
+        self.runner.run(["sqlite3", db, "PRAGMA journal_mode=WAL"])
         db_bytes = os.path.getsize(db)
         # Warm the page cache once (nothing is ever dropped from it): read the database, and
         # upload the object that verify and verify_seed download in every round.
@@ -579,6 +611,8 @@ class Bench:
             if name in BACKUPS + ["verify"]:
                 em = median(vals(name, "elapsed_ms"))
                 s[name]["reported_elapsed_s"] = em / 1000 if em is not None else None
+                sp = [v for v in vals(name, "spilled_bytes") if v is not None]
+                s[name]["peak_spilled_bytes"] = max(sp) if sp else None
         fl = s["floor"]
         fl["zstd3_t1_s"] = median(vals("floor", "zstd3_t1_s"))
         fl["zstd3_bytes"] = median(vals("floor", "zstd3_bytes"))
@@ -605,7 +639,9 @@ class Bench:
             base = s["verify_seed"]["wall_s"] if name in ("verify", "verify_seed") \
                 else seed["wall_s"]
             c["x_baseline"] = w / base if w is not None and base else None
-            fkey = {"s3_gz": "gzip", "file_gz": "gzip", "s3_zst": "zstd", "seed": "gzip"}.get(name)
+            fkey = {"s3_gz": "gzip", "file_gz": "gzip", "s3_zst": "zstd", "seed": "gzip",
+                    "s3_gz_vacuum": "gzip", "s3_zst_vacuum": "zstd",
+                    "file_zst_tmpfs": "zstd"}.get(name)
             f = floors.get(fkey) if fkey else (snap_s if name == "floor" else None)
             c["x_floor"] = w / f if w is not None and f else None
             # The idle baseline is the same sqlite3 + .load process doing nothing: only the
@@ -614,8 +650,14 @@ class Bench:
                 if c["rss_mib"] is not None and idle is not None \
                 and name in BACKUPS + ["verify"] else None
             c["x_gzip6_size"] = c["stored_bytes"] / gz6 \
-                if c["stored_bytes"] and gz6 and name in ("seed", "s3_gz", "file_gz", "s3_zst") \
+                if c["stored_bytes"] and gz6 and name in ("seed", "s3_gz", "file_gz", "s3_zst",
+                                                          "s3_gz_vacuum", "s3_zst_vacuum") \
                 else None
+        # #14: overlapped pipeline: max(snapshot alone, single-core zstd / cores).
+        if snap_s is not None and fl["zstd3_t1_s"] is not None:
+            s["_floor"]["overlap_zstd_s"] = max(snap_s, fl["zstd3_t1_s"] / self.cores)
+            w = s["s3_zst"]["wall_s"]
+            s["s3_zst"]["x_overlap"] = w / s["_floor"]["overlap_zstd_s"] if w else None
         return s
 
     def targets(self, entry):
@@ -638,6 +680,15 @@ class Bench:
             s["s3_gz"]["x_floor"], 1.3, at_1g)
         add("backup_to_s3 .zst wall ≤ 1.3 × (snapshot + zstd -3 time / cores)",
             s["s3_zst"]["x_floor"], 1.3, at_1g)
+        add("#14 backup_to_s3 .zst (stream) wall ≤ 0.10 × seed pipeline",
+            s["s3_zst"]["x_baseline"], 0.10, at_1g)
+        add("#14 backup_to_s3 .gz (stream) wall ≤ 0.21 × seed pipeline",
+            s["s3_gz"]["x_baseline"], 0.21, at_1g)
+        add("#14 backup_to_s3 .zst (stream) wall ≤ 1.15 × max(snapshot alone, zstd -3 -T1 / cores)",
+            s["s3_zst"].get("x_overlap"), 1.15, at_1g)
+        add("#14 stream with temp_dir on a 64 MiB tmpfs: spilled ≤ 64 MiB",
+            (s["file_zst_tmpfs"].get("peak_spilled_bytes") or 0) / MiB
+            if s["file_zst_tmpfs"]["wall_s"] is not None else None, 64, True, "MiB")
         for name in BACKUPS:
             add(f"{LABELS[name]} peak RSS ≤ idle + {RSS_TARGET_MIB} MiB",
                 s[name]["rss_over_idle_mib"], RSS_TARGET_MIB, True, "MiB")
@@ -686,7 +737,8 @@ class Bench:
         for st in s["seed"].get("steps", []):
             L.append(f"| &nbsp;&nbsp;↳ {st['step']} | {fm(st['wall_s'])} | | | | "
                      f"{fm(st['rss_mib'], '.1f')} | | | | |")
-        for name in ("s3_gz", "s3_zst", "file_gz", "floor"):
+        for name in ("s3_gz", "s3_zst", "s3_gz_vacuum", "s3_zst_vacuum", "file_zst_tmpfs",
+                     "file_gz", "floor"):
             row(name)
         row("verify")
         row("verify_seed")

@@ -45,6 +45,10 @@ pub struct Report {
     /// Why method `pages` was used instead of the default `vacuum`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Method `stream` in rollback-journal mode: bytes compression had not taken yet when the
+    /// copy made them, set aside in an unnamed temp file instead of holding the read lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spilled_bytes: Option<u64>,
     pub compression: &'static str,
     /// Encrypted with age (the name ends in `.age`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -97,10 +101,41 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
     // Everything that can be refused is refused before the snapshot, not after it.
     store.check_put(name, req.create_only)?;
 
+    let mut method = req.method;
+    if method.is_none() && stream_by_default(conn, &req.schema) {
+        method = Some(Method::Stream);
+    }
+    let mut stream_fallback = None;
+    if method == Some(Method::Stream) {
+        let job = StreamJob {
+            conn,
+            store,
+            name,
+            req,
+            codec,
+            level,
+            recipients: recipients.clone(),
+            started,
+        };
+        // Page 1 predicted from the source's (no first pass); if the copy commits another
+        // page 1 than predicted, nothing was stored: again with the first pass.
+        let streamed = match stream(&job, true) {
+            Err(e) if e.message.contains(crate::stream::PAGE1_CHANGED) => stream(&job, false),
+            other => other,
+        };
+        match streamed? {
+            Streamed::Done(report) => return Ok(*report),
+            Streamed::Instead(why) => {
+                stream_fallback = Some(why);
+                method = None;
+            }
+        }
+    }
+
     let snap = snapshot::take(
         conn,
         &req.schema,
-        req.method,
+        method,
         req.busy_timeout_ms,
         &req.temp_dir,
     )?;
@@ -116,7 +151,8 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
     let mut report = Report {
         destination: store.url(name),
         method: snap.method.name(),
-        fallback: snap.fallback.clone(),
+        fallback: stream_fallback.or_else(|| snap.fallback.clone()),
+        spilled_bytes: None,
         compression: codec.name(),
         encrypted: recipients.is_some(),
         bytes: snap.bytes,
@@ -250,6 +286,303 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
     report.elapsed_ms = ms_since(started);
     report.timings_ms = timings;
     Ok(report)
+}
+
+/// Method `stream` is the default where the copy can wait for compression without holding
+/// anyone up: WAL databases (readers never block writers) and databases that are not a file
+/// of the default VFS (memory, temp, memdb). A rollback-journal file keeps `vacuum`: there the
+/// stream would have to spill what compression has not taken yet (see README).
+fn stream_by_default(conn: &Connection, schema: &str) -> bool {
+    if !crate::ffi::page_sink::available() {
+        return false;
+    }
+    let Ok(path) = conn.filename(schema) else {
+        return false;
+    };
+    let Some(path) = path else {
+        return true;
+    };
+    if !matches!(conn.custom_vfs(schema), Ok(None)) {
+        return true;
+    }
+    // Header bytes 18-19 are 2 in WAL mode (what the file says, whoever opened it).
+    std::fs::File::open(&path)
+        .ok()
+        .and_then(|mut f| dbfile::database_header(&mut f).ok().flatten())
+        .is_some_and(|h| h.get(18) == Some(&2))
+}
+
+struct StreamJob<'a> {
+    conn: &'a Connection,
+    store: &'a dyn Store,
+    name: &'a str,
+    req: &'a Request,
+    codec: Codec,
+    level: u32,
+    recipients: Option<std::sync::Arc<crate::crypt::Recipients>>,
+    started: Instant,
+}
+
+enum Streamed {
+    Done(Box<Report>),
+    /// Streaming would keep something it must not (free pages): why, for the fallback.
+    Instead(String),
+}
+
+/// Method `stream`: the pages go from the backup API through the page sink and a bounded
+/// pipe to compression on another thread, while the calling thread copies (it holds the
+/// caller's connection, and is the one that may ask about interrupts).
+fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
+    let req = job.req;
+    let source = crate::stream::Source::open(job.conn, &req.schema, req.busy_timeout_ms)?;
+    crate::progress::phase("taking a snapshot", None);
+    let predicted = if predict {
+        source.predicted_page1()?
+    } else {
+        None
+    };
+    let (page1, free) = match predicted {
+        Some(page1) => (page1, Ok(crate::stream::FreeList::default())),
+        None => source.capture()?,
+    };
+    let header = crate::stream::Header::parse(&page1).map_err(|e| Error::new(Kind::Corrupt, e))?;
+    let instead = if source.is_own_file() {
+        "VACUUM INTO"
+    } else {
+        "the page copy"
+    };
+    // Free pages hold deleted data: the stream zeroes them, when it knows which they are.
+    let free = match free {
+        Ok(free) if header.page_count < 1 << 24 => free,
+        Ok(_) => {
+            return Ok(Streamed::Instead(format!(
+                "the database has {} pages, more than the stream tells apart: copied with \
+                 {instead} instead",
+                header.page_count
+            )))
+        }
+        Err(why) => {
+            return Ok(Streamed::Instead(format!(
+                "the free pages cannot be zeroed ({why}): copied with {instead} instead"
+            )))
+        }
+    };
+    let first_pass_ms = ms_since(job.started);
+    let mut timings = Timings::default();
+    let bytes = u64::from(header.page_count) * header.page_size as u64;
+    let mut report = Report {
+        destination: job.store.url(job.name),
+        method: Method::Stream.name(),
+        fallback: None,
+        spilled_bytes: Some(0),
+        compression: job.codec.name(),
+        encrypted: job.recipients.is_some(),
+        bytes,
+        stored_bytes: 0,
+        sha256: String::new(),
+        page_size: header.page_size as u32,
+        page_count: u64::from(header.page_count),
+        elapsed_ms: 0,
+        timings_ms: Timings::default(),
+        etag: None,
+        parts: 0,
+        skipped: false,
+        same_as: None,
+    };
+    // The hash is known only once everything went through. `if_changed` needs it first, and
+    // a store that records it before the upload (S3 metadata) would otherwise park every part
+    // on disk: a hash-only pass (no compression, nothing written) comes first then, in the
+    // same read transaction.
+    let sha256 = Sha256Cell::default();
+    // (An encrypted backup records no hash: S3 then needs none up front.)
+    let hash_first =
+        req.if_changed || (job.store.local_path(job.name).is_none() && job.recipients.is_none());
+    if hash_first {
+        crate::progress::phase("hashing", Some(bytes));
+        let step = Instant::now();
+        let hex = hash_pass(&source, &page1, &free)?;
+        timings.hash = ms_since(step);
+        if req.if_changed {
+            let identity = req.identity_file.as_deref();
+            if let Some(same) = newest_with_same_content(job.store, &req.series, &hex, identity)? {
+                report.sha256 = hex;
+                report.skipped = true;
+                report.same_as = Some(same);
+                report.spilled_bytes = None;
+                timings.snapshot = first_pass_ms;
+                report.elapsed_ms = ms_since(job.started);
+                report.timings_ms = timings;
+                return Ok(Streamed::Done(Box::new(report)));
+            }
+        }
+        sha256.set(Ok(hex));
+    }
+    let meta = PutMeta {
+        sha256: if job.recipients.is_some() {
+            Sha256Cell::ready(String::new())
+        } else {
+            sha256.clone()
+        },
+        backup_time: req.time,
+        create_only: req.create_only,
+        temp_dir: req.temp_dir.clone(),
+    };
+    // WAL and memory databases let writers go on while we read: the copy waits for
+    // compression. In rollback-journal mode our read lock blocks every writer: the copy never
+    // waits, what compression has not taken yet goes to an unnamed temp file.
+    let spill_dir = (source.is_own_file() && !header.wal).then(|| req.temp_dir.clone());
+    let pipe = crate::stream::Pipe::new(crate::stream::PIPE_BYTES, spill_dir);
+    let step = Instant::now();
+    let upload = job.store.put(job.name, &meta)?;
+    let meter = crate::progress::phase("compressing and storing", Some(bytes));
+    let (codec, level, threads) = (job.codec, job.level, req.threads);
+    let recipients = job.recipients.clone();
+    let (streamed, compressed) = std::thread::scope(|scope| -> Result<_> {
+        let reader = crate::stream::PipeReader::new(&pipe);
+        let worker = spawn_scoped(scope, "backup-stream", move || {
+            let mut input = HashingReader {
+                inner: Metered {
+                    inner: reader,
+                    meter,
+                },
+                hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            };
+            let mut counted = CountingWriter {
+                inner: upload,
+                count: 0,
+            };
+            let result = match &recipients {
+                None => codec::compress(&mut input, &mut counted, codec, level, threads),
+                Some(r) => crate::crypt::encrypt(r, &mut counted).and_then(|mut sealed| {
+                    let read = codec::compress(&mut input, &mut sealed, codec, level, threads)?;
+                    sealed
+                        .finish()
+                        .map_err(|e| Error::io("cannot finish encryption", e))?;
+                    Ok(read)
+                }),
+            };
+            let hex = dbfile::hex(&sha2::Digest::finalize(input.hasher));
+            (result, counted, hex)
+        })?;
+        let writer = crate::stream::PipeWriter::new(&pipe);
+        let copy_start = Instant::now();
+        // A failed pass drops the writer, which ends the stream with an error.
+        let streamed = source
+            .emit(&page1, &free, writer)
+            .map(|mut w| w.close(Ok(())));
+        // The read transaction ends here, not when compression does: in rollback-journal
+        // mode writers wait only for the copy.
+        drop(source);
+        let copy_ms = ms_since(copy_start);
+        // Compression finishes on its thread; interrupts are this thread's to see.
+        let mut interrupted = Ok(());
+        while !worker.is_finished() {
+            if interrupted.is_ok() {
+                if let Err(e) = crate::interrupt::check() {
+                    pipe.abort();
+                    interrupted = Err(e);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let joined = worker
+            .join()
+            .map_err(|_| Error::new(Kind::Io, "the compression thread failed"))?;
+        interrupted?;
+        Ok((streamed.map(|_| copy_ms), joined))
+    })?;
+    let (compressed, counted, hex) = compressed;
+    let CountingWriter {
+        inner: upload,
+        count,
+    } = counted;
+    let copy_ms = match (streamed, compressed) {
+        (Err(e), _) | (Ok(_), Err(e)) => {
+            upload.abort();
+            return Err(e);
+        }
+        (Ok(ms), Ok(read)) if read == bytes => ms,
+        (Ok(_), Ok(read)) => {
+            upload.abort();
+            return Err(Error::new(
+                Kind::Io,
+                format!("the stream had {read} bytes where the database has {bytes}"),
+            ));
+        }
+    };
+    timings.snapshot = first_pass_ms + copy_ms;
+    timings.compress = ms_since(step);
+    if hash_first {
+        if sha256.wait()? != hex {
+            upload.abort();
+            return Err(Error::new(
+                Kind::Io,
+                "the database changed between the hash and the copy (this should not happen \
+                 within one read transaction): nothing was stored, try again",
+            ));
+        }
+    } else {
+        sha256.set(Ok(hex.clone()));
+    }
+    if let Err(e) = crate::interrupt::check() {
+        upload.abort();
+        return Err(e);
+    }
+    let step = Instant::now();
+    crate::progress::phase("committing", None);
+    let stored = upload.commit()?;
+    timings.commit = ms_since(step);
+    report.spilled_bytes = Some(pipe.spilled().0);
+    report.sha256 = hex;
+    report.destination = stored.url;
+    report.stored_bytes = count;
+    report.etag = stored.etag;
+    report.parts = stored.parts;
+    report.elapsed_ms = ms_since(job.started);
+    report.timings_ms = timings;
+    Ok(Streamed::Done(Box::new(report)))
+}
+
+/// The stream's sha256 alone: the copy on this thread, the hashing on another (they overlap).
+fn hash_pass(
+    source: &crate::stream::Source,
+    page1: &[u8],
+    free: &crate::stream::FreeList,
+) -> Result<String> {
+    let pipe = crate::stream::Pipe::new(crate::stream::PIPE_BYTES, None);
+    std::thread::scope(|scope| {
+        let mut reader = HashingReader {
+            inner: crate::stream::PipeReader::new(&pipe),
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+        };
+        let hasher = spawn_scoped(scope, "backup-sha256", move || -> io::Result<String> {
+            let mut buf = vec![0u8; 1 << 20];
+            while io::Read::read(&mut reader, &mut buf)? > 0 {}
+            Ok(dbfile::hex(&sha2::Digest::finalize(reader.hasher)))
+        })?;
+        let streamed = source
+            .emit(page1, free, crate::stream::PipeWriter::new(&pipe))
+            .map(|mut w| w.close(Ok(())));
+        let hashed = hasher
+            .join()
+            .map_err(|_| Error::new(Kind::Io, "the hashing thread failed"))?;
+        streamed?;
+        hashed.map_err(|e| Error::io("cannot hash the database", e))
+    })
+}
+
+/// Hashes what compression reads: the stream's sha256 without a second read.
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: io::Read> io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, buf.get(..n).unwrap_or_default());
+        Ok(n)
+    }
 }
 
 /// The newest backup in the series, if its content equals `sha256`. Stores that record the

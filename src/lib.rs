@@ -26,6 +26,7 @@ mod retention;
 mod snapshot;
 mod sql;
 pub mod store;
+mod stream;
 mod temp;
 mod threads;
 mod verify;

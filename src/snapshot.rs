@@ -20,6 +20,8 @@ use crate::temp::{self, NamedTemp};
 pub enum Method {
     Vacuum,
     Pages,
+    /// The pages streamed to compression, no copy on disk (stream.rs).
+    Stream,
 }
 
 impl Method {
@@ -27,6 +29,7 @@ impl Method {
         match self {
             Method::Vacuum => "vacuum",
             Method::Pages => "pages",
+            Method::Stream => "stream",
         }
     }
 }
@@ -185,7 +188,10 @@ fn open_write_transaction(schema: &str) -> Error {
 
 /// Runs `f` with the caller's busy timeout off, then puts it back. Our own waits are bounded
 /// by `busy_timeout_ms`; the caller's handler would wait for its own timeout instead.
-fn without_busy_handler<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn without_busy_handler<T>(
+    conn: &Connection,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let callers_timeout: u64 = conn
         .query_value("PRAGMA busy_timeout")?
         .and_then(|v| v.parse().ok())
@@ -266,7 +272,7 @@ fn vacuum_into(source: &Path, dest: &Path, busy_ms: u64) -> Result<()> {
 }
 
 /// `file://` URI of an absolute path: `%`, `?` and `#` escaped, the rest as SQLite reads it.
-fn file_uri(path: &Path) -> String {
+pub(crate) fn file_uri(path: &Path) -> String {
     let mut uri = String::from("file://");
     for c in path.to_string_lossy().chars() {
         match c {

@@ -103,6 +103,9 @@ fn backup_falls_back_to_the_page_copy_and_says_why() {
     fs::create_dir(&tmp).unwrap();
     let src = dir.path().join("app.db");
     let conn = make_app_db(&src);
+    // Rollback mode, whose default is `vacuum` (a WAL database streams its pages, which needs
+    // no definitions: tests/streaming.rs).
+    conn.execute_batch("PRAGMA journal_mode = DELETE").unwrap();
     let expected = digest_conn(&conn, "main");
     let opts = format!(r#"{{"temp_dir": {}}}"#, serde_json::json!(tmp));
 
@@ -184,6 +187,7 @@ fn backup_to_s3_falls_back_too() {
     server.create_bucket("apps");
     let dir = tempdir();
     let conn = make_app_db(&dir.path().join("app.db"));
+    conn.execute_batch("PRAGMA journal_mode = DELETE").unwrap(); // default `vacuum`
     let r = call_json(
         &conn,
         &format!(

@@ -520,7 +520,13 @@ fn a_memdb_database_is_backed_up_from_memory_not_from_a_file_of_the_same_name() 
         ),
         None,
     );
-    assert_eq!(out.stdout.trim(), "pages", "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "stream",
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
     assert!(out.stderr.contains("uses VFS 'memdb'"), "{}", out.stderr);
     let read = sqlite3_plain(&dir.join("auto.db"), "SELECT v FROM t;");
     read.assert_ok();

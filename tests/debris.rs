@@ -456,9 +456,14 @@ fn a_full_temp_dir_fails_clearly_and_leaves_nothing() {
 
     let memory = open_memory();
     memory.execute_batch(fill).unwrap();
+    // (The default for memory, `stream`, needs no temp space at all: tests/streaming.rs.)
+    let pages = lit(format!(
+        r#"{{"temp_dir": "{}", "method": "pages"}}"#,
+        full.0.display()
+    ));
     let err = call_err(
         &memory,
-        &format!("SELECT backup_to_file({}, {options})", path_lit(&dest)),
+        &format!("SELECT backup_to_file({}, {pages})", path_lit(&dest)),
     );
     assert!(err.contains("disk is full"), "{err}");
     assert!(err.starts_with("backup_to_file: "), "{err}");

@@ -637,7 +637,8 @@ fn interrupt_during_a_pages_snapshot() {
         &format!(
             "SELECT backup_to_file({}, {})",
             path_lit(dir.path().join("m.db")),
-            opts(&temp)
+            // The default for memory is the stream (no temp file to watch): pages here.
+            lit(serde_json::json!({ "temp_dir": temp, "method": "pages" }).to_string())
         ),
     );
     assert_eq!(list(dir.path()), ["tmp"]);

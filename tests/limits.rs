@@ -427,7 +427,7 @@ fn a_full_disk_on_another_thread_does_not_fail_this_backup() {
         std::thread::spawn(move || {
             let conn = open(&db);
             let sql = format!(
-                "SELECT backup_to_file({}, '{{\"temp_dir\": {}}}')",
+                "SELECT backup_to_file({}, '{{\"method\": \"vacuum\", \"temp_dir\": {}}}')",
                 path_lit(dir_of(&db).join("failing.db.gz")),
                 serde_json::to_string(small.to_str().unwrap()).unwrap()
             );
@@ -445,7 +445,7 @@ fn a_full_disk_on_another_thread_does_not_fail_this_backup() {
     };
     let conn = open(&db);
     let sql = format!(
-        "SELECT backup_to_file({}, '{{\"temp_dir\": {}}}')",
+        "SELECT backup_to_file({}, '{{\"method\": \"vacuum\", \"temp_dir\": {}}}')",
         path_lit(healthy_dir.join("app.db.gz")),
         serde_json::to_string(healthy_dir.to_str().unwrap()).unwrap()
     );

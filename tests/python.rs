@@ -154,6 +154,6 @@ conn.close()
 "#,
         &[d],
     );
-    assert_eq!(lines[0]["result"]["method"], "vacuum", "{lines:?}");
+    assert_eq!(lines[0]["result"]["method"], "stream", "{lines:?}");
     assert_eq!(list(&src_dir), ["app.db"], "left beside the source");
 }
