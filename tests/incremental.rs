@@ -163,3 +163,316 @@ fn a_chain_across_codecs_restores_every_backup_byte_for_byte() {
     }
     assert_no_temp_files(&dir.path().join("b"));
 }
+
+fn name_of(url: &str) -> &str {
+    Path::new(url).file_name().unwrap().to_str().unwrap()
+}
+
+/// Writes `bytes` over `path`, keeping its modification time (the backup's time).
+fn rewrite(path: &Path, bytes: &[u8]) {
+    let modified = fs::metadata(path).unwrap().modified().unwrap();
+    fs::write(path, bytes).unwrap();
+    let file = fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(modified).unwrap();
+}
+
+#[test]
+fn a_missing_or_damaged_link_is_named_and_the_next_backup_starts_a_new_chain() {
+    let (dir, conn) = setup();
+    let taken = chain(&conn, dir.path(), 5, "");
+    let b = dir.path().join("b");
+    let newest = &taken[4].url;
+    let dest = dir.path().join("out.db");
+    let restore_err = |url: &str| {
+        call_err(
+            &conn,
+            &format!("SELECT restore_backup({}, {})", lit(url), path_lit(&dest)),
+        )
+    };
+
+    // A damaged page in an uncompressed incremental (app-0002.db): named, with who needs it.
+    let damaged = b.join(name_of(&taken[2].url));
+    let good = fs::read(&damaged).unwrap();
+    let mut bad = good.clone();
+    let pos = bad.len() - 100;
+    bad[pos] ^= 0xff;
+    rewrite(&damaged, &bad);
+    let err = restore_err(newest);
+    assert!(
+        err.contains(&format!(
+            "backup {} (needed by {newest}) is damaged: page",
+            damaged.display()
+        )),
+        "{err}"
+    );
+    let err = call_err(
+        &conn,
+        &format!("SELECT verify_backup({})", lit(&taken[2].url)),
+    );
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(!dest.exists());
+    rewrite(&damaged, &good);
+
+    // A damaged full backup.
+    let full = b.join(name_of(&taken[0].url));
+    let good_full = fs::read(&full).unwrap();
+    let mut bad = good_full.clone();
+    let pos = bad.len() / 2;
+    bad[pos] ^= 0xff;
+    rewrite(&full, &bad);
+    let err = restore_err(newest);
+    assert!(err.contains(&format!("backup {}", full.display())), "{err}");
+    assert!(err.contains("is damaged"), "{err}");
+    rewrite(&full, &good_full);
+
+    // A damaged page list.
+    let pages = b.join(format!("{}.pages", name_of(&taken[3].url)));
+    let good_pages = fs::read(&pages).unwrap();
+    let mut bad = good_pages.clone();
+    let pos = bad.len() - 40;
+    bad[pos] ^= 0xff;
+    rewrite(&pages, &bad);
+    let err = restore_err(newest);
+    assert!(
+        err.contains(&format!("{} is damaged", pages.display())),
+        "{err}"
+    );
+    rewrite(&pages, &good_pages);
+
+    // A missing link (the gz incremental).
+    let missing = b.join(name_of(&taken[1].url));
+    fs::remove_file(&missing).unwrap();
+    let err = restore_err(newest);
+    assert!(
+        err.contains(&format!(
+            "backup {} is missing, and {newest} builds on it",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    assert_no_temp_files(&b);
+    // Backups that do not need it still restore.
+    let restored = restore(&conn, &taken[0].url, dir.path());
+    assert_eq!(sha_of(&restored), taken[0].sha256);
+    // A missing page list.
+    fs::remove_file(b.join(format!("{}.pages", name_of(&taken[2].url)))).unwrap();
+    let err = restore_err(&taken[2].url);
+    assert!(err.contains("is missing"), "{err}");
+
+    // The next backup cannot build on a broken chain: a full one, which says why.
+    activity(&conn, 9);
+    let out = backup(
+        &conn,
+        &b.join("app-%H%M.zst"),
+        &format!(
+            r#"{{"incremental": true, "match": "app-*", "now": "{}"}}"#,
+            at(10)
+        ),
+    );
+    assert_eq!(out["kind"], "full", "{out}");
+    assert!(
+        out["full_reason"]
+            .as_str()
+            .unwrap()
+            .contains("its chain cannot be read"),
+        "{out}"
+    );
+    let restored = restore(&conn, out["destination"].as_str().unwrap(), dir.path());
+    assert_eq!(digest(&restored), digest_conn(&conn, "main"));
+}
+
+#[test]
+fn retention_keeps_what_a_kept_backup_needs_and_deletes_whole_chains() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    let taken = chain(&conn, dir.path(), 5, "");
+    // keep_last 2 on a chain of 5: the newest two need every older one.
+    let out = call_json(
+        &conn,
+        &format!(
+            r#"SELECT backup_prune({}, '{{"keep_last": 2, "dry_run": true, "match": "app-*"}}')"#,
+            path_lit(&b)
+        ),
+    );
+    assert_eq!(out["deleted"], serde_json::json!([]), "{out}");
+    let kept = out["kept"].as_array().unwrap();
+    assert_eq!(kept.len(), 5, "{out}");
+    let full = &kept[4];
+    assert_eq!(full["name"], name_of(&taken[0].url));
+    assert_eq!(
+        full["reasons"],
+        serde_json::json!([format!("needed by {}", name_of(&taken[1].url))])
+    );
+    // Page lists are not rows of their own.
+    assert!(!out.to_string().contains(".pages"), "{out}");
+
+    // A second chain (full_every 2 from here): the first chain can go, page lists with it.
+    let mut names = Vec::new();
+    for i in 5..8 {
+        activity(&conn, i);
+        let out = backup(
+            &conn,
+            &b.join("app-%H%M.zst"),
+            &format!(
+                r#"{{"incremental": true, "full_every": 2, "match": "app-*", "now": "{}",
+                     "keep": {{"keep_last": 1}}}}"#,
+                at(i)
+            ),
+        );
+        names.push((
+            out["kind"].clone(),
+            out["destination"].as_str().unwrap().to_string(),
+        ));
+    }
+    // 5 is a full (the chain had 5 backups: full_every 2 reached), 6 builds on it, 7 a full.
+    let kinds: Vec<&str> = names.iter().map(|(k, _)| k.as_str().unwrap()).collect();
+    assert_eq!(kinds, ["full", "incremental", "full"]);
+    let left = list(&b);
+    let newest = name_of(&names[2].1);
+    assert_eq!(left, [newest.to_string(), format!("{newest}.pages")]);
+    let restored = restore(&conn, &names[2].1, dir.path());
+    assert_eq!(digest(&restored), digest_conn(&conn, "main"));
+}
+
+#[test]
+fn backup_list_shows_kind_and_base_and_no_page_lists() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    let taken = chain(&conn, dir.path(), 3, "");
+    let mut stmt = conn
+        .prepare("SELECT name, kind, base, backup FROM backup_list(?1) ORDER BY name")
+        .unwrap();
+    let rows: Vec<(String, Option<String>, Option<String>, i64)> = stmt
+        .query_map([b.to_str().unwrap()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let n = |i: usize| name_of(&taken[i].url).to_string();
+    assert_eq!(
+        rows,
+        [
+            (n(0), Some("full".into()), None, 1),
+            (n(1), Some("incremental".into()), Some(n(0)), 1),
+            (n(2), Some("incremental".into()), Some(n(1)), 1),
+        ]
+    );
+    // restore_backup newest picks the newest incremental and rebuilds it.
+    let dest = dir.path().join("newest.db");
+    let out = call_json(
+        &conn,
+        &format!(
+            r#"SELECT restore_backup({}, {}, '{{"newest": true}}')"#,
+            path_lit(&b),
+            path_lit(&dest)
+        ),
+    );
+    assert_eq!(out["location"], taken[2].url.as_str(), "{out}");
+    assert_eq!(sha_of(&dest), taken[2].sha256);
+}
+
+#[test]
+fn if_changed_skips_an_unchanged_database_and_full_every_policies() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    let run = |minute: u32, extra: &str| {
+        backup(
+            &conn,
+            &b.join("app-%H%M.zst"),
+            &format!(r#"{{"incremental": true, "now": "{}"{extra}}}"#, at(minute)),
+        )
+    };
+    let first = run(0, r#", "full_every": "1h""#);
+    assert_eq!(first["kind"], "full");
+    let skipped = run(1, r#", "if_changed": true"#);
+    assert_eq!(skipped["skipped"], true, "{skipped}");
+    assert_eq!(skipped["same_as"], first["destination"]);
+    assert_eq!(list(&b).len(), 2);
+    activity(&conn, 1);
+    let second = run(30, r#", "full_every": "1h", "if_changed": true"#);
+    assert_eq!(second["kind"], "incremental", "{second}");
+    let skipped = run(31, r#", "if_changed": true"#);
+    assert_eq!(skipped["same_as"], second["destination"]);
+    // An hour after the full: a new full.
+    activity(&conn, 2);
+    let third = run(61, r#", "full_every": "1h""#);
+    assert_eq!(third["kind"], "full", "{third}");
+    assert!(third["full_reason"]
+        .as_str()
+        .unwrap()
+        .contains("full_every"));
+    // Most pages rewritten twice: the second time, the chain would store more than a full.
+    let rewrite = "UPDATE orders SET payload = randomblob(200)";
+    conn.execute_batch(rewrite).unwrap();
+    let fourth = run(62, "");
+    assert_eq!(fourth["kind"], "incremental", "{fourth}");
+    conn.execute_batch(rewrite).unwrap();
+    let fifth = run(63, "");
+    assert_eq!(fifth["kind"], "full", "{fifth}");
+    assert_eq!(
+        fifth["full_reason"],
+        "the chain would store more than a new full backup"
+    );
+    // full_every 1: every backup is full.
+    activity(&conn, 3);
+    assert_eq!(run(64, r#", "full_every": 1"#)["kind"], "full");
+}
+
+#[test]
+fn bad_options_are_refused_before_any_work() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    let err_for = |pattern: &str, options: &str| {
+        call_err(
+            &conn,
+            &format!(
+                "SELECT backup_to_file({}, {})",
+                path_lit(b.join(pattern)),
+                lit(options)
+            ),
+        )
+    };
+    let cases = [
+        (
+            "a.zst",
+            r#"{"full_every": 3}"#,
+            "option 'full_every' goes with",
+        ),
+        (
+            "a.zst",
+            r#"{"incremental": true, "full_every": 0}"#,
+            "must be a count from 1",
+        ),
+        (
+            "a.zst",
+            r#"{"incremental": true, "full_every": "soon"}"#,
+            "cannot read 'soon'",
+        ),
+        (
+            "a.zst",
+            r#"{"incremental": true, "method": "vacuum"}"#,
+            "drop method 'vacuum'",
+        ),
+        (
+            "a.zst.age",
+            r#"{"incremental": true, "recipients": ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]}"#,
+            "cannot be combined with encryption",
+        ),
+    ];
+    for (pattern, options, expected) in cases {
+        let err = err_for(pattern, options);
+        assert!(err.starts_with("backup_to_file: "), "{err}");
+        assert!(err.contains(expected), "{options}: {err}");
+    }
+    assert_eq!(list(&b), Vec::<String>::new());
+    // A name that exists is never replaced (later backups may build on it).
+    backup(&conn, &b.join("same.zst"), r#"{"incremental": true}"#);
+    let err = err_for("same.zst", r#"{"incremental": true}"#);
+    assert!(
+        err.contains("an incremental backup never replaces one"),
+        "{err}"
+    );
+    assert_eq!(list(&b), ["same.zst", "same.zst.pages"]);
+}
