@@ -476,3 +476,189 @@ fn bad_options_are_refused_before_any_work() {
     );
     assert_eq!(list(&b), ["same.zst", "same.zst.pages"]);
 }
+
+/// The page list is stored, then the sqlite3 CLI is killed while it compresses the
+/// incremental's pages: the previous chain restores, the lone page list is not a backup, and
+/// the next backup builds on the previous chain and removes it; no temp file stays.
+#[test]
+fn kill_9_mid_incremental_leaves_the_previous_chain_intact() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempdir();
+    let b = dir.path().join("b");
+    let tmp = dir.path().join("tmp");
+    fs::create_dir(&b).unwrap();
+    fs::create_dir(&tmp).unwrap();
+    let (conn, _) = big_db(dir.path());
+    let options = |minute: u32| {
+        format!(
+            r#"{{"incremental": true, "match": "big-*", "now": "{}", "temp_dir": {}, "level": 19, "threads": 1}}"#,
+            at(minute),
+            serde_json::Value::from(tmp.to_str().unwrap())
+        )
+    };
+    let pattern = b.join("big-%H%M.zst");
+    let sql = |minute: u32| {
+        format!(
+            "SELECT backup_to_file({}, {});",
+            path_lit(&pattern),
+            lit(options(minute))
+        )
+    };
+    let first = call_json(&conn, &sql(0).replace(';', ""));
+    assert_eq!(first["kind"], "full");
+    conn.execute_batch("UPDATE blobs SET data = randomblob(100000) WHERE id = 1")
+        .unwrap();
+    let second = call_json(&conn, &sql(1).replace(';', ""));
+    assert_eq!(second["kind"], "incremental");
+    // Half the pages change: the level-19 compression of the next one takes seconds.
+    conn.execute_batch("UPDATE blobs SET data = randomblob(100000) WHERE id % 2 = 0")
+        .unwrap();
+    let mut child = Command::new(SQLITE3)
+        .arg("-bail")
+        .arg("-cmd")
+        .arg(format!(".load {}", ext_load_name()))
+        .arg(dir.path().join("big.db"))
+        .arg(sql(2))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pages = b.join("big-0002.zst.pages");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pages.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "sqlite3 ended early");
+        assert!(Instant::now() < deadline, "no page list after 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!b.join("big-0002.zst").exists(), "killed too late");
+
+    // The previous chain is whole; the lone page list is no backup.
+    let dest = dir.path().join("restored.db");
+    let out = call_json(
+        &conn,
+        &format!(
+            r#"SELECT restore_backup({}, {}, '{{"newest": true}}')"#,
+            path_lit(&b),
+            path_lit(&dest)
+        ),
+    );
+    assert_eq!(out["sha256"], second["sha256"], "{out}");
+    let backups: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM backup_list(?1) WHERE backup = 1",
+            [b.to_str().unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(backups, 2);
+
+    // The next backup continues the chain and removes the page list; nothing else is left.
+    let next = call_json(&conn, &sql(3).replace(';', ""));
+    assert_eq!(next["kind"], "incremental", "{next}");
+    assert_eq!(next["base"], "big-0001.zst");
+    assert!(!pages.exists());
+    assert_eq!(list(&tmp), Vec::<String>::new());
+    assert_no_temp_files(&b);
+    let restored = restore(&conn, next["destination"].as_str().unwrap(), dir.path());
+    assert_eq!(sha_of(&restored), next["sha256"].as_str().unwrap());
+}
+
+#[test]
+fn an_s3_chain_restores_lists_and_prunes() {
+    use common::s3server::S3Server;
+    let server = S3Server::start();
+    server.create_bucket("bkt");
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    make_sample_db(&db, Journal::Wal, 3000);
+    let conn = open(&db);
+    let s3 = server.options_json();
+    let mut taken = Vec::new();
+    for i in 0..3 {
+        if i > 0 {
+            activity(&conn, i);
+        }
+        let mut opts = s3.clone();
+        opts["incremental"] = true.into();
+        opts["now"] = at(i).into();
+        let out = call_json(
+            &conn,
+            &format!(
+                "SELECT backup_to_s3('s3://bkt/app', 'db-%H%M.zst', {})",
+                lit(opts.to_string())
+            ),
+        );
+        taken.push(out);
+    }
+    assert_eq!(taken[0]["kind"], "full");
+    assert_eq!(taken[2]["kind"], "incremental");
+    assert_eq!(taken[2]["base"], "db-0001.zst");
+    let s3_lit = lit(s3.to_string());
+    for t in &taken {
+        let dest = dir.path().join(format!("r-{}.db", fastrand_name()));
+        let out = call_json(
+            &conn,
+            &format!(
+                "SELECT restore_backup({}, {}, {s3_lit})",
+                lit(t["destination"].as_str().unwrap()),
+                path_lit(&dest)
+            ),
+        );
+        assert_eq!(out["sha256"], t["sha256"], "{out}");
+        assert_eq!(sha_of(&dest), t["sha256"].as_str().unwrap());
+    }
+    let rows: Vec<(String, Option<String>, Option<String>)> = conn
+        .prepare("SELECT name, kind, base FROM backup_list('s3://bkt/app', ?1) ORDER BY name")
+        .unwrap()
+        .query_map([s3.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("db-0000.zst".into(), Some("full".into()), None),
+            (
+                "db-0001.zst".into(),
+                Some("incremental".into()),
+                Some("db-0000.zst".into())
+            ),
+            (
+                "db-0002.zst".into(),
+                Some("incremental".into()),
+                Some("db-0001.zst".into())
+            ),
+        ]
+    );
+    let mut prune = s3.clone();
+    prune["keep_last"] = 1.into();
+    let out = call_json(
+        &conn,
+        &format!(
+            "SELECT backup_prune('s3://bkt/app', {})",
+            lit(prune.to_string())
+        ),
+    );
+    assert_eq!(out["deleted"], serde_json::json!([]), "{out}");
+    assert_eq!(out["kept"].as_array().unwrap().len(), 3, "{out}");
+    // From the bucket's root the names carry the prefix: the chain is still followed.
+    prune["match"] = "app/*".into();
+    prune["dry_run"] = true.into();
+    let out = call_json(
+        &conn,
+        &format!(
+            "SELECT backup_prune('s3://bkt', {})",
+            lit(prune.to_string())
+        ),
+    );
+    assert_eq!(out["deleted"], serde_json::json!([]), "{out}");
+    assert_eq!(
+        out["kept"][2]["reasons"],
+        serde_json::json!(["needed by app/db-0001.zst"]),
+        "{out}"
+    );
+}

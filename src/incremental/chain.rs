@@ -58,6 +58,9 @@ pub fn walk(store: &dyn Store, name: &str, full_hashes: bool) -> Result<Vec<Link
     let mut at = name.to_string();
     let mut expected_depth: Option<u32> = None;
     let mut full: Option<String> = None;
+    // Names in page lists are relative to the location the backups were taken in; `name` may
+    // carry more (an S3 prefix when one backup is opened by its URL): that part is kept.
+    let mut prefix: Option<String> = None;
     loop {
         if links.len() >= MAX_LINKS {
             return Err(Error::corrupt(format!(
@@ -96,7 +99,9 @@ pub fn walk(store: &dyn Store, name: &str, full_hashes: bool) -> Result<Vec<Link
             return Err(broken("its kind and depth disagree"));
         }
         full = Some(h.full.clone());
-        let next = h.base.clone();
+        let prefix =
+            prefix.get_or_insert_with(|| at.strip_suffix(&h.name).unwrap_or_default().to_string());
+        let next = format!("{prefix}{}", h.base);
         let kind = h.kind;
         expected_depth = h.depth.checked_sub(1);
         links.push(Link {

@@ -11,8 +11,9 @@
 //! The header: magic (16 bytes), format version (u32), kind (u8: 0 full, 1 incremental),
 //! page size (u32), page count of the database this backup restores to (u64), that database's
 //! sha256 (32 bytes), backup time (i64 Unix seconds), depth (u32: incrementals since the full),
-//! the base's name and the full's name (u16 length + UTF-8 each; empty base for a full), and
-//! the number of entries that follow (u64).
+//! the backup's own name, the base's name and the full's name (u16 length + UTF-8 each, relative
+//! to the backup location: directory or S3 prefix; empty base for a full), and the number of
+//! entries that follow (u64).
 
 use std::io::{self, Read, Write};
 
@@ -29,7 +30,7 @@ pub const PAGES_SUFFIX: &str = ".pages";
 pub const HASH_LEN: usize = 16;
 pub type Hash = [u8; HASH_LEN];
 /// The most a header can take (two names of at most 64 KiB each): what listings read.
-pub const MAX_HEADER: u64 = 16 + 4 + 1 + 4 + 8 + 32 + 8 + 4 + 2 * (2 + 65535) + 8;
+pub const MAX_HEADER: u64 = 16 + 4 + 1 + 4 + 8 + 32 + 8 + 4 + 3 * (2 + 65535) + 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -54,6 +55,8 @@ pub struct Header {
     pub sha256: [u8; 32],
     pub time: i64,
     pub depth: u32,
+    /// This backup's own name when it was taken.
+    pub name: String,
     /// The backup this one applies on (empty for a full).
     pub base: String,
     /// The full backup of the chain (itself for a full).
@@ -91,7 +94,7 @@ impl Header {
         out.write_all(&self.sha256)?;
         out.write_all(&self.time.to_le_bytes())?;
         out.write_all(&self.depth.to_le_bytes())?;
-        for name in [&self.base, &self.full] {
+        for name in [&self.name, &self.base, &self.full] {
             let len = u16::try_from(name.len())
                 .map_err(|_| io::Error::other("a backup name is over 65535 bytes"))?;
             out.write_all(&len.to_le_bytes())?;
@@ -136,16 +139,16 @@ impl Header {
         let sha256 = array::<32>(input).map_err(io)?;
         let time = i64::from_le_bytes(array(input).map_err(io)?);
         let depth = u32::from_le_bytes(array(input).map_err(io)?);
-        let mut names = [String::new(), String::new()];
+        let mut names = [String::new(), String::new(), String::new()];
         for name in &mut names {
             let len = u16::from_le_bytes(array(input).map_err(io)?);
             let mut bytes = vec![0u8; usize::from(len)];
             input.read_exact(&mut bytes).map_err(io)?;
             *name = String::from_utf8(bytes).map_err(|_| bad("a name is not UTF-8"))?;
         }
-        let [base, full] = names;
+        let [name, base, full] = names;
         let entries = u64::from_le_bytes(array(input).map_err(io)?);
-        if (kind == Kind::Full) != base.is_empty() || full.is_empty() {
+        if (kind == Kind::Full) != base.is_empty() || full.is_empty() || name.is_empty() {
             return Err(bad("its base and full names do not fit its kind"));
         }
         if kind == Kind::Full && entries != page_count {
@@ -161,6 +164,7 @@ impl Header {
             sha256,
             time,
             depth,
+            name,
             base,
             full,
             entries,
@@ -318,6 +322,7 @@ mod tests {
             sha256: [7; 32],
             time: 1_700_000_000,
             depth: u32::from(kind == Kind::Incremental),
+            name: "b.zst".into(),
             base: if kind == Kind::Full { "" } else { "a.zst" }.into(),
             full: "a.zst".into(),
             entries,

@@ -278,6 +278,7 @@ pub fn run(
         sha256: hashed.sha256,
         time: req.time.timestamp(),
         depth,
+        name: name.to_string(),
         base: base.clone(),
         full: full.clone(),
         entries: match kind {
@@ -789,7 +790,7 @@ pub fn kinds(
         let url = store.url(&pages);
         let mut head = store.read_head(&pages, format::MAX_HEADER)?;
         let header = format::read_page_list_header(&mut head, &url)?;
-        out.insert(name.to_string(), header);
+        out.insert(name.to_string(), relative_to(name, header));
     }
     Ok(out)
 }
@@ -850,7 +851,8 @@ pub fn link_of(store: &dyn Store, name: &str, listed: &HashSet<&str>) -> Option<
     }
     let header = store
         .read_head(&pages, format::MAX_HEADER)
-        .and_then(|mut head| format::read_page_list_header(&mut head, &store.url(&pages)));
+        .and_then(|mut head| format::read_page_list_header(&mut head, &store.url(&pages)))
+        .map(|h| relative_to(name, h));
     Some(match header {
         Ok(h) => crate::job::Link {
             kind: h.kind.name(),
@@ -861,4 +863,16 @@ pub fn link_of(store: &dyn Store, name: &str, listed: &HashSet<&str>) -> Option<
             base: None,
         },
     })
+}
+
+/// A header's base and full names as seen from where `name` (the backup, as listed) is: page
+/// lists record names relative to the location the backup was taken in, which may be below
+/// the one listed (an S3 prefix listed from the bucket).
+fn relative_to(name: &str, mut header: Header) -> Header {
+    let prefix = name.strip_suffix(&header.name).unwrap_or_default();
+    if !header.base.is_empty() {
+        header.base = format!("{prefix}{}", header.base);
+    }
+    header.full = format!("{prefix}{}", header.full);
+    header
 }
