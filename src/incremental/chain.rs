@@ -17,38 +17,24 @@ pub struct Link {
     pub list: PageList,
 }
 
-/// Reads the page list of `name` (`what_for` says why, for a missing one).
-pub fn page_list(store: &dyn Store, name: &str, entries: bool) -> Result<PageList> {
+/// Reads the page list of `name` in one request; a full's hashes only with `full_hashes`.
+pub fn page_list(store: &dyn Store, name: &str, full_hashes: bool) -> Result<PageList> {
     let pages = format::pages_name(name);
     let url = store.url(&pages);
-    let missing = || {
-        Error::new(
-            ErrorKind::NotFound,
-            format!(
-                "the page list of backup {} ({url}) is missing",
-                store.url(name)
-            ),
-        )
-    };
-    let size = match store.head(&pages)? {
-        Some(entry) => entry.size,
-        None => return Err(missing()),
-    };
     let mut input = match store.get(&pages) {
         Ok(input) => input,
-        Err(e) if e.kind == ErrorKind::NotFound => return Err(missing()),
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "the page list of backup {} ({url}) is missing",
+                    store.url(name)
+                ),
+            ))
+        }
         Err(e) => return Err(e),
     };
-    if entries {
-        format::read_page_list(&mut input, size, &url)
-    } else {
-        let header = format::read_page_list_header(&mut input, &url)?;
-        Ok(PageList {
-            header,
-            pages: Vec::new(),
-            hashes: Vec::new(),
-        })
-    }
+    format::read_page_list(&mut input, &url, full_hashes)
 }
 
 /// The chain that ends with `name`, full backup first. With `full_hashes` the full's page
@@ -68,19 +54,7 @@ pub fn walk(store: &dyn Store, name: &str, full_hashes: bool) -> Result<Vec<Link
                 store.url(name)
             )));
         }
-        // Only the full's header decides whether its (large) hash list is needed: read the
-        // header first when that matters.
-        let header = page_list(store, &at, false)?.header;
-        let entries = header.kind == Kind::Incremental || full_hashes;
-        let list = if entries {
-            page_list(store, &at, true)?
-        } else {
-            PageList {
-                header,
-                pages: Vec::new(),
-                hashes: Vec::new(),
-            }
-        };
+        let list = page_list(store, &at, full_hashes)?;
         let h = &list.header;
         let broken = |why: &str| {
             Error::corrupt(format!(
