@@ -132,10 +132,12 @@ impl Header {
             _ => return Err(bad("unknown kind")),
         };
         let page_size = u32::from_le_bytes(array(input).map_err(io)?);
-        if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+        let page_count = u64::from_le_bytes(array(input).map_err(io)?);
+        // An empty database has no page size.
+        let empty = page_size == 0 && page_count == 0;
+        if !empty && (!(512..=65536).contains(&page_size) || !page_size.is_power_of_two()) {
             return Err(bad("invalid page size"));
         }
-        let page_count = u64::from_le_bytes(array(input).map_err(io)?);
         let sha256 = array::<32>(input).map_err(io)?;
         let time = i64::from_le_bytes(array(input).map_err(io)?);
         let depth = u32::from_le_bytes(array(input).map_err(io)?);
