@@ -469,8 +469,9 @@ struct Hashed {
     changed: Vec<u32>,
 }
 
-/// One pass over the snapshot: its sha256, each page's hash, and the pages that differ from
-/// `base` (the previous backup's hashes; empty for none). `base` becomes the new map.
+/// One pass over the snapshot for each hash, side by side: its sha256 on a thread of its own,
+/// and on this one each page's hash and the pages that differ from `base` (the previous
+/// backup's hashes; empty for none). `base` becomes the new map.
 fn hash_pages(
     snap: &NamedTemp,
     page_size: u32,
@@ -480,6 +481,48 @@ fn hash_pages(
     let fail = |e| Error::io("cannot read the snapshot", e);
     let count = usize::try_from(page_count)
         .map_err(|_| Error::usage("the database has too many pages for this machine"))?;
+    let mut whole = snap.reopen().map_err(fail)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let stop = &stop;
+        let sha = crate::threads::spawn_scoped(scope, "backup-sha256", move || {
+            let mut sha = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(Error::interrupted());
+                }
+                let n = whole.read(&mut buf).map_err(fail)?;
+                if n == 0 {
+                    return Ok(<[u8; 32]>::from(sha.finalize()));
+                }
+                sha.update(buf.get(..n).unwrap_or_default());
+            }
+        })?;
+        let pages = page_hashes(snap, page_size, count, base);
+        if pages.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let sha256 = sha
+            .join()
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "hashing the snapshot failed")));
+        let (map, changed) = pages?;
+        Ok(Hashed {
+            sha256: sha256?,
+            map,
+            changed,
+        })
+    })
+}
+
+/// Each page's hash, and the pages that differ from `base`, which becomes the new map.
+fn page_hashes(
+    snap: &NamedTemp,
+    page_size: u32,
+    count: usize,
+    base: Vec<Hash>,
+) -> Result<(Vec<Hash>, Vec<u32>)> {
+    let fail = |e| Error::io("cannot read the snapshot", e);
     let mut map = base;
     let had = map.len();
     if count > map.len() {
@@ -488,16 +531,14 @@ fn hash_pages(
     }
     map.resize(count, [0; format::HASH_LEN]);
     let mut changed = Vec::new();
-    let mut sha = Sha256::new();
     let mut input = BufReader::with_capacity(1 << 20, snap.reopen().map_err(fail)?);
     let mut page = vec![0u8; page_size as usize];
-    let meter = crate::progress::phase("hashing pages", Some(page_count * u64::from(page_size)));
+    let meter = crate::progress::phase("hashing pages", Some(count as u64 * u64::from(page_size)));
     for (i, slot) in map.iter_mut().enumerate() {
         if i % 4096 == 0 {
             crate::interrupt::check()?;
         }
         input.read_exact(&mut page).map_err(fail)?;
-        sha.update(&page);
         let h = format::page_hash(&page);
         if i >= had || *slot != h {
             changed
@@ -508,11 +549,7 @@ fn hash_pages(
         }
         meter.add(u64::from(page_size));
     }
-    Ok(Hashed {
-        sha256: sha.finalize().into(),
-        map,
-        changed,
-    })
+    Ok((map, changed))
 }
 
 /// The records of an incremental's object: the header, then (u32 page number, page) for each
