@@ -635,10 +635,13 @@ pub fn is_incremental(head: &[u8]) -> bool {
     head.starts_with(DELTA_MAGIC)
 }
 
-/// Rebuilds the database incremental backup `name` restores to: the full backup streamed into
-/// a temp file in `dir`, each incremental's pages written over it in order (each page checked
-/// against its page list), cut to the page count, and the whole checked against the sha256
-/// recorded when the backup was taken. A missing or damaged link is an error naming it.
+/// Rebuilds the database incremental backup `name` restores to, in a temp file in `dir`. The
+/// page lists say which link holds the final content of each page (the newest that has it,
+/// else the full backup), so every page is written once: the full backup is streamed on this
+/// thread while the incrementals are read on another, each writing only its own pages (every
+/// page read is checked against its page list). Then the file is cut to the page count and
+/// the whole checked against the sha256 recorded when the backup was taken. A missing or
+/// damaged link is an error naming it. Memory: 2 bytes per page, besides the page lists.
 pub fn rebuild(store: &dyn Store, name: &str, dir: &Path) -> Result<Rebuilt> {
     let target = store.url(name);
     let links = chain::walk(store, name, false)
@@ -649,128 +652,78 @@ pub fn rebuild(store: &dyn Store, name: &str, dir: &Path) -> Result<Rebuilt> {
     let Some(last) = links.last() else {
         return Err(Error::corrupt(format!("{target} has an empty chain")));
     };
-    let mut file = temp::named(dir, temp::Ext::Db)?;
+    let page_size = last.list.header.page_size;
+    if rest.iter().any(|l| l.list.header.page_size != page_size)
+        || full.list.header.page_size != page_size
+    {
+        return Err(Error::corrupt(format!(
+            "the chain of {target} mixes page sizes: its page lists are damaged"
+        )));
+    }
+    // owner[p - 1]: 0 for the full backup, i for rest[i - 1].
+    let count = usize::try_from(last.list.header.page_count)
+        .map_err(|_| Error::corrupt(format!("{target}: too many pages")))?;
+    let mut owner: Vec<u16> = Vec::new();
+    owner
+        .try_reserve_exact(count)
+        .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page map"))?;
+    owner.resize(count, 0);
+    for (i, link) in rest.iter().enumerate() {
+        let id = u16::try_from(i + 1).map_err(|_| Error::corrupt("too many links"))?;
+        for &page in &link.list.pages {
+            if let Some(slot) = (page as usize)
+                .checked_sub(1)
+                .and_then(|k| owner.get_mut(k))
+            {
+                *slot = id;
+            }
+        }
+    }
+
+    let file = temp::named(dir, temp::Ext::Db)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let ctx = Apply {
+        store,
+        target: &target,
+        name,
+        dir,
+        file: file.as_file(),
+        owner: &owner,
+        page_size: page_size as usize,
+        stop: &stop,
+    };
+    let (full_read, incrementals) = std::thread::scope(|scope| -> Result<_> {
+        let ctx = &ctx;
+        let others = crate::threads::spawn_scoped(scope, "restore-incrementals", move || {
+            let mut read = 0u64;
+            let mut codec = None;
+            for (i, link) in rest.iter().enumerate() {
+                let (n, c) = ctx.incremental(link, i + 1)?;
+                read += n;
+                codec = Some(c);
+            }
+            Ok::<_, Error>((read, codec))
+        })?;
+        let full_read = ctx.full(full);
+        if full_read.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let incrementals = others.join().unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Io,
+                "applying the incrementals failed",
+            ))
+        });
+        // The full's error first: the incrementals' thread may only have been stopped by it.
+        let full_read = full_read?;
+        Ok((full_read, incrementals?))
+    })?;
+    let (full_bytes, codec_full) = full_read;
+    let (inc_bytes, codec_last) = incrementals;
     let write_fail = |e| Error::io(format!("cannot write a temp file in {}", dir.display()), e);
-    let mut stored_bytes = 0u64;
-    let missing = |link: &str, e: Error| {
-        if e.kind == ErrorKind::NotFound {
-            Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "backup {} is missing, and {target} builds on it: restore an older \
-                     backup, or a newer full one",
-                    store.url(link)
-                ),
-            )
-        } else {
-            e
-        }
-    };
-    let needed = |link: &str| {
-        if link == name {
-            String::new()
-        } else {
-            format!(" (needed by {target})")
-        }
-    };
-
-    // The full backup, as it is.
-    let full_url = store.url(&full.name);
-    crate::progress::phase("reading the full backup", Some(full.list.header.bytes()));
-    let mut counted = CountingReader {
-        inner: store.get(&full.name).map_err(|e| missing(&full.name, e))?,
-        count: 0,
-    };
-    let (codec_full, mut reader) = codec::decoder(Box::new(&mut counted))?;
-    let limit = full.list.header.bytes();
-    // Not hashed here: the whole is hashed once at the end, and every page an incremental
-    // brings is checked on its way in, so a mismatch there can only be the full's.
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    let damaged = |url: &str, why: String| {
-        Error::corrupt(format!(
-            "backup {url}{} is damaged: {why}",
-            needed(&full.name)
-        ))
-    };
-    loop {
-        crate::interrupt::check()?;
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| damaged(&full_url, format!("cannot read it ({e})")))?;
-        if n == 0 {
-            break;
-        }
-        let chunk = buf.get(..n).unwrap_or_default();
-        bytes = bytes.saturating_add(n as u64);
-        if bytes > limit {
-            return Err(damaged(
-                &full_url,
-                "it is longer than its page list says".into(),
-            ));
-        }
-        file.write_all(chunk).map_err(write_fail)?;
-    }
-    drop(reader);
-    stored_bytes += counted.count;
-    let _ = codec_full;
-    if bytes != limit {
-        return Err(damaged(
-            &full_url,
-            format!("it holds {bytes} bytes, and its page list says {limit}"),
-        ));
-    }
-
-    // Each incremental, oldest first.
-    let mut codec_last = codec_full;
-    for link in rest {
-        let url = store.url(&link.name);
-        let why = needed(&link.name);
-        let bad = |what: String| Error::corrupt(format!("backup {url}{why} is damaged: {what}"));
-        let mut counted = CountingReader {
-            inner: store.get(&link.name).map_err(|e| missing(&link.name, e))?,
-            count: 0,
-        };
-        let (codec, reader) = codec::decoder(Box::new(&mut counted))?;
-        codec_last = codec;
-        let mut reader = BufReader::with_capacity(1 << 20, reader);
-        let header = Header::read(DELTA_MAGIC, &mut reader, &url)?;
-        if header != link.list.header {
-            return Err(bad("its header does not match its page list".into()));
-        }
-        let ps = header.page_size as usize;
-        let mut page = vec![0u8; ps];
-        let file_ref = file.as_file();
-        let mut out = file_ref;
-        for (i, (&number, hash)) in link.list.pages.iter().zip(&link.list.hashes).enumerate() {
-            if i % 1024 == 0 {
-                crate::interrupt::check()?;
-            }
-            let read = |reader: &mut dyn Read, buf: &mut [u8]| {
-                reader
-                    .read_exact(buf)
-                    .map_err(|e| bad(format!("cannot read it ({e})")))
-            };
-            let mut n = [0u8; 4];
-            read(&mut reader, &mut n)?;
-            read(&mut reader, &mut page)?;
-            if u32::from_le_bytes(n) != number || &format::page_hash(&page) != hash {
-                return Err(bad(format!("page {number} does not match its page list")));
-            }
-            out.seek(SeekFrom::Start(u64::from(number - 1) * ps as u64))
-                .map_err(write_fail)?;
-            out.write_all(&page).map_err(write_fail)?;
-        }
-        let mut extra = [0u8; 1];
-        match reader.read(&mut extra) {
-            Ok(0) => {}
-            Ok(_) => return Err(bad("it has data after its last page".into())),
-            Err(e) => return Err(bad(format!("cannot read it ({e})"))),
-        }
-        drop(reader);
-        stored_bytes += counted.count;
-        file.as_file().set_len(header.bytes()).map_err(write_fail)?;
-    }
+    file.as_file()
+        .set_len(last.list.header.bytes())
+        .map_err(write_fail)?;
 
     // The whole, against what was recorded when the backup was taken.
     crate::progress::phase("checking the rebuilt database", None);
@@ -778,13 +731,12 @@ pub fn rebuild(store: &dyn Store, name: &str, dir: &Path) -> Result<Rebuilt> {
     whole.seek(SeekFrom::Start(0)).map_err(write_fail)?;
     let sha256 = dbfile::sha256_reader(&mut whole, "the rebuilt database")?;
     if sha256 != dbfile::hex(&last.list.header.sha256) {
-        return Err(damaged(
-            &full_url,
-            format!(
-                "the database rebuilt for {target} does not match the sha256 recorded when it \
-                 was taken, and every page of the incrementals matched its page list"
-            ),
-        ));
+        return Err(Error::corrupt(format!(
+            "backup {} (needed by {target}) is damaged: the database rebuilt for {target} does \
+             not match the sha256 recorded when it was taken, and every page of the \
+             incrementals matched its page list",
+            store.url(&full.name)
+        )));
     }
     file.as_file()
         .sync_all()
@@ -793,10 +745,173 @@ pub fn rebuild(store: &dyn Store, name: &str, dir: &Path) -> Result<Rebuilt> {
         file,
         sha256,
         bytes: last.list.header.bytes(),
-        stored_bytes,
-        page_size: last.list.header.page_size,
-        codec: codec_last,
+        stored_bytes: full_bytes + inc_bytes,
+        page_size,
+        codec: codec_last.unwrap_or(codec_full),
     })
+}
+
+/// What both threads of a rebuild share.
+struct Apply<'a> {
+    store: &'a dyn Store,
+    target: &'a str,
+    name: &'a str,
+    dir: &'a Path,
+    file: &'a File,
+    owner: &'a [u16],
+    page_size: usize,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Apply<'_> {
+    fn missing(&self, link: &str, e: Error) -> Error {
+        if e.kind == ErrorKind::NotFound {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "backup {} is missing, and {} builds on it: restore an older backup, or a \
+                     newer full one",
+                    self.store.url(link),
+                    self.target
+                ),
+            )
+        } else {
+            e
+        }
+    }
+
+    fn damaged(&self, link: &str, why: String) -> Error {
+        let needed = if link == self.name {
+            String::new()
+        } else {
+            format!(" (needed by {})", self.target)
+        };
+        Error::corrupt(format!(
+            "backup {}{needed} is damaged: {why}",
+            self.store.url(link)
+        ))
+    }
+
+    fn write(&self, page: u32, bytes: &[u8]) -> Result<()> {
+        let offset = u64::from(page.saturating_sub(1)) * self.page_size as u64;
+        write_at(self.file, bytes, offset).map_err(|e| {
+            Error::io(
+                format!("cannot write a temp file in {}", self.dir.display()),
+                e,
+            )
+        })
+    }
+
+    /// Streams the full backup, writing the pages no incremental replaces. Returns the stored
+    /// bytes read and its codec.
+    fn full(&self, full: &chain::Link) -> Result<(u64, Codec)> {
+        let limit = full.list.header.bytes();
+        crate::progress::phase("reading the full backup", Some(limit));
+        let mut counted = CountingReader {
+            inner: self
+                .store
+                .get(&full.name)
+                .map_err(|e| self.missing(&full.name, e))?,
+            count: 0,
+        };
+        let (codec, reader) = codec::decoder(Box::new(&mut counted))?;
+        let mut reader = BufReader::with_capacity(1 << 20, reader);
+        let mut page = vec![0u8; self.page_size];
+        let pages = full.list.header.page_count;
+        for number in 1..=pages {
+            if number % 4096 == 0 {
+                crate::interrupt::check()?;
+            }
+            reader.read_exact(&mut page).map_err(|e| {
+                self.damaged(&full.name, format!("cannot read page {number} ({e})"))
+            })?;
+            let index = usize::try_from(number - 1).unwrap_or(usize::MAX);
+            if self.owner.get(index) == Some(&0) {
+                self.write(u32::try_from(number).unwrap_or(u32::MAX), &page)?;
+            }
+        }
+        let mut extra = [0u8; 1];
+        match reader.read(&mut extra) {
+            Ok(0) => {}
+            Ok(_) => {
+                return Err(self.damaged(
+                    &full.name,
+                    format!("it is longer than its page list says ({limit} bytes)"),
+                ))
+            }
+            Err(e) => return Err(self.damaged(&full.name, format!("cannot read it ({e})"))),
+        }
+        drop(reader);
+        Ok((counted.count, codec))
+    }
+
+    /// Reads incremental `link` (number `id` in the chain), checking every page against its
+    /// page list and writing those it holds the final content of.
+    fn incremental(&self, link: &chain::Link, id: usize) -> Result<(u64, Codec)> {
+        let url = self.store.url(&link.name);
+        let bad = |what: String| self.damaged(&link.name, what);
+        let mut counted = CountingReader {
+            inner: self
+                .store
+                .get(&link.name)
+                .map_err(|e| self.missing(&link.name, e))?,
+            count: 0,
+        };
+        let (codec, reader) = codec::decoder(Box::new(&mut counted))?;
+        let mut reader = BufReader::with_capacity(1 << 20, reader);
+        let header = Header::read(DELTA_MAGIC, &mut reader, &url)?;
+        if header != link.list.header {
+            return Err(bad("its header does not match its page list".into()));
+        }
+        let mut page = vec![0u8; self.page_size];
+        for (i, (&number, hash)) in link.list.pages.iter().zip(&link.list.hashes).enumerate() {
+            if i % 1024 == 0 && self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::interrupted());
+            }
+            let mut n = [0u8; 4];
+            reader
+                .read_exact(&mut n)
+                .and_then(|()| reader.read_exact(&mut page))
+                .map_err(|e| bad(format!("cannot read it ({e})")))?;
+            if u32::from_le_bytes(n) != number || &format::page_hash(&page) != hash {
+                return Err(bad(format!("page {number} does not match its page list")));
+            }
+            let mine = (number as usize)
+                .checked_sub(1)
+                .and_then(|k| self.owner.get(k))
+                .is_some_and(|&o| usize::from(o) == id);
+            if mine {
+                self.write(number, &page)?;
+            }
+        }
+        let mut extra = [0u8; 1];
+        match reader.read(&mut extra) {
+            Ok(0) => {}
+            Ok(_) => return Err(bad("it has data after its last page".into())),
+            Err(e) => return Err(bad(format!("cannot read it ({e})"))),
+        }
+        drop(reader);
+        Ok((counted.count, codec))
+    }
+}
+
+/// Writes `buf` at `offset` of a file shared by threads (no seek position involved).
+#[cfg(unix)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, buf, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = buf.get(n..).unwrap_or_default();
+        offset += n as u64;
+    }
+    Ok(())
 }
 
 struct CountingReader<R> {
