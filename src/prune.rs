@@ -203,7 +203,10 @@ pub fn run(store: &dyn Store, req: &Request) -> Result<Report> {
         .map(|k| Item::new(&k.entry, k.reasons.clone()))
         .collect();
     let mut deleted = Vec::new();
-    for entry in orphans.iter().filter(|e| e.modified < req.now - ORPHAN_AGE) {
+    let old_orphans = orphans
+        .iter()
+        .filter(|e| e.modified < req.now - ORPHAN_AGE && incremental::is_page_list(store, &e.name));
+    for entry in old_orphans {
         // A page list whose backup is gone (a backup killed between its two writes); a
         // recent one may be a backup still being stored.
         if !req.dry_run {
@@ -216,7 +219,7 @@ pub fn run(store: &dyn Store, req: &Request) -> Result<Report> {
             let pages = incremental::format::pages_name(&entry.name);
             // The backup, then its page list: a page list alone is never counted.
             let deleted_one = store.delete(&entry.name).and_then(|()| {
-                if listed.contains(pages.as_str()) {
+                if listed.contains(pages.as_str()) && incremental::is_page_list(store, &pages) {
                     store.delete(&pages)
                 } else {
                     Ok(())

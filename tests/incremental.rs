@@ -717,3 +717,69 @@ fn a_chain_through_shrinking_and_growing_restores_byte_for_byte() {
         assert_eq!(sha_of(&restored), t["sha256"].as_str().unwrap(), "{t}");
     }
 }
+
+/// Only page lists go with their backups: a file of someone else's that merely ends in
+/// `.pages` stays, beside a deleted backup or alone; a real page list left alone by a killed
+/// run goes once it is an hour old.
+#[test]
+fn pruning_deletes_only_real_page_lists() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    for day in 1..=3u32 {
+        backup(
+            &conn,
+            &b.join("plain-%d.db.gz"),
+            &format!(r#"{{"now": "2026-01-0{day}T00:00:00Z"}}"#),
+        );
+    }
+    fs::write(b.join("plain-01.db.gz.pages"), "my notes").unwrap();
+    fs::write(b.join("plain-09.db.gz.pages"), "more notes").unwrap();
+    // A real page list whose backup is gone (as a kill between the two writes leaves).
+    let taken = chain(&conn, dir.path(), 1, "");
+    let full = name_of(&taken[0].url).to_string();
+    fs::copy(
+        b.join(format!("{full}.pages")),
+        b.join("plain-08.db.gz.pages"),
+    )
+    .unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    for name in ["plain-09.db.gz.pages", "plain-08.db.gz.pages"] {
+        let f = fs::File::options().write(true).open(b.join(name)).unwrap();
+        f.set_modified(old).unwrap();
+    }
+    let out = call_json(
+        &conn,
+        &format!(
+            r#"SELECT backup_prune({}, '{{"keep_last": 1, "match": "plain-*", "now": "2026-01-05T00:00:00Z"}}')"#,
+            path_lit(&b)
+        ),
+    );
+    let deleted: Vec<&str> = out["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        deleted,
+        ["plain-08.db.gz.pages", "plain-02.db.gz", "plain-01.db.gz"],
+        "{out}"
+    );
+    let left = list(&b);
+    assert!(
+        left.contains(&"plain-01.db.gz.pages".to_string()),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&"plain-09.db.gz.pages".to_string()),
+        "{left:?}"
+    );
+    assert!(
+        !left.contains(&"plain-08.db.gz.pages".to_string()),
+        "{left:?}"
+    );
+    assert_eq!(
+        fs::read(b.join("plain-01.db.gz.pages")).unwrap(),
+        b"my notes"
+    );
+}

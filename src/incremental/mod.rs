@@ -454,7 +454,11 @@ fn remove_orphans(
 ) {
     for entry in listing {
         if let Some(owner) = format::owner_of(&entry.name) {
-            if owner != current && series.contains(owner) && !sizes.contains_key(owner) {
+            if owner != current
+                && series.contains(owner)
+                && !sizes.contains_key(owner)
+                && is_page_list(store, &entry.name)
+            {
                 let _ = store.delete(&entry.name);
             }
         }
@@ -939,7 +943,8 @@ pub fn kinds(
     let mut out = HashMap::new();
     for name in names {
         let pages = format::pages_name(name);
-        if !listed.contains(pages.as_str()) {
+        // Someone else's file that merely ends in .pages: the backup is not in a chain.
+        if !listed.contains(pages.as_str()) || !is_page_list(store, &pages) {
             continue;
         }
         let url = store.url(&pages);
@@ -1001,7 +1006,7 @@ pub fn keep_needed(plan: &mut crate::retention::Plan, chains: &HashMap<String, H
 /// cannot be read shows as kind `damaged`.
 pub fn link_of(store: &dyn Store, name: &str, listed: &HashSet<&str>) -> Option<crate::job::Link> {
     let pages = format::pages_name(name);
-    if !listed.contains(pages.as_str()) {
+    if !listed.contains(pages.as_str()) || !is_page_list(store, &pages) {
         return None;
     }
     let header = store
@@ -1030,4 +1035,16 @@ fn relative_to(name: &str, mut header: Header) -> Header {
     }
     header.full = format!("{prefix}{}", header.full);
     header
+}
+
+/// Whether `name` starts with a page list's magic: only then is it ours to delete.
+pub fn is_page_list(store: &dyn Store, name: &str) -> bool {
+    let mut magic = [0u8; 16];
+    store
+        .read_head(name, 16)
+        .and_then(|mut head| {
+            head.read_exact(&mut magic)
+                .map_err(|e| Error::io("cannot read a page list", e))
+        })
+        .is_ok_and(|()| &magic == format::PAGES_MAGIC)
 }
