@@ -649,7 +649,7 @@ pub fn is_incremental(head: &[u8]) -> bool {
 pub fn rebuild(store: &dyn Store, name: &str, dir: &Path) -> Result<Rebuilt> {
     let target = store.url(name);
     let links = chain::walk(store, name, false)
-        .map_err(|e| e.context(format!("cannot restore {target}")))?;
+        .map_err(|e| e.context(format!("cannot rebuild {target} from its chain")))?;
     let Some((full, rest)) = links.split_first() else {
         return Err(Error::corrupt(format!("{target} has an empty chain")));
     };
