@@ -89,7 +89,8 @@ pub fn fetch_checked(
             )));
         }
         crate::progress::phase("checking integrity", None);
-        let checked = integrity::check(rebuilt.file.path(), quick, &url, caller)?;
+        let checked =
+            rebuilt.check(|| integrity::check(rebuilt.file.path(), quick, &url, caller))?;
         return Ok(Checked {
             file: rebuilt.file,
             report: Report {

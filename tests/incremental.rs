@@ -783,3 +783,40 @@ fn pruning_deletes_only_real_page_lists() {
         b"my notes"
     );
 }
+
+/// An uncompressed full backup changed in a page no incremental replaces: nothing but the
+/// sha256 of the rebuilt whole can tell, and the error names the full backup.
+#[test]
+fn a_changed_page_of_an_uncompressed_full_backup_is_found_and_named() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    let options = |minute: u32| format!(r#"{{"incremental": true, "now": "{}"}}"#, at(minute));
+    let full = backup(&conn, &b.join("raw-%H%M.db"), &options(0));
+    activity(&conn, 1);
+    let inc = backup(&conn, &b.join("raw-%H%M.db"), &options(1));
+    assert_eq!(inc["kind"], "incremental");
+    let full_path = PathBuf::from(full["destination"].as_str().unwrap());
+    let mut bytes = fs::read(&full_path).unwrap();
+    // The last byte of page 3: the sample's pages past the first few are rows that the
+    // activity (appends at the end, a few updates) leaves as they are.
+    let pos = 3 * 4096 - 1;
+    bytes[pos] ^= 0x5a;
+    rewrite(&full_path, &bytes);
+    let dest = dir.path().join("out.db");
+    let err = call_err(
+        &conn,
+        &format!(
+            "SELECT restore_backup({}, {})",
+            lit(inc["destination"].as_str().unwrap()),
+            path_lit(&dest)
+        ),
+    );
+    assert!(
+        err.contains(&format!("backup {} (needed by", full_path.display()))
+            && err.contains("does not match the sha256 recorded when it was taken"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    // The source database is open in WAL mode: its -wal and -shm are expected.
+    assert_no_temp_files_except(dir.path(), &["app.db-shm", "app.db-wal"]);
+}
