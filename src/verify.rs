@@ -89,8 +89,7 @@ pub fn fetch_checked(
             )));
         }
         crate::progress::phase("checking integrity", None);
-        let checked =
-            rebuilt.check(|| integrity::check(rebuilt.file.path(), quick, &url, caller))?;
+        let checked = integrity::check(rebuilt.file.path(), quick, &url, caller)?;
         return Ok(Checked {
             file: rebuilt.file,
             report: Report {

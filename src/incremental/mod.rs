@@ -626,11 +626,7 @@ impl<W: Write> Write for Counting<W> {
 /// A database rebuilt from a chain, in a temp file.
 pub struct Rebuilt {
     pub file: NamedTemp,
-    /// The sha256 recorded when the backup was taken: [`Rebuilt::check`] compares.
     pub sha256: String,
-    /// Why a mismatch can only be the full backup's damage (every incremental page was
-    /// checked on its way in).
-    mismatch: String,
     pub bytes: u64,
     /// Stored bytes read: every backup of the chain.
     pub stored_bytes: u64,
@@ -733,53 +729,30 @@ pub fn rebuild(store: &dyn Store, name: &str, dir: &Path) -> Result<Rebuilt> {
         .set_len(last.list.header.bytes())
         .map_err(write_fail)?;
 
+    // The whole, against what was recorded when the backup was taken.
+    crate::progress::phase("checking the rebuilt database", None);
+    let mut whole = file.reopen().map_err(write_fail)?;
+    whole.seek(SeekFrom::Start(0)).map_err(write_fail)?;
+    let sha256 = dbfile::sha256_reader(&mut whole, "the rebuilt database")?;
+    if sha256 != dbfile::hex(&last.list.header.sha256) {
+        return Err(Error::corrupt(format!(
+            "backup {} (needed by {target}) is damaged: the database rebuilt for {target} does \
+             not match the sha256 recorded when it was taken, and every page of the \
+             incrementals matched its page list",
+            store.url(&full.name)
+        )));
+    }
     file.as_file()
         .sync_all()
         .map_err(|e| Error::io("cannot sync the temp file", e))?;
     Ok(Rebuilt {
         file,
-        sha256: dbfile::hex(&last.list.header.sha256),
-        mismatch: format!(
-            "backup {} (needed by {target}) is damaged: the database rebuilt for {target} does \
-             not match the sha256 recorded when it was taken, and every page of the \
-             incrementals matched its page list",
-            store.url(&full.name)
-        ),
+        sha256,
         bytes: last.list.header.bytes(),
         stored_bytes: full_bytes + inc_bytes,
         page_size,
         codec: codec_last.unwrap_or(codec_full),
     })
-}
-
-impl Rebuilt {
-    /// Runs `check` (the integrity check, on the calling thread) while the rebuilt file is
-    /// hashed on another: the whole must match the sha256 recorded when the backup was taken.
-    pub fn check<T>(&self, check: impl FnOnce() -> Result<T>) -> Result<T> {
-        let hashed = std::thread::scope(|scope| -> Result<(Result<String>, Result<T>)> {
-            let sha = crate::threads::spawn_scoped(scope, "restore-sha256", || {
-                let mut whole = self
-                    .file
-                    .reopen()
-                    .map_err(|e| Error::io("cannot read the rebuilt database", e))?;
-                dbfile::sha256_reader(&mut whole, "the rebuilt database")
-            })?;
-            let checked = check();
-            let sha = sha.join().unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::Io,
-                    "hashing the rebuilt database failed",
-                ))
-            });
-            Ok((sha, checked))
-        })?;
-        let (sha, checked) = hashed;
-        // The hash says more than an integrity error would: it names the damaged backup.
-        if sha? != self.sha256 {
-            return Err(Error::corrupt(self.mismatch.clone()));
-        }
-        checked
-    }
 }
 
 /// What both threads of a rebuild share.
