@@ -296,7 +296,9 @@ class Bench:
         self.args = args
         self.out = os.path.abspath(args.out)
         self.tmp = os.path.join(self.out, "tmp")
-        self.ext = os.path.join(ROOT, "dist", "release", "sqlite_backup")
+        # BENCH_EXT: another build of the extension (a debug one, to try the bench itself).
+        self.ext = os.environ.get("BENCH_EXT") or os.path.join(ROOT, "dist", "release",
+                                                                "sqlite_backup")
         self.aws = os.path.join(ROOT, ".tools", "venv", "bin", "aws")
         self.s3s = os.path.join(ROOT, ".tools", "bin", "s3s-fs")
         self.cores = os.cpu_count() or 1
@@ -577,6 +579,9 @@ class Bench:
                  "db_path": db, "rounds": rounds, "summary": summary,
                  "warmup_report": warm["report"]}
         entry["targets"] = self.targets(entry)
+        if self.args.incremental:
+            entry["incremental"] = self.run_incremental(size, db)
+            entry["targets"] += self.incremental_targets(entry)
         return entry
 
     # -------------------------------------------------------------- analysis
@@ -696,6 +701,275 @@ class Bench:
             s["verify"]["x_baseline"], 1.0, at_1g)
         return t
 
+    # ------------------------------------------------ incremental backups (#15)
+    #
+    # An "hour of activity" on a copy of the database: events appended (with their three
+    # indexes, one keyed by a random session id), a random 1% of users updated, a few orders
+    # deleted, all scaled with the database's size. Per round: page copy before and after
+    # (online backup API, page numbers kept), the floor = zstd -3 of just the pages that
+    # differ, then timed: incremental backup_to_s3 and a full .zst backup_to_s3 of the same
+    # database. Then the chain is taken to 24 incrementals and the newest is restored, timed
+    # against restoring a full .zst backup of the same database.
+
+    INC_PATTERN = "db-%Y%m%dT%H%M%SZ.zst"
+    INC_PREFIX = "inc"
+    INC_CHAIN = 24
+
+    def inc_activity(self, path, hour, db_bytes):
+        import random
+        import sqlite3
+        sys.path.insert(0, HERE)
+        import gendb
+        scale = max(db_bytes / GiB, 1 / 16)
+        rng = random.Random(hour)
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            params = {
+                "first": json.dumps(gendb.FIRST), "last": json.dumps(gendb.LAST),
+                "domains": json.dumps(gendb.DOMAINS), "countries": json.dumps(gendb.COUNTRIES),
+                "cities": json.dumps(gendb.CITIES), "words": json.dumps(gendb.WORDS),
+                "status": json.dumps(gendb.STATUS), "currency": json.dumps(gendb.CURRENCY),
+                "kinds": json.dumps(gendb.KINDS), "agents": json.dumps(gendb.AGENTS),
+            }
+            users = conn.execute("SELECT max(id) FROM users").fetchone()[0] or 1
+            orders = conn.execute("SELECT max(id) FROM orders").fetchone()[0] or 1
+            conn.execute("BEGIN")
+            # EVENTS_SQL inserts :n * 12 events over users 1..:base + :n.
+            conn.execute(gendb.EVENTS_SQL, dict(params, n=int(200 * scale), base=users))
+            ids = [rng.randrange(1, users + 1) for _ in range(int(users * 0.01))]
+            conn.executemany(
+                "UPDATE users SET last_login = last_login + 3600, "
+                "balance_cents = balance_cents + ?2 WHERE id = ?1",
+                [(i, rng.randrange(-500, 500)) for i in ids])
+            gone = [rng.randrange(1, orders + 1) for _ in range(int(100 * scale))]
+            conn.executemany("DELETE FROM orders WHERE id = ?", [(i,) for i in gone])
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    @staticmethod
+    def inc_page_copy(src, dest):
+        import sqlite3
+        rm(dest)
+        a = sqlite3.connect(src)
+        b = sqlite3.connect(dest)
+        try:
+            a.backup(b)
+            b.execute("PRAGMA journal_mode = DELETE")  # as the extension's page copy
+        finally:
+            a.close()
+            b.close()
+
+    def inc_floor(self, before, after):
+        """Pages of `after` that differ from `before` (or are new), and zstd -3 of just them."""
+        ps = 4096
+        with open(after, "rb") as f:
+            f.seek(16)
+            raw = int.from_bytes(f.read(2), "big")
+            ps = 65536 if raw == 1 else raw
+        changed = 0
+        pages = 0
+        out = os.path.join(self.tmp, "inc-changed.bin")
+        with open(before, "rb") as a, open(after, "rb") as b, open(out, "wb") as o:
+            while True:
+                pb = b.read(ps)
+                if not pb:
+                    break
+                pages += 1
+                if a.read(ps) != pb:
+                    changed += 1
+                    o.write(pb)
+        zst = out + ".zst"
+        try:
+            self.runner.run(["zstd", "-3", "-T1", "-q", "-c", out], stdout_path=zst)
+            floor = os.path.getsize(zst)
+        finally:
+            rm(out, zst)
+        return {"pages": pages, "changed_pages": changed, "floor_bytes": floor}
+
+    def inc_backup(self, db, hour, timed=True):
+        now = (datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+               + datetime.timedelta(hours=hour)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        opts = json.dumps({"incremental": True, "full_every": 100, "now": now})
+        r = self.ext_call(db, f"SELECT backup_to_s3('s3://{BUCKET}/{self.INC_PREFIX}', "
+                              f"'{self.INC_PATTERN}', '{opts}')")
+        rep = r["report"]
+        return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"], "kind": rep.get("kind"),
+                "stored_bytes": rep.get("stored_bytes"), "changed_pages": rep.get("changed_pages"),
+                "page_count": rep.get("page_count"), "elapsed_ms": rep.get("elapsed_ms"),
+                "sha256": rep.get("sha256"), "key": f"{self.INC_PREFIX}/" +
+                os.path.basename(rep.get("destination", "")), "timings": rep.get("timings_ms")}
+
+    def inc_restore(self, key, sha):
+        dest = os.path.join(self.tmp, "inc-restored.db")
+        rm(dest)
+        try:
+            r = self.ext_call(":memory:", f"SELECT restore_backup('s3://{BUCKET}/{key}', "
+                                          f"'{dest}')")
+            if sha and sha256_file(dest) != sha:
+                raise CommandFailed(f"restored {key} differs from its backup's sha256")
+        finally:
+            rm(dest)
+        return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"],
+                "stored_bytes": r["report"].get("stored_bytes")}
+
+    def run_incremental(self, size, db):
+        work = os.path.join(self.tmp, "inc.db")
+        before = os.path.join(self.tmp, "inc-before.db")
+        after = os.path.join(self.tmp, "inc-after.db")
+        db_bytes = os.path.getsize(db)
+        log(f"[{size_label(size)}] incremental: copying the database, first (full) backup ...")
+        rm(work, before, after)
+        shutil.copyfile(db, work)
+        res = {"rounds": [], "chain": [], "restores": []}
+        try:
+            hour = 0
+            first = self.inc_backup(work, hour)
+            res["first"] = first
+            self.inc_page_copy(work, before)
+            for rnd in range(self.args.rounds):
+                hour += 1
+                self.inc_activity(work, hour, db_bytes)
+                self.inc_page_copy(work, after)
+                floor = self.inc_floor(before, after)
+                os.replace(after, before)
+                os.sync()
+                this = {"floor": floor}
+                order = ["incremental", "full"] if rnd % 2 == 0 else ["full", "incremental"]
+                for name in order:
+                    if name == "incremental":
+                        this["incremental"] = self.inc_backup(work, hour)
+                    else:
+                        this["full"] = self.c_backup_s3(work, "inc-full.zst")
+                    os.sync()
+                inc = this["incremental"]
+                log(f"  hour {hour}: {floor['changed_pages']}/{floor['pages']} pages changed "
+                    f"({100 * floor['changed_pages'] / max(floor['pages'], 1):.2f}%), floor "
+                    f"{floor['floor_bytes'] / MiB:.2f} MiB; incremental {inc['wall_s']:.2f} s "
+                    f"{inc['stored_bytes'] / MiB:.2f} MiB ({inc['kind']}, "
+                    f"{inc['changed_pages']} pages); full .zst {this['full']['wall_s']:.2f} s "
+                    f"{this['full']['stored_bytes'] / MiB:.1f} MiB")
+                res["rounds"].append(this)
+            rm(before)
+            # The chain to 24 incrementals (lighter bookkeeping: only the backups).
+            newest = res["rounds"][-1]["incremental"] if res["rounds"] else first
+            while hour < self.INC_CHAIN:
+                hour += 1
+                self.inc_activity(work, hour, db_bytes)
+                newest = self.inc_backup(work, hour)
+                res["chain"].append({k: newest[k] for k in ("wall_s", "stored_bytes", "kind",
+                                                             "changed_pages")})
+            log(f"  chain of {hour} incrementals: newest {newest['key']} ({newest['kind']})")
+            full = self.ext_call(work, f"SELECT backup_to_s3('s3://{BUCKET}', 'inc-full.zst')")
+            for rnd in range(self.args.rounds):
+                pair = {}
+                order = ["chain", "full"] if rnd % 2 == 0 else ["full", "chain"]
+                for name in order:
+                    if name == "chain":
+                        pair["chain"] = self.inc_restore(newest["key"], newest["sha256"])
+                    else:
+                        pair["full"] = self.inc_restore("inc-full.zst",
+                                                        full["report"].get("sha256"))
+                    os.sync()
+                log(f"  restore newest of the chain {pair['chain']['wall_s']:.2f} s "
+                    f"({pair['chain']['rss_kib'] / 1024:.1f} MiB); restore full .zst "
+                    f"{pair['full']['wall_s']:.2f} s ({pair['full']['rss_kib'] / 1024:.1f} MiB)")
+                res["restores"].append(pair)
+            res["chain_depth"] = hour
+        except CommandFailed as e:
+            res["error"] = str(e)
+            log(f"  incremental ERROR: {e}")
+        finally:
+            rm(work, before, after)
+            shutil.rmtree(os.path.join(self.server.root, BUCKET, self.INC_PREFIX),
+                          ignore_errors=True)
+            self.server.delete("inc-full.zst")
+        res["summary"] = self.inc_summary(res)
+        return res
+
+    def inc_summary(self, res):
+        rounds = res["rounds"]
+
+        def med(xs):
+            return median([x for x in xs if x is not None])
+        s = {
+            "changed_fraction": med([r["floor"]["changed_pages"] / max(r["floor"]["pages"], 1)
+                                     for r in rounds]),
+            "floor_bytes": med([r["floor"]["floor_bytes"] for r in rounds]),
+            "inc_stored_bytes": med([r["incremental"]["stored_bytes"] for r in rounds]),
+            "inc_wall_s": med([r["incremental"]["wall_s"] for r in rounds]),
+            "inc_rss_mib": med([r["incremental"]["rss_kib"] / 1024 for r in rounds]),
+            "full_wall_s": med([r["full"]["wall_s"] for r in rounds]),
+            "full_stored_bytes": med([r["full"]["stored_bytes"] for r in rounds]),
+            "full_rss_mib": med([r["full"]["rss_kib"] / 1024 for r in rounds]),
+            "restore_chain_s": med([p["chain"]["wall_s"] for p in res["restores"]]),
+            "restore_full_s": med([p["full"]["wall_s"] for p in res["restores"]]),
+            "restore_chain_rss_mib": med([p["chain"]["rss_kib"] / 1024 for p in res["restores"]]),
+            "restore_full_rss_mib": med([p["full"]["rss_kib"] / 1024 for p in res["restores"]]),
+            "chain_depth": res.get("chain_depth"),
+        }
+        if s["inc_stored_bytes"] and s["floor_bytes"]:
+            s["x_floor_size"] = s["inc_stored_bytes"] / (1.3 * s["floor_bytes"] + 64 * 1024)
+        if s["inc_wall_s"] and s["full_wall_s"]:
+            s["x_full_wall"] = s["inc_wall_s"] / s["full_wall_s"]
+        if s["restore_chain_s"] and s["restore_full_s"]:
+            s["x_restore"] = s["restore_chain_s"] / s["restore_full_s"]
+        return s
+
+    def incremental_targets(self, entry):
+        s = entry["incremental"]["summary"]
+        idle = entry["summary"]["idle"]["rss_mib"]
+        at_1g = entry["target_bytes"] >= GiB
+        t = []
+
+        def add(what, value, limit, binding, unit="×"):
+            ok = None if value is None else value <= limit
+            t.append({"target": what, "value": value, "limit": limit, "unit": unit,
+                      "binding": binding, "pass": ok})
+        add("incremental stored ≤ 1.3 × floor + 64 KiB", s.get("x_floor_size"), 1.0, at_1g)
+        add("incremental backup_to_s3 wall ≤ 0.5 × full .zst backup_to_s3", s.get("x_full_wall"),
+            0.5, at_1g)
+        add(f"restore newest of a {self.INC_CHAIN}-incremental chain ≤ 1.5 × restore of a full",
+            s.get("x_restore"), 1.5, at_1g)
+        for what, key in (("incremental backup_to_s3", "inc_rss_mib"),
+                          ("restore of the chain's newest", "restore_chain_rss_mib")):
+            v = s.get(key) - idle if s.get(key) is not None and idle is not None else None
+            add(f"{what} peak RSS ≤ idle + {RSS_TARGET_MIB} MiB", v, RSS_TARGET_MIB, True, "MiB")
+        return t
+
+    def incremental_md(self, entry):
+        inc = entry["incremental"]
+        s = inc["summary"]
+        fm = self.fmt
+        mib = lambda b: fm(b / MiB if b is not None else None, ".2f")  # noqa: E731
+        L = [f"#### Incremental backups ({entry['size']}): an hour of activity, "
+             f"{self.args.rounds} rounds", ""]
+        if inc.get("error"):
+            L += [f"ERROR: `{inc['error'][:500]}`", ""]
+        L.append(f"Pages changed by the hour (page copies compared): "
+                 f"**{fm((s['changed_fraction'] or 0) * 100)}%**. Floor (zstd -3 of just those "
+                 f"pages): {mib(s['floor_bytes'])} MiB.")
+        L.append("")
+        L.append("| measure | incremental | full .zst | ratio |")
+        L.append("|---|---:|---:|---:|")
+        L.append(f"| backup_to_s3 wall s | {fm(s['inc_wall_s'])} | {fm(s['full_wall_s'])} | "
+                 f"{fm(s.get('x_full_wall'), '.3f')} |")
+        L.append(f"| stored MiB | {mib(s['inc_stored_bytes'])} | {mib(s['full_stored_bytes'])} "
+                 f"| {fm((s['inc_stored_bytes'] or 0) / (s['full_stored_bytes'] or 1), '.4f')} |")
+        L.append(f"| backup peak RSS MiB | {fm(s['inc_rss_mib'], '.1f')} | "
+                 f"{fm(s['full_rss_mib'], '.1f')} | |")
+        L.append(f"| restore wall s (newest of {s['chain_depth']} incrementals vs a full) | "
+                 f"{fm(s['restore_chain_s'])} | {fm(s['restore_full_s'])} | "
+                 f"{fm(s.get('x_restore'), '.3f')} |")
+        L.append(f"| restore peak RSS MiB | {fm(s['restore_chain_rss_mib'], '.1f')} | "
+                 f"{fm(s['restore_full_rss_mib'], '.1f')} | |")
+        L.append("")
+        L.append(f"Stored bytes of the incremental ÷ (1.3 × floor + 64 KiB): "
+                 f"{fm(s.get('x_floor_size'), '.3f')}. Chain backups (untimed hours): " +
+                 ", ".join(f"{c['changed_pages']} pages {c['wall_s']:.1f} s"
+                           for c in inc["chain"][:6]) + (" …" if len(inc["chain"]) > 6 else ""))
+        return "\n".join(L)
+
     # --------------------------------------------------------------- output
 
     @staticmethod
@@ -811,6 +1085,8 @@ class Bench:
               "order rotates each round. See bench/README.md for how to read this.", ""]
         for e in entries:
             md += [self.table_md(e), ""]
+            if e.get("incremental"):
+                md += [self.incremental_md(e), ""]
         sc = self.scaling_md(entries)
         if sc:
             md += [sc, ""]
@@ -882,6 +1158,8 @@ def main():
                    help="seconds after which one command is killed and counted as failed")
     p.add_argument("--out", default=os.path.join(HERE, "out"),
                    help="output directory: cached databases, results (default bench/out)")
+    p.add_argument("--no-incremental", dest="incremental", action="store_false",
+                   help="skip the incremental backup measurements (#15)")
     p.add_argument("--only", default=",".join(CONTENDERS),
                    help="comma-separated subset of contenders, for diagnosis (default all: "
                         + ",".join(CONTENDERS) + "); ratios need seed, floor and idle")

@@ -588,7 +588,7 @@ impl<R: io::Read> io::Read for HashingReader<R> {
 /// The newest backup in the series, if its content equals `sha256`. Stores that record the
 /// hash (S3 metadata) answer at once; for the others the newest backup is decompressed and
 /// hashed, which costs a read but never a wrong skip.
-fn newest_with_same_content(
+pub(crate) fn newest_with_same_content(
     store: &dyn Store,
     series: &crate::naming::Series,
     sha256: &str,

@@ -317,7 +317,10 @@ pub fn holds_sqlite(input: &mut dyn Read) -> bool {
         },
         Codec::None => limited.read_exact(&mut magic),
     };
-    read.is_ok() && &magic == crate::dbfile::SQLITE_MAGIC
+    // An incremental backup's object is a backup too (its chain restores it).
+    read.is_ok()
+        && (&magic == crate::dbfile::SQLITE_MAGIC
+            || &magic == crate::incremental::format::DELTA_MAGIC)
 }
 
 /// Every gzip member of a stream, then only zero bytes to the end (padding that tape and some

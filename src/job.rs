@@ -29,6 +29,9 @@ use crate::verify;
 pub struct Outcome {
     #[serde(flatten)]
     pub report: Report,
+    /// Incremental backups: kind, base, changed pages (`incremental::Info`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<crate::incremental::Info>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pruned: Option<prune::Report>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,7 +118,10 @@ fn backup_and_keep(
     plan: &Plan,
 ) -> Result<Outcome> {
     let req = &plan.backup;
-    let report = backup::run(conn, store, name, req)?;
+    let (report, incremental) = match &plan.incremental {
+        Some(opts) => crate::incremental::run(conn, store, name, req, opts)?,
+        None => (backup::run(conn, store, name, req)?, None),
+    };
     let pruned = match &plan.keep {
         None => None,
         Some(policy) => {
@@ -138,6 +144,7 @@ fn backup_and_keep(
     };
     Ok(Outcome {
         report,
+        incremental,
         pruned,
         notify: None,
     })
@@ -257,20 +264,36 @@ fn newest(
 }
 
 /// backup_list: the location's entries in the series, newest first, each classified
-/// (a backup, never deleted by retention, or unknown without reading it).
-pub fn list(conn: &Connection, req: &request::List) -> Result<Vec<(Entry, Class)>> {
+/// (a backup, never deleted by retention, or unknown without reading it), with the kind and
+/// base of an incremental series' backups (read from their page lists, which are not rows
+/// unless their backup is gone).
+pub fn list(conn: &Connection, req: &request::List) -> Result<Vec<(Entry, Class, Option<Link>)>> {
     let store = open_location(&req.location, &req.s3)?;
     let listing = store.list()?;
-    let mut rows = naming::select(req.series.as_ref(), listing.clone());
+    let listed = listing.iter().map(|e| e.name.as_str()).collect();
+    let (mut rows, orphans) = crate::incremental::page_lists_apart(
+        naming::select(req.series.as_ref(), listing.clone()),
+        &listed,
+    );
     // Newest first: the order a person looking for the latest backup wants, and prune's.
     rows.sort_by(crate::retention::newest_first);
-    let listed = listing.iter().map(|e| e.name.as_str()).collect();
     let classes = prune::classify(store.as_ref(), &rows, &listed, &protected(conn)?);
     let mut rows: Vec<(Entry, Class)> = rows.into_iter().zip(classes).collect();
     if let Some(identity) = &req.identity_file {
         plaintext_sha256(store.as_ref(), &mut rows, identity)?;
     }
-    Ok(rows)
+    let mut out: Vec<(Entry, Class, Option<Link>)> = rows
+        .into_iter()
+        .map(|(entry, class)| {
+            let link = crate::incremental::link_of(store.as_ref(), &entry.name, &listed);
+            (entry, class, link)
+        })
+        .collect();
+    for orphan in orphans {
+        let why = "page list of an incremental backup that is not there".to_string();
+        out.push((orphan, Class::Ignored(why), None));
+    }
+    Ok(out)
 }
 
 /// With an identity, the sha256 of an encrypted (`.age`) backup is its plaintext's, the one
@@ -321,6 +344,13 @@ fn plaintext_sha256(
         ))),
         _ => Ok(()),
     }
+}
+
+/// What backup_list shows of an incremental series' backup.
+pub struct Link {
+    pub kind: &'static str,
+    /// The backup it builds on (none for a full).
+    pub base: Option<String>,
 }
 
 /// backup_prune: the policy applied to the location.

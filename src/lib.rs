@@ -12,6 +12,7 @@ mod crypt;
 mod dbfile;
 pub mod error;
 mod ffi;
+mod incremental;
 mod integrity;
 mod interrupt;
 mod job;

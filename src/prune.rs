@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::incremental;
 use crate::live::{self, Protected};
 use crate::naming::Series;
 use crate::retention::{self, Policy};
@@ -71,6 +72,9 @@ pub fn iso(t: DateTime<Utc>) -> String {
 }
 
 pub const NOT_A_BACKUP: &str = "not a backup";
+
+/// How old a page list without its backup must be before pruning removes it.
+const ORPHAN_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// What an entry is, for retention.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,7 +157,11 @@ pub fn run(store: &dyn Store, req: &Request) -> Result<Report> {
     req.policy.check()?;
     let listing = store.list()?;
     let listed: HashSet<&str> = listing.iter().map(|e| e.name.as_str()).collect();
-    let members = crate::naming::select(req.series.as_ref(), listing.clone());
+    // Page lists of incremental backups go with their backup; not candidates themselves.
+    let (members, orphans) = incremental::page_lists_apart(
+        crate::naming::select(req.series.as_ref(), listing.clone()),
+        &listed,
+    );
     let classes = classify(store, &members, &listed, &req.protected);
     let mut ignored = Vec::new();
     let mut candidates = Vec::new();
@@ -172,7 +180,10 @@ pub fn run(store: &dyn Store, req: &Request) -> Result<Report> {
     // read. Taking out entries the plan deletes cannot change what it keeps (every rule keeps
     // from the newest down, and a deleted entry was skipped or past the count), so one plan
     // serves, and each entry is read once at most.
+    let names: Vec<&str> = candidates.iter().map(|e| e.name.as_str()).collect();
+    let chains = incremental::kinds(store, &names, &listed)?;
     let mut plan = retention::plan(candidates, &req.policy, req.now, req.utc)?;
+    incremental::keep_needed(&mut plan, &chains);
     plan.delete.retain(|entry| {
         if !unknown.contains(&entry.name) {
             return true;
@@ -192,9 +203,29 @@ pub fn run(store: &dyn Store, req: &Request) -> Result<Report> {
         .map(|k| Item::new(&k.entry, k.reasons.clone()))
         .collect();
     let mut deleted = Vec::new();
+    let old_orphans = orphans
+        .iter()
+        .filter(|e| e.modified < req.now - ORPHAN_AGE && incremental::is_page_list(store, &e.name));
+    for entry in old_orphans {
+        // A page list whose backup is gone (a backup killed between its two writes); a
+        // recent one may be a backup still being stored.
+        if !req.dry_run {
+            store.delete(&entry.name)?;
+        }
+        deleted.push(Item::new(entry, Vec::new()));
+    }
     for entry in &plan.delete {
         if !req.dry_run {
-            store.delete(&entry.name).map_err(|e| {
+            let pages = incremental::format::pages_name(&entry.name);
+            // The backup, then its page list: a page list alone is never counted.
+            let deleted_one = store.delete(&entry.name).and_then(|()| {
+                if listed.contains(pages.as_str()) && incremental::is_page_list(store, &pages) {
+                    store.delete(&pages)
+                } else {
+                    Ok(())
+                }
+            });
+            deleted_one.map_err(|e| {
                 Error::new(
                     e.kind,
                     format!(

@@ -105,6 +105,72 @@ pub struct BackupOptions {
     recipients_file: Option<String>,
     /// Decrypts the newest backup for `if_changed` when the series is encrypted.
     identity_file: Option<String>,
+    /// Store only the pages changed since the newest backup of the series.
+    incremental: Option<bool>,
+    /// With `incremental`: a count of backups, or a duration, between full backups.
+    full_every: Option<FullEveryOption>,
+}
+
+/// `full_every`: a count (`24`) or a duration (`"24h"`, `"7d"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FullEveryOption {
+    Count(u64),
+    Duration(String),
+}
+
+/// The incremental options, checked (None: a plain backup).
+fn incremental(opts: &BackupOptions) -> Result<Option<crate::incremental::Options>> {
+    use crate::incremental::{FullEvery, Options, DEFAULT_FULL_EVERY};
+    if opts.incremental != Some(true) {
+        if opts.full_every.is_some() {
+            return Err(Error::usage(
+                "option 'full_every' goes with \"incremental\": true",
+            ));
+        }
+        return Ok(None);
+    }
+    if opts.method == Some(Method::Vacuum) {
+        return Err(Error::usage(
+            "option 'incremental' compares pages by number, which only method 'pages' keeps \
+             (VACUUM INTO renumbers them): drop method 'vacuum'",
+        ));
+    }
+    // Said rather than ignored: an incremental backup copies the pages into a temp file.
+    if opts.method == Some(Method::Stream) {
+        return Err(Error::usage(
+            "option 'incremental' takes its snapshot with method 'pages' (a copy in temp_dir), \
+             not 'stream': drop method 'stream'",
+        ));
+    }
+    let full_every = match &opts.full_every {
+        None => FullEvery::Count(DEFAULT_FULL_EVERY),
+        Some(FullEveryOption::Count(n)) => match u32::try_from(*n) {
+            Ok(n) if n >= 1 => FullEvery::Count(n),
+            _ => {
+                return Err(Error::usage(format!(
+                    "option 'full_every' must be a count from 1 (every backup full) to \
+                     {}, or a duration like '24h' or '7d', not {n}",
+                    u32::MAX
+                )))
+            }
+        },
+        Some(FullEveryOption::Duration(text)) => {
+            let within = crate::retention::Within::parse(text).map_err(|_| {
+                Error::usage(format!(
+                    "option 'full_every': cannot read '{text}': give a count (24) or a \
+                     duration with a unit (h, d, w, m, y), like '24h' or '7d'"
+                ))
+            })?;
+            if within.is_zero() {
+                return Err(Error::usage(
+                    "option 'full_every' must be a duration above zero",
+                ));
+            }
+            FullEvery::Age(within)
+        }
+    };
+    Ok(Some(Options { full_every }))
 }
 
 /// Where a backup goes, as the caller gave it.
@@ -160,6 +226,8 @@ pub struct Plan {
     /// Retention applied to the series after a stored backup (checked already).
     pub keep: Option<Policy>,
     pub utc: bool,
+    /// `incremental`: its options.
+    pub incremental: Option<crate::incremental::Options>,
 }
 
 /// Resolves a backup call's target and options.
@@ -209,6 +277,7 @@ fn plan(target: Target, opts: BackupOptions) -> Result<Plan> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS)),
     };
     let time = clock(opts.now.as_deref())?;
+    let incremental = incremental(&opts)?;
     // A bad policy fails before the backup, not after it.
     if let Some(policy) = &opts.keep {
         policy.check().map_err(|e| e.context("option 'keep'"))?;
@@ -276,6 +345,13 @@ fn plan(target: Target, opts: BackupOptions) -> Result<Plan> {
         Destination::File { name, .. } | Destination::S3 { name, .. } => name,
     };
     let identity_file = crypt::identity_file(opts.identity_file.as_deref());
+    if incremental.is_some() && crypt::wanted(name) {
+        // The page lists' hashes would let the bucket's owner test guesses of page content.
+        return Err(Error::usage(format!(
+            "option 'incremental' cannot be combined with encryption yet ('{name}' ends in \
+             .age): drop .age from the pattern or drop option 'incremental'"
+        )));
+    }
     let recipients = if crypt::wanted(name) {
         let recipients =
             crypt::recipients(opts.recipients.as_deref(), opts.recipients_file.as_deref())?;
@@ -318,6 +394,7 @@ fn plan(target: Target, opts: BackupOptions) -> Result<Plan> {
         },
         keep: opts.keep,
         utc,
+        incremental,
     })
 }
 

@@ -78,6 +78,38 @@ pub fn fetch_checked(
     let mut buf = vec![0u8; 1 << 20];
     // The header first: a foreign file or a bomb of zeros stops here, before any real write.
     let head = read_head(&mut reader).map_err(|e| read_error(&url, codec, e))?;
+    if crate::incremental::is_incremental(&head) {
+        // An incremental backup: rebuilt from its chain, then checked like any other.
+        drop(reader);
+        let rebuilt = crate::incremental::rebuild(store, name, dir)?;
+        if let Some(expected) = entry.sha256.as_ref().filter(|e| **e != rebuilt.sha256) {
+            return Err(Error::corrupt(format!(
+                "{url} does not match its recorded sha256 (recorded {expected}, rebuilt {})",
+                rebuilt.sha256
+            )));
+        }
+        crate::progress::phase("checking integrity", None);
+        let checked = integrity::check(rebuilt.file.path(), quick, &url, caller)?;
+        return Ok(Checked {
+            file: rebuilt.file,
+            report: Report {
+                location: url,
+                ok: true,
+                integrity: checked.integrity.to_string(),
+                skipped: checked.skipped,
+                checked_on: checked.checked_on,
+                compression: rebuilt.codec.name(),
+                encrypted,
+                tables: checked.tables,
+                page_size: rebuilt.page_size,
+                page_count: rebuilt.bytes / u64::from(rebuilt.page_size.max(1)),
+                bytes: rebuilt.bytes,
+                stored_bytes: rebuilt.stored_bytes,
+                sha256: rebuilt.sha256,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            },
+        });
+    }
     let header = dbfile::parse(&head).map_err(|p| not_a_database(&url, codec, p))?;
     let limit = header.limit(entry.size);
     hasher.update(&head);

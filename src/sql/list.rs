@@ -19,10 +19,14 @@ use crate::request;
 use crate::store::{Entry, Location};
 
 const COLUMNS: &str =
-    "CREATE TABLE x(name TEXT, url TEXT, size INTEGER, modified TEXT, sha256 TEXT, backup INTEGER, location HIDDEN, options HIDDEN)";
+    "CREATE TABLE x(name TEXT, url TEXT, size INTEGER, modified TEXT, sha256 TEXT, backup INTEGER, location HIDDEN, options HIDDEN, kind TEXT, base TEXT)";
 const COL_BACKUP: c_int = 5;
 const COL_LOCATION: c_int = 6;
 const COL_OPTIONS: c_int = 7;
+/// Incremental series: 'full' or 'incremental', and the backup it builds on; NULL for other
+/// backups. Declared after the hidden columns so the existing column numbers stay.
+const COL_KIND: c_int = 8;
+const COL_BASE: c_int = 9;
 /// idx_num bits: which hidden arguments filter receives.
 const HAS_LOCATION: c_int = 1;
 const HAS_OPTIONS: c_int = 2;
@@ -104,7 +108,7 @@ pub struct ListCursor {
     /// Must be first: SQLite sees this struct as its sqlite3_vtab_cursor.
     base: sqlite3_vtab_cursor,
     db: *mut sqlite3,
-    rows: Vec<(Entry, Class)>,
+    rows: Vec<(Entry, Class, Option<job::Link>)>,
     at: usize,
     location: String,
     options: Option<String>,
@@ -180,7 +184,7 @@ impl VTabCursor for ListCursor {
     }
 
     fn column(&self, ctx: *mut sqlite3_context, i: c_int) -> sqlite_loadable::Result<()> {
-        let Some((row, class)) = self.rows.get(self.at) else {
+        let Some((row, class, link)) = self.rows.get(self.at) else {
             api::result_null(ctx);
             return Ok(());
         };
@@ -202,6 +206,14 @@ impl VTabCursor for ListCursor {
             COL_LOCATION => api::result_text(ctx, &self.location)?,
             COL_OPTIONS => match &self.options {
                 Some(s) => api::result_text(ctx, s)?,
+                None => api::result_null(ctx),
+            },
+            COL_KIND => match link {
+                Some(l) => api::result_text(ctx, l.kind)?,
+                None => api::result_null(ctx),
+            },
+            COL_BASE => match link.as_ref().and_then(|l| l.base.as_ref()) {
+                Some(b) => api::result_text(ctx, b)?,
                 None => api::result_null(ctx),
             },
             _ => api::result_null(ctx),

@@ -1,0 +1,1051 @@
+//! Incremental backups (`"incremental": true`): the first backup of a series is a full one (a
+//! plain compressed database); the next ones store only the pages that changed since the
+//! newest backup of the series. Every backup has a page list beside it (`<name>.pages`, see
+//! `format`), so the next run compares page hashes without downloading any backup data.
+//!
+//! Pipeline: page copy (the online backup API keeps page numbers, VACUUM INTO does not) →
+//! hash each page (blake3) and the whole (sha256) → skip if unchanged (`if_changed`) → full
+//! or incremental by policy → page list, then the object (a kill between leaves a page list
+//! without its backup, which is never counted and which the next run removes).
+
+pub mod chain;
+pub mod format;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::backup::{Report, Request, Timings};
+use crate::codec::{self, Codec};
+use crate::dbfile;
+use crate::error::{Error, Kind as ErrorKind, Result};
+use crate::ffi::Connection;
+use crate::retention::Within;
+use crate::snapshot::{self, Method};
+use crate::store::{Entry, PutMeta, Sha256Cell, Store};
+use crate::temp::{self, NamedTemp};
+use format::{Hash, Header, Kind, DELTA_MAGIC};
+
+/// How often a full backup is taken.
+#[derive(Debug, Clone)]
+pub enum FullEvery {
+    /// Every n-th backup is a full one: a restore reads at most n backups.
+    Count(u32),
+    /// A full backup once the chain's full is this old.
+    Age(Within),
+}
+
+pub const DEFAULT_FULL_EVERY: u32 = 24;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub full_every: FullEvery,
+}
+
+/// What the result says about the incremental side of a backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    pub kind: &'static str,
+    /// The backup this one applies on (none for a full).
+    pub base: Option<String>,
+    /// The full backup of its chain.
+    pub full: String,
+    /// Incrementals since the full (0 for a full).
+    pub depth: u32,
+    /// Pages stored: all of them for a full.
+    pub changed_pages: u64,
+    /// Stored bytes of the page list (included in `stored_bytes`).
+    pub page_list_bytes: u64,
+    /// Why a full backup was taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<String>,
+}
+
+fn ms_since(t: Instant) -> u64 {
+    t.elapsed().as_millis() as u64
+}
+
+/// The previous backup of the series, when there is one.
+struct Previous {
+    entry: Entry,
+    /// Its chain, or why it cannot be continued.
+    chain: std::result::Result<Vec<chain::Link>, String>,
+}
+
+pub fn run(
+    conn: &Connection,
+    store: &dyn Store,
+    name: &str,
+    req: &Request,
+    opts: &Options,
+) -> Result<(Report, Option<Info>)> {
+    let started = Instant::now();
+    let codec = Codec::for_name(name);
+    let level = codec.level(req.level)?;
+    if req.recipients.is_some() || crate::crypt::wanted(name) {
+        return Err(Error::usage(
+            "incremental backups cannot be encrypted yet: drop .age from the name or option \
+             'incremental'",
+        ));
+    }
+    // A backup that later ones build on must never be replaced: names must not repeat.
+    store.check_put(name, true).map_err(|e| {
+        if e.kind == ErrorKind::Exists {
+            Error::new(
+                e.kind,
+                format!(
+                    "{}: an incremental backup never replaces one (later backups may build on \
+                     it): put the date and time in the pattern, like db-%Y%m%dT%H%M%S.zst",
+                    e.message
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
+    let pages_name = format::pages_name(name);
+    store.check_put(&pages_name, false)?;
+
+    let listing = store.list()?;
+    let sizes: HashMap<String, u64> = listing.iter().map(|e| (e.name.clone(), e.size)).collect();
+    remove_orphans(store, &listing, &sizes, &req.series, name);
+    let members: Vec<Entry> = req
+        .series
+        .select(listing)
+        .into_iter()
+        .filter(|e| format::owner_of(&e.name).is_none())
+        .collect();
+    let previous = crate::retention::newest(members).map(|entry| {
+        let chain = if sizes.contains_key(&format::pages_name(&entry.name)) {
+            chain::walk(store, &entry.name, true)
+                .map_err(|e| format!("its chain cannot be read: {}", e.message))
+                .and_then(|links| chain::usable(&links, &sizes, store).map(|()| links))
+        } else {
+            Err("it is not part of an incremental chain".to_string())
+        };
+        Previous { entry, chain }
+    });
+
+    let snap = snapshot::take(
+        conn,
+        &req.schema,
+        Some(Method::Pages),
+        req.busy_timeout_ms,
+        &req.temp_dir,
+    )?;
+    let mut timings = Timings {
+        snapshot: ms_since(started),
+        ..Timings::default()
+    };
+    let page_size = snap.page_size;
+    let page_count = snap.page_count;
+    let mut report = Report {
+        destination: store.url(name),
+        method: Method::Pages.name(),
+        fallback: None,
+        compression: codec.name(),
+        encrypted: false,
+        bytes: snap.bytes,
+        stored_bytes: 0,
+        sha256: String::new(),
+        page_size,
+        page_count,
+        elapsed_ms: 0,
+        timings_ms: Timings::default(),
+        etag: None,
+        parts: 0,
+        skipped: false,
+        same_as: None,
+        spilled_bytes: None,
+    };
+
+    // The base's page hashes, when its chain can be continued with this page size.
+    let (mut owned, mut why_full) = match previous {
+        None => (None, Some("the first backup of the series".to_string())),
+        Some(Previous {
+            chain: Ok(links), ..
+        }) => (Some(links), None),
+        Some(Previous {
+            entry,
+            chain: Err(why),
+        }) => (
+            None,
+            Some(format!("the newest backup {}: {why}", entry.url)),
+        ),
+    };
+    if let Some(head) = owned.as_deref().and_then(chain::header_of) {
+        if head.page_size != page_size {
+            why_full = Some(format!(
+                "the page size changed from {} to {page_size}",
+                head.page_size
+            ));
+            owned = None;
+        }
+    }
+    let links = owned.as_deref();
+    let base_header = links.and_then(chain::header_of).cloned();
+    let base_link = links
+        .and_then(|l| l.last())
+        .map(|l| l.name.clone())
+        .unwrap_or_default();
+    // Stored bytes of the chain's incrementals (objects and page lists), from the listing.
+    let chain_bytes: u64 = links
+        .map(|l| {
+            l.iter()
+                .skip(1)
+                .flat_map(|link| [link.name.clone(), format::pages_name(&link.name)])
+                .filter_map(|n| sizes.get(&n))
+                .sum()
+        })
+        .unwrap_or(0);
+    let full_header = links
+        .and_then(|l| l.first())
+        .map(|l| (l.name.clone(), l.list.header.clone()));
+    let base_map = match owned {
+        Some(l) => chain::hashes(l)?,
+        None => Vec::new(),
+    };
+
+    let step = Instant::now();
+    let hashed = hash_pages(&snap.file, page_size, page_count, base_map)?;
+    timings.hash = ms_since(step);
+    report.sha256 = dbfile::hex(&hashed.sha256);
+
+    if req.if_changed {
+        let same = match &base_header {
+            Some(h) => (h.sha256 == hashed.sha256).then(|| store.url(&base_link)),
+            None => crate::backup::newest_with_same_content(
+                store,
+                &req.series,
+                &report.sha256,
+                req.identity_file.as_deref(),
+            )?,
+        };
+        if let Some(same) = same {
+            report.skipped = true;
+            report.same_as = Some(same);
+            report.elapsed_ms = ms_since(started);
+            report.timings_ms = timings;
+            return Ok((report, None));
+        }
+    }
+
+    // Full or incremental, by policy.
+    let changed = hashed.changed.len() as u64;
+    if let (Some(base), Some((full_name, full))) = (&base_header, &full_header) {
+        why_full = match &opts.full_every {
+            FullEvery::Count(n) if base.depth.saturating_add(1) >= *n => {
+                Some(format!("full_every {n}: the chain has {n} backups"))
+            }
+            FullEvery::Age(within)
+                if within
+                    .cutoff(req.time)
+                    .is_none_or(|cut| cut.timestamp() >= full.time) =>
+            {
+                Some("full_every: the chain's full backup is that old".to_string())
+            }
+            _ => {
+                // This one's stored size, estimated at the full's compression ratio.
+                let full_stored = sizes.get(full_name).copied().unwrap_or(0);
+                let estimate = changed
+                    .saturating_mul(u64::from(page_size))
+                    .saturating_mul(full_stored)
+                    / full.bytes().max(1);
+                (chain_bytes.saturating_add(estimate) > full_stored)
+                    .then(|| "the chain would store more than a new full backup".to_string())
+            }
+        };
+    }
+    let kind = if why_full.is_some() {
+        Kind::Full
+    } else {
+        Kind::Incremental
+    };
+    let (base, full, depth) = match (kind, &base_header, &full_header) {
+        (Kind::Incremental, Some(b), Some((f, _))) => {
+            (base_link.clone(), f.clone(), b.depth.saturating_add(1))
+        }
+        _ => (String::new(), name.to_string(), 0),
+    };
+    let header = Header {
+        kind,
+        page_size,
+        page_count,
+        sha256: hashed.sha256,
+        time: req.time.timestamp(),
+        depth,
+        name: name.to_string(),
+        base: base.clone(),
+        full: full.clone(),
+        entries: match kind {
+            Kind::Full => page_count,
+            Kind::Incremental => changed,
+        },
+    };
+
+    // The page list first: a backup is only counted once its object exists.
+    let step = Instant::now();
+    crate::progress::phase("storing the page list", None);
+    let list_meta = PutMeta {
+        sha256: Sha256Cell::ready(String::new()),
+        backup_time: req.time,
+        create_only: false,
+        temp_dir: req.temp_dir.clone(),
+    };
+    let mut upload = store.put(&pages_name, &list_meta)?;
+    let entries: Box<dyn Iterator<Item = (u32, Hash)>> = match kind {
+        Kind::Full => Box::new(
+            hashed
+                .map
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (u32::try_from(i + 1).unwrap_or(u32::MAX), *h)),
+        ),
+        Kind::Incremental => Box::new(hashed.changed.iter().map(|&p| {
+            let h = hashed
+                .map
+                .get((p as usize).wrapping_sub(1))
+                .copied()
+                .unwrap_or_default();
+            (p, h)
+        })),
+    };
+    let mut counted = Counting {
+        inner: &mut upload,
+        count: 0,
+    };
+    if let Err(e) = format::write_page_list(&header, entries, &mut counted) {
+        upload.abort();
+        return Err(Error::io(
+            format!("cannot write {}", store.url(&pages_name)),
+            e,
+        ));
+    }
+    let list_bytes = counted.count;
+    upload.commit()?;
+
+    // Then the object; on failure the page list goes too.
+    let stored = store_object(
+        store,
+        name,
+        req,
+        codec,
+        level,
+        &snap.file,
+        &header,
+        &hashed.changed,
+        &mut timings,
+    );
+    let (stored, count) = match stored {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = store.delete(&pages_name);
+            return Err(e);
+        }
+    };
+    timings.compress += ms_since(step).saturating_sub(timings.compress + timings.commit);
+    drop(snap);
+    report.destination = stored.url;
+    report.stored_bytes = count + list_bytes;
+    report.etag = stored.etag;
+    report.parts = stored.parts;
+    report.elapsed_ms = ms_since(started);
+    report.timings_ms = timings;
+    Ok((
+        report,
+        Some(Info {
+            kind: kind.name(),
+            base: (kind == Kind::Incremental).then_some(base),
+            full,
+            depth,
+            changed_pages: match kind {
+                Kind::Full => page_count,
+                Kind::Incremental => changed,
+            },
+            page_list_bytes: list_bytes,
+            full_reason: why_full,
+        }),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn store_object(
+    store: &dyn Store,
+    name: &str,
+    req: &Request,
+    codec: Codec,
+    level: u32,
+    snap: &NamedTemp,
+    header: &Header,
+    changed: &[u32],
+    timings: &mut Timings,
+) -> Result<(crate::store::Stored, u64)> {
+    let meta = PutMeta {
+        sha256: Sha256Cell::ready(dbfile::hex(&header.sha256)),
+        backup_time: req.time,
+        create_only: true,
+        temp_dir: req.temp_dir.clone(),
+    };
+    let file = snap
+        .reopen()
+        .map_err(|e| Error::io("cannot read the snapshot", e))?;
+    let step = Instant::now();
+    let upload = store.put(name, &meta)?;
+    let mut counted = Counting {
+        inner: upload,
+        count: 0,
+    };
+    let meter = crate::progress::phase("compressing and storing", None);
+    let compressed = match header.kind {
+        Kind::Full => {
+            let mut input = Metered { inner: file, meter };
+            codec::compress(&mut input, &mut counted, codec, level, req.threads)
+        }
+        Kind::Incremental => {
+            let mut first = Vec::new();
+            header
+                .write(DELTA_MAGIC, &mut first)
+                .map_err(|e| Error::io("cannot encode the header", e))?;
+            let mut input = Metered {
+                inner: Records {
+                    file,
+                    page_size: header.page_size as usize,
+                    pages: changed.iter(),
+                    buf: first,
+                    at: 0,
+                },
+                meter,
+            };
+            codec::compress(&mut input, &mut counted, codec, level, req.threads)
+        }
+    };
+    let Counting {
+        inner: upload,
+        count,
+    } = counted;
+    if let Err(e) = compressed {
+        upload.abort();
+        return Err(e);
+    }
+    if let Err(e) = crate::interrupt::check() {
+        upload.abort();
+        return Err(e);
+    }
+    timings.compress = ms_since(step);
+    let step = Instant::now();
+    crate::progress::phase("committing", None);
+    let stored = upload.commit()?;
+    timings.commit = ms_since(step);
+    Ok((stored, count))
+}
+
+/// Removes page lists of the series whose backup is gone (a run killed between the two
+/// writes, or a backup deleted by hand): never counted, and never left behind.
+fn remove_orphans(
+    store: &dyn Store,
+    listing: &[Entry],
+    sizes: &HashMap<String, u64>,
+    series: &crate::naming::Series,
+    current: &str,
+) {
+    for entry in listing {
+        if let Some(owner) = format::owner_of(&entry.name) {
+            if owner != current
+                && series.contains(owner)
+                && !sizes.contains_key(owner)
+                && is_page_list(store, &entry.name)
+            {
+                let _ = store.delete(&entry.name);
+            }
+        }
+    }
+}
+
+struct Hashed {
+    sha256: [u8; 32],
+    /// Page hashes of the snapshot, by page number - 1.
+    map: Vec<Hash>,
+    /// Pages that differ from the base (every page when there is none).
+    changed: Vec<u32>,
+}
+
+/// One pass over the snapshot for each hash, side by side: its sha256 on a thread of its own,
+/// and on this one each page's hash and the pages that differ from `base` (the previous
+/// backup's hashes; empty for none). `base` becomes the new map.
+fn hash_pages(
+    snap: &NamedTemp,
+    page_size: u32,
+    page_count: u64,
+    base: Vec<Hash>,
+) -> Result<Hashed> {
+    let fail = |e| Error::io("cannot read the snapshot", e);
+    let count = usize::try_from(page_count)
+        .map_err(|_| Error::usage("the database has too many pages for this machine"))?;
+    let mut whole = snap.reopen().map_err(fail)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let stop = &stop;
+        let sha = crate::threads::spawn_scoped(scope, "backup-sha256", move || {
+            let mut sha = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(Error::interrupted());
+                }
+                let n = whole.read(&mut buf).map_err(fail)?;
+                if n == 0 {
+                    return Ok(<[u8; 32]>::from(sha.finalize()));
+                }
+                sha.update(buf.get(..n).unwrap_or_default());
+            }
+        })?;
+        let pages = page_hashes(snap, page_size, count, base);
+        if pages.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let sha256 = sha
+            .join()
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "hashing the snapshot failed")));
+        let (map, changed) = pages?;
+        Ok(Hashed {
+            sha256: sha256?,
+            map,
+            changed,
+        })
+    })
+}
+
+/// Each page's hash, and the pages that differ from `base`, which becomes the new map.
+fn page_hashes(
+    snap: &NamedTemp,
+    page_size: u32,
+    count: usize,
+    base: Vec<Hash>,
+) -> Result<(Vec<Hash>, Vec<u32>)> {
+    let fail = |e| Error::io("cannot read the snapshot", e);
+    let mut map = base;
+    let had = map.len();
+    if count > map.len() {
+        map.try_reserve_exact(count - map.len())
+            .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page hashes"))?;
+    }
+    map.resize(count, [0; format::HASH_LEN]);
+    let mut changed = Vec::new();
+    let mut input = BufReader::with_capacity(1 << 20, snap.reopen().map_err(fail)?);
+    let mut page = vec![0u8; page_size as usize];
+    let meter = crate::progress::phase("hashing pages", Some(count as u64 * u64::from(page_size)));
+    for (i, slot) in map.iter_mut().enumerate() {
+        if i % 4096 == 0 {
+            crate::interrupt::check()?;
+        }
+        input.read_exact(&mut page).map_err(fail)?;
+        let h = format::page_hash(&page);
+        if i >= had || *slot != h {
+            changed
+                .try_reserve(1)
+                .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page list"))?;
+            changed.push(u32::try_from(i + 1).map_err(|_| Error::usage("too many pages"))?);
+            *slot = h;
+        }
+        meter.add(u64::from(page_size));
+    }
+    Ok((map, changed))
+}
+
+/// The records of an incremental's object: the header, then (u32 page number, page) for each
+/// changed page, read from the snapshot in page order.
+struct Records<'a> {
+    file: File,
+    page_size: usize,
+    pages: std::slice::Iter<'a, u32>,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Records<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.at >= self.buf.len() {
+            let Some(&page) = self.pages.next() else {
+                return Ok(0);
+            };
+            self.buf.clear();
+            self.buf.extend_from_slice(&page.to_le_bytes());
+            self.buf.resize(4 + self.page_size, 0);
+            let offset = u64::from(page.saturating_sub(1)) * self.page_size as u64;
+            self.file.seek(SeekFrom::Start(offset))?;
+            self.file
+                .read_exact(self.buf.get_mut(4..).unwrap_or_default())?;
+            self.at = 0;
+        }
+        let rest = self.buf.get(self.at..).unwrap_or_default();
+        let n = rest.len().min(out.len());
+        out.get_mut(..n)
+            .unwrap_or_default()
+            .copy_from_slice(rest.get(..n).unwrap_or_default());
+        self.at += n;
+        Ok(n)
+    }
+}
+
+struct Metered<R> {
+    inner: R,
+    meter: crate::progress::Meter,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.meter.add(n as u64);
+        Ok(n)
+    }
+}
+
+struct Counting<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        crate::interrupt::check().map_err(Error::into_io)?;
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+// ---- restore and verify ----
+
+/// A database rebuilt from a chain, in a temp file.
+pub struct Rebuilt {
+    pub file: NamedTemp,
+    pub sha256: String,
+    pub bytes: u64,
+    /// Stored bytes read: every backup of the chain.
+    pub stored_bytes: u64,
+    pub page_size: u32,
+    pub codec: Codec,
+}
+
+/// Whether decompressed bytes are an incremental's object.
+pub fn is_incremental(head: &[u8]) -> bool {
+    head.starts_with(DELTA_MAGIC)
+}
+
+/// Rebuilds the database incremental backup `name` restores to, in a temp file in `dir`. The
+/// page lists say which link holds the final content of each page (the newest that has it,
+/// else the full backup), so every page is written once: the full backup is streamed on this
+/// thread while the incrementals are read on another, each writing only its own pages (every
+/// page read is checked against its page list). Then the file is cut to the page count and
+/// the whole checked against the sha256 recorded when the backup was taken. A missing or
+/// damaged link is an error naming it. Memory: 2 bytes per page, besides the page lists.
+pub fn rebuild(store: &dyn Store, name: &str, dir: &Path) -> Result<Rebuilt> {
+    let target = store.url(name);
+    let links = chain::walk(store, name, false)
+        .map_err(|e| e.context(format!("cannot rebuild {target} from its chain")))?;
+    let Some((full, rest)) = links.split_first() else {
+        return Err(Error::corrupt(format!("{target} has an empty chain")));
+    };
+    let Some(last) = links.last() else {
+        return Err(Error::corrupt(format!("{target} has an empty chain")));
+    };
+    let page_size = last.list.header.page_size;
+    if rest.iter().any(|l| l.list.header.page_size != page_size)
+        || full.list.header.page_size != page_size
+    {
+        return Err(Error::corrupt(format!(
+            "the chain of {target} mixes page sizes: its page lists are damaged"
+        )));
+    }
+    // owner[p - 1]: 0 for the full backup, i for rest[i - 1].
+    let count = usize::try_from(last.list.header.page_count)
+        .map_err(|_| Error::corrupt(format!("{target}: too many pages")))?;
+    let mut owner: Vec<u16> = Vec::new();
+    owner
+        .try_reserve_exact(count)
+        .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page map"))?;
+    owner.resize(count, 0);
+    for (i, link) in rest.iter().enumerate() {
+        let id = u16::try_from(i + 1).map_err(|_| Error::corrupt("too many links"))?;
+        for &page in &link.list.pages {
+            if let Some(slot) = (page as usize)
+                .checked_sub(1)
+                .and_then(|k| owner.get_mut(k))
+            {
+                *slot = id;
+            }
+        }
+    }
+
+    let file = temp::named(dir, temp::Ext::Db)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let ctx = Apply {
+        store,
+        target: &target,
+        name,
+        dir,
+        file: file.as_file(),
+        owner: &owner,
+        page_size: page_size as usize,
+        stop: &stop,
+    };
+    let (full_read, incrementals) = std::thread::scope(|scope| -> Result<_> {
+        let ctx = &ctx;
+        let others = crate::threads::spawn_scoped(scope, "restore-incrementals", move || {
+            let mut read = 0u64;
+            let mut codec = None;
+            for (i, link) in rest.iter().enumerate() {
+                let (n, c) = ctx.incremental(link, i + 1)?;
+                read += n;
+                codec = Some(c);
+            }
+            Ok::<_, Error>((read, codec))
+        })?;
+        let full_read = ctx.full(full);
+        if full_read.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let incrementals = others.join().unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Io,
+                "applying the incrementals failed",
+            ))
+        });
+        // The full's error first: the incrementals' thread may only have been stopped by it.
+        let full_read = full_read?;
+        Ok((full_read, incrementals?))
+    })?;
+    let (full_bytes, codec_full) = full_read;
+    let (inc_bytes, codec_last) = incrementals;
+    let write_fail = |e| Error::io(format!("cannot write a temp file in {}", dir.display()), e);
+    file.as_file()
+        .set_len(last.list.header.bytes())
+        .map_err(write_fail)?;
+
+    // The whole, against what was recorded when the backup was taken.
+    crate::progress::phase("checking the rebuilt database", None);
+    let mut whole = file.reopen().map_err(write_fail)?;
+    whole.seek(SeekFrom::Start(0)).map_err(write_fail)?;
+    let sha256 = dbfile::sha256_reader(&mut whole, "the rebuilt database")?;
+    if sha256 != dbfile::hex(&last.list.header.sha256) {
+        return Err(Error::corrupt(format!(
+            "backup {} (needed by {target}) is damaged: the database rebuilt for {target} does \
+             not match the sha256 recorded when it was taken, and every page of the \
+             incrementals matched its page list",
+            store.url(&full.name)
+        )));
+    }
+    file.as_file()
+        .sync_all()
+        .map_err(|e| Error::io("cannot sync the temp file", e))?;
+    Ok(Rebuilt {
+        file,
+        sha256,
+        bytes: last.list.header.bytes(),
+        stored_bytes: full_bytes + inc_bytes,
+        page_size,
+        codec: codec_last.unwrap_or(codec_full),
+    })
+}
+
+/// What both threads of a rebuild share.
+struct Apply<'a> {
+    store: &'a dyn Store,
+    target: &'a str,
+    name: &'a str,
+    dir: &'a Path,
+    file: &'a File,
+    owner: &'a [u16],
+    page_size: usize,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Apply<'_> {
+    fn missing(&self, link: &str, e: Error) -> Error {
+        if e.kind == ErrorKind::NotFound {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "backup {} is missing, and {} builds on it: restore an older backup, or a \
+                     newer full one",
+                    self.store.url(link),
+                    self.target
+                ),
+            )
+        } else {
+            e
+        }
+    }
+
+    fn damaged(&self, link: &str, why: String) -> Error {
+        let needed = if link == self.name {
+            String::new()
+        } else {
+            format!(" (needed by {})", self.target)
+        };
+        Error::corrupt(format!(
+            "backup {}{needed} is damaged: {why}",
+            self.store.url(link)
+        ))
+    }
+
+    fn write(&self, page: u32, bytes: &[u8]) -> Result<()> {
+        let offset = u64::from(page.saturating_sub(1)) * self.page_size as u64;
+        write_at(self.file, bytes, offset).map_err(|e| {
+            Error::io(
+                format!("cannot write a temp file in {}", self.dir.display()),
+                e,
+            )
+        })
+    }
+
+    /// Streams the full backup, writing the pages no incremental replaces. Returns the stored
+    /// bytes read and its codec.
+    fn full(&self, full: &chain::Link) -> Result<(u64, Codec)> {
+        let limit = full.list.header.bytes();
+        crate::progress::phase("reading the full backup", Some(limit));
+        let mut counted = CountingReader {
+            inner: self
+                .store
+                .get(&full.name)
+                .map_err(|e| self.missing(&full.name, e))?,
+            count: 0,
+        };
+        let (codec, reader) = codec::decoder(Box::new(&mut counted))?;
+        let mut reader = BufReader::with_capacity(1 << 20, reader);
+        let mut page = vec![0u8; self.page_size];
+        let pages = full.list.header.page_count;
+        for number in 1..=pages {
+            if number % 4096 == 0 {
+                crate::interrupt::check()?;
+            }
+            reader.read_exact(&mut page).map_err(|e| {
+                self.damaged(&full.name, format!("cannot read page {number} ({e})"))
+            })?;
+            let index = usize::try_from(number - 1).unwrap_or(usize::MAX);
+            if self.owner.get(index) == Some(&0) {
+                self.write(u32::try_from(number).unwrap_or(u32::MAX), &page)?;
+            }
+        }
+        let mut extra = [0u8; 1];
+        match reader.read(&mut extra) {
+            Ok(0) => {}
+            Ok(_) => {
+                return Err(self.damaged(
+                    &full.name,
+                    format!("it is longer than its page list says ({limit} bytes)"),
+                ))
+            }
+            Err(e) => return Err(self.damaged(&full.name, format!("cannot read it ({e})"))),
+        }
+        drop(reader);
+        Ok((counted.count, codec))
+    }
+
+    /// Reads incremental `link` (number `id` in the chain), checking every page against its
+    /// page list and writing those it holds the final content of.
+    fn incremental(&self, link: &chain::Link, id: usize) -> Result<(u64, Codec)> {
+        let url = self.store.url(&link.name);
+        let bad = |what: String| self.damaged(&link.name, what);
+        let mut counted = CountingReader {
+            inner: self
+                .store
+                .get(&link.name)
+                .map_err(|e| self.missing(&link.name, e))?,
+            count: 0,
+        };
+        let (codec, reader) = codec::decoder(Box::new(&mut counted))?;
+        let mut reader = BufReader::with_capacity(1 << 20, reader);
+        let header = Header::read(DELTA_MAGIC, &mut reader, &url)?;
+        if header != link.list.header {
+            return Err(bad("its header does not match its page list".into()));
+        }
+        let mut page = vec![0u8; self.page_size];
+        for (i, (&number, hash)) in link.list.pages.iter().zip(&link.list.hashes).enumerate() {
+            if i % 1024 == 0 && self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::interrupted());
+            }
+            let mut n = [0u8; 4];
+            reader
+                .read_exact(&mut n)
+                .and_then(|()| reader.read_exact(&mut page))
+                .map_err(|e| bad(format!("cannot read it ({e})")))?;
+            if u32::from_le_bytes(n) != number || &format::page_hash(&page) != hash {
+                return Err(bad(format!("page {number} does not match its page list")));
+            }
+            let mine = (number as usize)
+                .checked_sub(1)
+                .and_then(|k| self.owner.get(k))
+                .is_some_and(|&o| usize::from(o) == id);
+            if mine {
+                self.write(number, &page)?;
+            }
+        }
+        let mut extra = [0u8; 1];
+        match reader.read(&mut extra) {
+            Ok(0) => {}
+            Ok(_) => return Err(bad("it has data after its last page".into())),
+            Err(e) => return Err(bad(format!("cannot read it ({e})"))),
+        }
+        drop(reader);
+        Ok((counted.count, codec))
+    }
+}
+
+/// Writes `buf` at `offset` of a file shared by threads (no seek position involved).
+#[cfg(unix)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, buf, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = buf.get(n..).unwrap_or_default();
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+// ---- listing and retention ----
+
+/// The kind and base of each backup in `names` that has a page list (read from the page
+/// list's header), for backup_list and retention. `listed` is every name in the location.
+pub fn kinds(
+    store: &dyn Store,
+    names: &[&str],
+    listed: &HashSet<&str>,
+) -> Result<HashMap<String, Header>> {
+    let mut out = HashMap::new();
+    for name in names {
+        let pages = format::pages_name(name);
+        // Someone else's file that merely ends in .pages: the backup is not in a chain.
+        if !listed.contains(pages.as_str()) || !is_page_list(store, &pages) {
+            continue;
+        }
+        let url = store.url(&pages);
+        let mut head = store.read_head(&pages, format::MAX_HEADER)?;
+        let header = format::read_page_list_header(&mut head, &url)?;
+        out.insert(name.to_string(), relative_to(name, header));
+    }
+    Ok(out)
+}
+
+/// Splits page lists off `entries`: the rest, and the page lists whose backup is not in
+/// `listed` (orphans). Page lists of listed backups go with them and are dropped here.
+pub fn page_lists_apart(entries: Vec<Entry>, listed: &HashSet<&str>) -> (Vec<Entry>, Vec<Entry>) {
+    let mut rest = Vec::new();
+    let mut orphans = Vec::new();
+    for entry in entries {
+        match format::owner_of(&entry.name) {
+            Some(owner) if listed.contains(owner) => {}
+            Some(_) => orphans.push(entry),
+            None => rest.push(entry),
+        }
+    }
+    (rest, orphans)
+}
+
+/// Retention never breaks a chain: every backup that a kept one builds on (directly or
+/// through others) is kept too, with the reason "needed by <name>".
+pub fn keep_needed(plan: &mut crate::retention::Plan, chains: &HashMap<String, Header>) {
+    let mut queue: Vec<String> = plan.keep.iter().map(|k| k.entry.name.clone()).collect();
+    let mut seen: HashSet<String> = queue.iter().cloned().collect();
+    while let Some(name) = queue.pop() {
+        let Some(base) = chains.get(&name).map(|h| h.base.clone()) else {
+            continue;
+        };
+        if base.is_empty() {
+            continue;
+        }
+        let reason = format!("needed by {name}");
+        if let Some(at) = plan.delete.iter().position(|e| e.name == base) {
+            let entry = plan.delete.remove(at);
+            plan.keep.push(crate::retention::Kept {
+                entry,
+                reasons: vec![reason],
+            });
+        } else if let Some(kept) = plan.keep.iter_mut().find(|k| k.entry.name == base) {
+            if !kept.reasons.contains(&reason) {
+                kept.reasons.push(reason);
+            }
+        }
+        if seen.insert(base.clone()) {
+            queue.push(base);
+        }
+    }
+    plan.keep
+        .sort_by(|a, b| crate::retention::newest_first(&a.entry, &b.entry));
+}
+
+/// The kind and base of `name` for backup_list, when it has a page list; a page list that
+/// cannot be read shows as kind `damaged`.
+pub fn link_of(store: &dyn Store, name: &str, listed: &HashSet<&str>) -> Option<crate::job::Link> {
+    let pages = format::pages_name(name);
+    if !listed.contains(pages.as_str()) || !is_page_list(store, &pages) {
+        return None;
+    }
+    let header = store
+        .read_head(&pages, format::MAX_HEADER)
+        .and_then(|mut head| format::read_page_list_header(&mut head, &store.url(&pages)))
+        .map(|h| relative_to(name, h));
+    Some(match header {
+        Ok(h) => crate::job::Link {
+            kind: h.kind.name(),
+            base: (h.kind == Kind::Incremental).then_some(h.base),
+        },
+        Err(_) => crate::job::Link {
+            kind: "damaged",
+            base: None,
+        },
+    })
+}
+
+/// A header's base and full names as seen from where `name` (the backup, as listed) is: page
+/// lists record names relative to the location the backup was taken in, which may be below
+/// the one listed (an S3 prefix listed from the bucket).
+fn relative_to(name: &str, mut header: Header) -> Header {
+    let prefix = name.strip_suffix(&header.name).unwrap_or_default();
+    if !header.base.is_empty() {
+        header.base = format!("{prefix}{}", header.base);
+    }
+    header.full = format!("{prefix}{}", header.full);
+    header
+}
+
+/// Whether `name` starts with a page list's magic: only then is it ours to delete.
+pub fn is_page_list(store: &dyn Store, name: &str) -> bool {
+    let mut magic = [0u8; 16];
+    store
+        .read_head(name, 16)
+        .and_then(|mut head| {
+            head.read_exact(&mut magic)
+                .map_err(|e| Error::io("cannot read a page list", e))
+        })
+        .is_ok_and(|()| &magic == format::PAGES_MAGIC)
+}

@@ -1,0 +1,827 @@
+//! Incremental backups (#15): chains across codecs restore byte for byte, a missing or
+//! damaged link is named, retention never breaks a chain, a kill leaves the chain intact,
+//! the full_every policies, S3, if_changed.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use rusqlite::Connection;
+use serde_json::Value;
+
+/// Some writes: rows appended, a few updated, a few deleted.
+fn activity(conn: &Connection, step: u32) {
+    conn.execute_batch(&format!(
+        "INSERT INTO orders (customer_id, total, status, note, payload)
+           SELECT 1, {step}, 'open', 'step {step}', randomblob(200) FROM generate_series(1, 20);
+         UPDATE customers SET score = score + {step} WHERE id % 97 = {step} % 97;
+         DELETE FROM orders WHERE id % 211 = {step};"
+    ))
+    .unwrap_or_else(|_| {
+        // The Debian CLI's generate_series is an extension: rusqlite's bundled SQLite lacks it.
+        conn.execute_batch(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20)
+               INSERT INTO orders (customer_id, total, status, note, payload)
+               SELECT 1, {step}, 'open', 'step {step}', randomblob(200) FROM n;
+             UPDATE customers SET score = score + {step} WHERE id % 97 = {step} % 97;
+             DELETE FROM orders WHERE id % 211 = {step};"
+        ))
+        .unwrap()
+    });
+}
+
+fn backup(conn: &Connection, pattern: &Path, options: &str) -> Value {
+    call_json(
+        conn,
+        &format!(
+            "SELECT backup_to_file({}, {})",
+            path_lit(pattern),
+            lit(options)
+        ),
+    )
+}
+
+fn at(minute: u32) -> String {
+    format!("2026-01-01T{:02}:{:02}:00Z", minute / 60, minute % 60)
+}
+
+fn sha_of(path: &Path) -> String {
+    sha256_hex(&fs::read(path).unwrap())
+}
+
+/// Restores `backup` into a new file in `dir` and returns it.
+fn restore(conn: &Connection, backup: &str, dir: &Path) -> PathBuf {
+    let dest = dir.join(format!("restored-{}.db", fastrand_name()));
+    let out = call_json(
+        conn,
+        &format!(
+            "SELECT restore_backup({}, {})",
+            lit(backup),
+            path_lit(&dest)
+        ),
+    );
+    assert_eq!(out["ok"], true, "{out}");
+    dest
+}
+
+fn fastrand_name() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+struct Taken {
+    url: String,
+    sha256: String,
+    digest: String,
+    out: Value,
+}
+
+/// A chain of `n` backups of `conn` in `dir/b`, one codec after another, with activity between.
+fn chain(conn: &Connection, dir: &Path, n: u32, extra: &str) -> Vec<Taken> {
+    let exts = ["zst", "gz", "db"];
+    let mut taken = Vec::new();
+    for i in 0..n {
+        if i > 0 {
+            activity(conn, i);
+        }
+        let ext = exts[i as usize % exts.len()];
+        let pattern = dir.join(format!("b/app-%H%M.{ext}"));
+        let out = backup(
+            conn,
+            &pattern,
+            &format!(
+                r#"{{"incremental": true, "match": "app-*", "now": "{}"{extra}}}"#,
+                at(i)
+            ),
+        );
+        taken.push(Taken {
+            url: out["destination"].as_str().unwrap().to_string(),
+            sha256: out["sha256"].as_str().unwrap().to_string(),
+            digest: digest_conn(conn, "main"),
+            out,
+        });
+    }
+    taken
+}
+
+fn setup() -> (tempfile::TempDir, Connection) {
+    let dir = tempdir();
+    fs::create_dir(dir.path().join("b")).unwrap();
+    let db = dir.path().join("app.db");
+    make_sample_db(&db, Journal::Wal, 3000);
+    let conn = open(&db);
+    (dir, conn)
+}
+
+#[test]
+fn a_chain_across_codecs_restores_every_backup_byte_for_byte() {
+    let (dir, conn) = setup();
+    let taken = chain(&conn, dir.path(), 5, "");
+    assert_eq!(taken[0].out["kind"], "full", "{}", taken[0].out);
+    assert_eq!(
+        taken[0].out["full_reason"],
+        "the first backup of the series"
+    );
+    for (i, t) in taken.iter().enumerate().skip(1) {
+        let out = &t.out;
+        assert_eq!(out["kind"], "incremental", "{out}");
+        assert_eq!(out["depth"], i as u64, "{out}");
+        assert_eq!(
+            out["base"].as_str().unwrap(),
+            Path::new(&taken[i - 1].url)
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+        );
+        let changed = out["changed_pages"].as_u64().unwrap();
+        let pages = out["page_count"].as_u64().unwrap();
+        assert!(changed > 0 && changed * 4 < pages, "{out}");
+        // Even uncompressed, only the changed pages are stored.
+        assert!(
+            out["stored_bytes"].as_u64().unwrap() * 3 < out["bytes"].as_u64().unwrap(),
+            "{out}"
+        );
+    }
+    // The full backup is a plain compressed database.
+    let full = decompress_to(Path::new(&taken[0].url), dir.path(), "full.db");
+    assert_eq!(sha_of(&full), taken[0].sha256);
+    for t in &taken {
+        let restored = restore(&conn, &t.url, dir.path());
+        assert_eq!(sha_of(&restored), t.sha256, "{}", t.url);
+        assert_eq!(digest(&restored), t.digest, "{}", t.url);
+        let verified = call_json(&conn, &format!("SELECT verify_backup({})", lit(&t.url)));
+        assert_eq!(verified["ok"], true);
+        assert_eq!(verified["sha256"], t.sha256.as_str());
+    }
+    assert_no_temp_files(&dir.path().join("b"));
+}
+
+fn name_of(url: &str) -> &str {
+    Path::new(url).file_name().unwrap().to_str().unwrap()
+}
+
+/// Writes `bytes` over `path`, keeping its modification time (the backup's time).
+fn rewrite(path: &Path, bytes: &[u8]) {
+    let modified = fs::metadata(path).unwrap().modified().unwrap();
+    fs::write(path, bytes).unwrap();
+    let file = fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(modified).unwrap();
+}
+
+#[test]
+fn a_missing_or_damaged_link_is_named_and_the_next_backup_starts_a_new_chain() {
+    let (dir, conn) = setup();
+    let taken = chain(&conn, dir.path(), 5, "");
+    let b = dir.path().join("b");
+    let newest = &taken[4].url;
+    let dest = dir.path().join("out.db");
+    let restore_err = |url: &str| {
+        call_err(
+            &conn,
+            &format!("SELECT restore_backup({}, {})", lit(url), path_lit(&dest)),
+        )
+    };
+
+    // A damaged page in an uncompressed incremental (app-0002.db): named, with who needs it.
+    let damaged = b.join(name_of(&taken[2].url));
+    let good = fs::read(&damaged).unwrap();
+    let mut bad = good.clone();
+    let pos = bad.len() - 100;
+    bad[pos] ^= 0xff;
+    rewrite(&damaged, &bad);
+    let err = restore_err(newest);
+    assert!(
+        err.contains(&format!(
+            "backup {} (needed by {newest}) is damaged: page",
+            damaged.display()
+        )),
+        "{err}"
+    );
+    let err = call_err(
+        &conn,
+        &format!("SELECT verify_backup({})", lit(&taken[2].url)),
+    );
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(!dest.exists());
+    rewrite(&damaged, &good);
+
+    // A damaged full backup.
+    let full = b.join(name_of(&taken[0].url));
+    let good_full = fs::read(&full).unwrap();
+    let mut bad = good_full.clone();
+    let pos = bad.len() / 2;
+    bad[pos] ^= 0xff;
+    rewrite(&full, &bad);
+    let err = restore_err(newest);
+    assert!(err.contains(&format!("backup {}", full.display())), "{err}");
+    assert!(err.contains("is damaged"), "{err}");
+    rewrite(&full, &good_full);
+
+    // A damaged page list.
+    let pages = b.join(format!("{}.pages", name_of(&taken[3].url)));
+    let good_pages = fs::read(&pages).unwrap();
+    let mut bad = good_pages.clone();
+    let pos = bad.len() - 40;
+    bad[pos] ^= 0xff;
+    rewrite(&pages, &bad);
+    let err = restore_err(newest);
+    assert!(
+        err.contains(&format!("{} is damaged", pages.display())),
+        "{err}"
+    );
+    rewrite(&pages, &good_pages);
+
+    // A missing link (the gz incremental).
+    let missing = b.join(name_of(&taken[1].url));
+    fs::remove_file(&missing).unwrap();
+    let err = restore_err(newest);
+    assert!(
+        err.contains(&format!(
+            "backup {} is missing, and {newest} builds on it",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    assert_no_temp_files(&b);
+    // Backups that do not need it still restore.
+    let restored = restore(&conn, &taken[0].url, dir.path());
+    assert_eq!(sha_of(&restored), taken[0].sha256);
+    // A missing page list.
+    fs::remove_file(b.join(format!("{}.pages", name_of(&taken[2].url)))).unwrap();
+    let err = restore_err(&taken[2].url);
+    assert!(err.contains("is missing"), "{err}");
+
+    // The next backup cannot build on a broken chain: a full one, which says why.
+    activity(&conn, 9);
+    let out = backup(
+        &conn,
+        &b.join("app-%H%M.zst"),
+        &format!(
+            r#"{{"incremental": true, "match": "app-*", "now": "{}"}}"#,
+            at(10)
+        ),
+    );
+    assert_eq!(out["kind"], "full", "{out}");
+    assert!(
+        out["full_reason"]
+            .as_str()
+            .unwrap()
+            .contains("its chain cannot be read"),
+        "{out}"
+    );
+    let restored = restore(&conn, out["destination"].as_str().unwrap(), dir.path());
+    assert_eq!(digest(&restored), digest_conn(&conn, "main"));
+}
+
+#[test]
+fn retention_keeps_what_a_kept_backup_needs_and_deletes_whole_chains() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    let taken = chain(&conn, dir.path(), 5, "");
+    // keep_last 2 on a chain of 5: the newest two need every older one.
+    let out = call_json(
+        &conn,
+        &format!(
+            r#"SELECT backup_prune({}, '{{"keep_last": 2, "dry_run": true, "match": "app-*"}}')"#,
+            path_lit(&b)
+        ),
+    );
+    assert_eq!(out["deleted"], serde_json::json!([]), "{out}");
+    let kept = out["kept"].as_array().unwrap();
+    assert_eq!(kept.len(), 5, "{out}");
+    let full = &kept[4];
+    assert_eq!(full["name"], name_of(&taken[0].url));
+    assert_eq!(
+        full["reasons"],
+        serde_json::json!([format!("needed by {}", name_of(&taken[1].url))])
+    );
+    // Page lists are not rows of their own.
+    assert!(!out.to_string().contains(".pages"), "{out}");
+
+    // A second chain (full_every 2 from here): the first chain can go, page lists with it.
+    let mut names = Vec::new();
+    for i in 5..8 {
+        activity(&conn, i);
+        let out = backup(
+            &conn,
+            &b.join("app-%H%M.zst"),
+            &format!(
+                r#"{{"incremental": true, "full_every": 2, "match": "app-*", "now": "{}",
+                     "keep": {{"keep_last": 1}}}}"#,
+                at(i)
+            ),
+        );
+        names.push((
+            out["kind"].clone(),
+            out["destination"].as_str().unwrap().to_string(),
+        ));
+    }
+    // 5 is a full (the chain had 5 backups: full_every 2 reached), 6 builds on it, 7 a full.
+    let kinds: Vec<&str> = names.iter().map(|(k, _)| k.as_str().unwrap()).collect();
+    assert_eq!(kinds, ["full", "incremental", "full"]);
+    let left = list(&b);
+    let newest = name_of(&names[2].1);
+    assert_eq!(left, [newest.to_string(), format!("{newest}.pages")]);
+    let restored = restore(&conn, &names[2].1, dir.path());
+    assert_eq!(digest(&restored), digest_conn(&conn, "main"));
+}
+
+#[test]
+fn backup_list_shows_kind_and_base_and_no_page_lists() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    let taken = chain(&conn, dir.path(), 3, "");
+    let mut stmt = conn
+        .prepare("SELECT name, kind, base, backup FROM backup_list(?1) ORDER BY name")
+        .unwrap();
+    let rows: Vec<(String, Option<String>, Option<String>, i64)> = stmt
+        .query_map([b.to_str().unwrap()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let n = |i: usize| name_of(&taken[i].url).to_string();
+    assert_eq!(
+        rows,
+        [
+            (n(0), Some("full".into()), None, 1),
+            (n(1), Some("incremental".into()), Some(n(0)), 1),
+            (n(2), Some("incremental".into()), Some(n(1)), 1),
+        ]
+    );
+    // restore_backup newest picks the newest incremental and rebuilds it.
+    let dest = dir.path().join("newest.db");
+    let out = call_json(
+        &conn,
+        &format!(
+            r#"SELECT restore_backup({}, {}, '{{"newest": true}}')"#,
+            path_lit(&b),
+            path_lit(&dest)
+        ),
+    );
+    assert_eq!(out["location"], taken[2].url.as_str(), "{out}");
+    assert_eq!(sha_of(&dest), taken[2].sha256);
+}
+
+#[test]
+fn if_changed_skips_an_unchanged_database_and_full_every_policies() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    let run = |minute: u32, extra: &str| {
+        backup(
+            &conn,
+            &b.join("app-%H%M.zst"),
+            &format!(r#"{{"incremental": true, "now": "{}"{extra}}}"#, at(minute)),
+        )
+    };
+    let first = run(0, r#", "full_every": "1h""#);
+    assert_eq!(first["kind"], "full");
+    let skipped = run(1, r#", "if_changed": true"#);
+    assert_eq!(skipped["skipped"], true, "{skipped}");
+    assert_eq!(skipped["same_as"], first["destination"]);
+    assert_eq!(list(&b).len(), 2);
+    activity(&conn, 1);
+    let second = run(30, r#", "full_every": "1h", "if_changed": true"#);
+    assert_eq!(second["kind"], "incremental", "{second}");
+    let skipped = run(31, r#", "if_changed": true"#);
+    assert_eq!(skipped["same_as"], second["destination"]);
+    // An hour after the full: a new full.
+    activity(&conn, 2);
+    let third = run(61, r#", "full_every": "1h""#);
+    assert_eq!(third["kind"], "full", "{third}");
+    assert!(third["full_reason"]
+        .as_str()
+        .unwrap()
+        .contains("full_every"));
+    // Most pages rewritten twice: the second time, the chain would store more than a full.
+    let rewrite = "UPDATE orders SET payload = randomblob(200)";
+    conn.execute_batch(rewrite).unwrap();
+    let fourth = run(62, "");
+    assert_eq!(fourth["kind"], "incremental", "{fourth}");
+    conn.execute_batch(rewrite).unwrap();
+    let fifth = run(63, "");
+    assert_eq!(fifth["kind"], "full", "{fifth}");
+    assert_eq!(
+        fifth["full_reason"],
+        "the chain would store more than a new full backup"
+    );
+    // full_every 1: every backup is full.
+    activity(&conn, 3);
+    assert_eq!(run(64, r#", "full_every": 1"#)["kind"], "full");
+}
+
+#[test]
+fn bad_options_are_refused_before_any_work() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    let err_for = |pattern: &str, options: &str| {
+        call_err(
+            &conn,
+            &format!(
+                "SELECT backup_to_file({}, {})",
+                path_lit(b.join(pattern)),
+                lit(options)
+            ),
+        )
+    };
+    let cases = [
+        (
+            "a.zst",
+            r#"{"full_every": 3}"#,
+            "option 'full_every' goes with",
+        ),
+        (
+            "a.zst",
+            r#"{"incremental": true, "full_every": 0}"#,
+            "must be a count from 1",
+        ),
+        (
+            "a.zst",
+            r#"{"incremental": true, "full_every": "soon"}"#,
+            "cannot read 'soon'",
+        ),
+        (
+            "a.zst",
+            r#"{"incremental": true, "method": "vacuum"}"#,
+            "drop method 'vacuum'",
+        ),
+        (
+            "a.zst",
+            r#"{"incremental": true, "method": "stream"}"#,
+            "drop method 'stream'",
+        ),
+        (
+            "a.zst.age",
+            r#"{"incremental": true, "recipients": ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]}"#,
+            "cannot be combined with encryption",
+        ),
+    ];
+    for (pattern, options, expected) in cases {
+        let err = err_for(pattern, options);
+        assert!(err.starts_with("backup_to_file: "), "{err}");
+        assert!(err.contains(expected), "{options}: {err}");
+    }
+    assert_eq!(list(&b), Vec::<String>::new());
+    // A name that exists is never replaced (later backups may build on it).
+    backup(&conn, &b.join("same.zst"), r#"{"incremental": true}"#);
+    let err = err_for("same.zst", r#"{"incremental": true}"#);
+    assert!(
+        err.contains("an incremental backup never replaces one"),
+        "{err}"
+    );
+    assert_eq!(list(&b), ["same.zst", "same.zst.pages"]);
+}
+
+/// The page list is stored, then the sqlite3 CLI is killed while it compresses the
+/// incremental's pages: the previous chain restores, the lone page list is not a backup, and
+/// the next backup builds on the previous chain and removes it; no temp file stays.
+#[test]
+fn kill_9_mid_incremental_leaves_the_previous_chain_intact() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempdir();
+    let b = dir.path().join("b");
+    let tmp = dir.path().join("tmp");
+    fs::create_dir(&b).unwrap();
+    fs::create_dir(&tmp).unwrap();
+    let (conn, _) = big_db(dir.path());
+    let options = |minute: u32| {
+        format!(
+            r#"{{"incremental": true, "match": "big-*", "now": "{}", "temp_dir": {}, "level": 19, "threads": 1}}"#,
+            at(minute),
+            serde_json::Value::from(tmp.to_str().unwrap())
+        )
+    };
+    let pattern = b.join("big-%H%M.zst");
+    let sql = |minute: u32| {
+        format!(
+            "SELECT backup_to_file({}, {});",
+            path_lit(&pattern),
+            lit(options(minute))
+        )
+    };
+    let first = call_json(&conn, &sql(0).replace(';', ""));
+    assert_eq!(first["kind"], "full");
+    conn.execute_batch("UPDATE blobs SET data = randomblob(100000) WHERE id = 1")
+        .unwrap();
+    let second = call_json(&conn, &sql(1).replace(';', ""));
+    assert_eq!(second["kind"], "incremental");
+    // Half the pages change: the level-19 compression of the next one takes seconds.
+    conn.execute_batch("UPDATE blobs SET data = randomblob(100000) WHERE id % 2 = 0")
+        .unwrap();
+    let mut child = Command::new(SQLITE3)
+        .arg("-bail")
+        .arg("-cmd")
+        .arg(format!(".load {}", ext_load_name()))
+        .arg(dir.path().join("big.db"))
+        .arg(sql(2))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pages = b.join("big-0002.zst.pages");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pages.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "sqlite3 ended early");
+        assert!(Instant::now() < deadline, "no page list after 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!b.join("big-0002.zst").exists(), "killed too late");
+
+    // The previous chain is whole; the lone page list is no backup.
+    let dest = dir.path().join("restored.db");
+    let out = call_json(
+        &conn,
+        &format!(
+            r#"SELECT restore_backup({}, {}, '{{"newest": true}}')"#,
+            path_lit(&b),
+            path_lit(&dest)
+        ),
+    );
+    assert_eq!(out["sha256"], second["sha256"], "{out}");
+    let backups: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM backup_list(?1) WHERE backup = 1",
+            [b.to_str().unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(backups, 2);
+
+    // The next backup continues the chain and removes the page list; nothing else is left.
+    let next = call_json(&conn, &sql(3).replace(';', ""));
+    assert_eq!(next["kind"], "incremental", "{next}");
+    assert_eq!(next["base"], "big-0001.zst");
+    assert!(!pages.exists());
+    assert_eq!(list(&tmp), Vec::<String>::new());
+    assert_no_temp_files(&b);
+    let restored = restore(&conn, next["destination"].as_str().unwrap(), dir.path());
+    assert_eq!(sha_of(&restored), next["sha256"].as_str().unwrap());
+}
+
+#[test]
+fn an_s3_chain_restores_lists_and_prunes() {
+    use common::s3server::S3Server;
+    let server = S3Server::start();
+    server.create_bucket("bkt");
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    make_sample_db(&db, Journal::Wal, 3000);
+    let conn = open(&db);
+    let s3 = server.options_json();
+    let mut taken = Vec::new();
+    for i in 0..3 {
+        if i > 0 {
+            activity(&conn, i);
+        }
+        let mut opts = s3.clone();
+        opts["incremental"] = true.into();
+        opts["now"] = at(i).into();
+        let out = call_json(
+            &conn,
+            &format!(
+                "SELECT backup_to_s3('s3://bkt/app', 'db-%H%M.zst', {})",
+                lit(opts.to_string())
+            ),
+        );
+        taken.push(out);
+    }
+    assert_eq!(taken[0]["kind"], "full");
+    assert_eq!(taken[2]["kind"], "incremental");
+    assert_eq!(taken[2]["base"], "db-0001.zst");
+    let s3_lit = lit(s3.to_string());
+    for t in &taken {
+        let dest = dir.path().join(format!("r-{}.db", fastrand_name()));
+        let out = call_json(
+            &conn,
+            &format!(
+                "SELECT restore_backup({}, {}, {s3_lit})",
+                lit(t["destination"].as_str().unwrap()),
+                path_lit(&dest)
+            ),
+        );
+        assert_eq!(out["sha256"], t["sha256"], "{out}");
+        assert_eq!(sha_of(&dest), t["sha256"].as_str().unwrap());
+    }
+    let rows: Vec<(String, Option<String>, Option<String>)> = conn
+        .prepare("SELECT name, kind, base FROM backup_list('s3://bkt/app', ?1) ORDER BY name")
+        .unwrap()
+        .query_map([s3.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("db-0000.zst".into(), Some("full".into()), None),
+            (
+                "db-0001.zst".into(),
+                Some("incremental".into()),
+                Some("db-0000.zst".into())
+            ),
+            (
+                "db-0002.zst".into(),
+                Some("incremental".into()),
+                Some("db-0001.zst".into())
+            ),
+        ]
+    );
+    let mut prune = s3.clone();
+    prune["keep_last"] = 1.into();
+    let out = call_json(
+        &conn,
+        &format!(
+            "SELECT backup_prune('s3://bkt/app', {})",
+            lit(prune.to_string())
+        ),
+    );
+    assert_eq!(out["deleted"], serde_json::json!([]), "{out}");
+    assert_eq!(out["kept"].as_array().unwrap().len(), 3, "{out}");
+    // From the bucket's root the names carry the prefix: the chain is still followed.
+    prune["match"] = "app/*".into();
+    prune["dry_run"] = true.into();
+    let out = call_json(
+        &conn,
+        &format!(
+            "SELECT backup_prune('s3://bkt', {})",
+            lit(prune.to_string())
+        ),
+    );
+    assert_eq!(out["deleted"], serde_json::json!([]), "{out}");
+    assert_eq!(
+        out["kept"][2]["reasons"],
+        serde_json::json!(["needed by app/db-0001.zst"]),
+        "{out}"
+    );
+}
+
+/// A database that shrinks and grows again (auto_vacuum moves pages and cuts the file): every
+/// backup of the chain still restores byte for byte.
+#[test]
+fn a_chain_through_shrinking_and_growing_restores_byte_for_byte() {
+    let dir = tempdir();
+    let b = dir.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let conn = open(dir.path().join("auto.db"));
+    conn.execute_batch(
+        "PRAGMA auto_vacuum = FULL;
+         CREATE TABLE t (id INTEGER PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+         INSERT INTO t SELECT i, randomblob(3000) FROM n;",
+    )
+    .unwrap();
+    let steps = [
+        "UPDATE t SET data = randomblob(3000) WHERE id = 7",
+        "DELETE FROM t WHERE id > 250",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+         INSERT INTO t (data) SELECT randomblob(3000) FROM n",
+        "DELETE FROM t WHERE id % 3 = 0",
+    ];
+    let mut taken = Vec::new();
+    for (i, step) in std::iter::once("").chain(steps).enumerate() {
+        if !step.is_empty() {
+            conn.execute_batch(step).unwrap();
+        }
+        let out = backup(
+            &conn,
+            &b.join("auto-%H%M.zst"),
+            &format!(
+                r#"{{"incremental": true, "full_every": 10, "now": "{}"}}"#,
+                at(i as u32)
+            ),
+        );
+        taken.push(out);
+    }
+    let kinds: Vec<&str> = taken.iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    // The shrinking and the growing backups are incrementals.
+    assert_eq!(
+        kinds[..4],
+        ["full", "incremental", "incremental", "incremental"]
+    );
+    let counts: Vec<u64> = taken
+        .iter()
+        .map(|t| t["page_count"].as_u64().unwrap())
+        .collect();
+    assert!(counts[2] < counts[1] && counts[3] > counts[2], "{counts:?}");
+    for t in &taken {
+        let url = t["destination"].as_str().unwrap();
+        let restored = restore(&conn, url, dir.path());
+        assert_eq!(sha_of(&restored), t["sha256"].as_str().unwrap(), "{t}");
+    }
+}
+
+/// Only page lists go with their backups: a file of someone else's that merely ends in
+/// `.pages` stays, beside a deleted backup or alone; a real page list left alone by a killed
+/// run goes once it is an hour old.
+#[test]
+fn pruning_deletes_only_real_page_lists() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    for day in 1..=3u32 {
+        backup(
+            &conn,
+            &b.join("plain-%d.db.gz"),
+            &format!(r#"{{"now": "2026-01-0{day}T00:00:00Z"}}"#),
+        );
+    }
+    fs::write(b.join("plain-01.db.gz.pages"), "my notes").unwrap();
+    fs::write(b.join("plain-09.db.gz.pages"), "more notes").unwrap();
+    // A real page list whose backup is gone (as a kill between the two writes leaves).
+    let taken = chain(&conn, dir.path(), 1, "");
+    let full = name_of(&taken[0].url).to_string();
+    fs::copy(
+        b.join(format!("{full}.pages")),
+        b.join("plain-08.db.gz.pages"),
+    )
+    .unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    for name in ["plain-09.db.gz.pages", "plain-08.db.gz.pages"] {
+        let f = fs::File::options().write(true).open(b.join(name)).unwrap();
+        f.set_modified(old).unwrap();
+    }
+    let out = call_json(
+        &conn,
+        &format!(
+            r#"SELECT backup_prune({}, '{{"keep_last": 1, "match": "plain-*", "now": "2026-01-05T00:00:00Z"}}')"#,
+            path_lit(&b)
+        ),
+    );
+    let deleted: Vec<&str> = out["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        deleted,
+        ["plain-08.db.gz.pages", "plain-02.db.gz", "plain-01.db.gz"],
+        "{out}"
+    );
+    let left = list(&b);
+    assert!(
+        left.contains(&"plain-01.db.gz.pages".to_string()),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&"plain-09.db.gz.pages".to_string()),
+        "{left:?}"
+    );
+    assert!(
+        !left.contains(&"plain-08.db.gz.pages".to_string()),
+        "{left:?}"
+    );
+    assert_eq!(
+        fs::read(b.join("plain-01.db.gz.pages")).unwrap(),
+        b"my notes"
+    );
+}
+
+/// An uncompressed full backup changed in a page no incremental replaces: nothing but the
+/// sha256 of the rebuilt whole can tell, and the error names the full backup.
+#[test]
+fn a_changed_page_of_an_uncompressed_full_backup_is_found_and_named() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    let options = |minute: u32| format!(r#"{{"incremental": true, "now": "{}"}}"#, at(minute));
+    let full = backup(&conn, &b.join("raw-%H%M.db"), &options(0));
+    activity(&conn, 1);
+    let inc = backup(&conn, &b.join("raw-%H%M.db"), &options(1));
+    assert_eq!(inc["kind"], "incremental");
+    let full_path = PathBuf::from(full["destination"].as_str().unwrap());
+    let mut bytes = fs::read(&full_path).unwrap();
+    // The last byte of page 3: the sample's pages past the first few are rows that the
+    // activity (appends at the end, a few updates) leaves as they are.
+    let pos = 3 * 4096 - 1;
+    bytes[pos] ^= 0x5a;
+    rewrite(&full_path, &bytes);
+    let dest = dir.path().join("out.db");
+    let err = call_err(
+        &conn,
+        &format!(
+            "SELECT restore_backup({}, {})",
+            lit(inc["destination"].as_str().unwrap()),
+            path_lit(&dest)
+        ),
+    );
+    assert!(
+        err.contains(&format!("backup {} (needed by", full_path.display()))
+            && err.contains("does not match the sha256 recorded when it was taken"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    // The source database is open in WAL mode: its -wal and -shm are expected.
+    assert_no_temp_files_except(dir.path(), &["app.db-shm", "app.db-wal"]);
+}
