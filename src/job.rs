@@ -132,6 +132,7 @@ fn backup_and_keep(
                 now: req.time,
                 utc: plan.utc,
                 protected: protected(conn)?,
+                identity: req.identity_file.clone(),
             };
             let pruned = prune::run(store, &request).map_err(|e| {
                 e.context(format!(
@@ -285,7 +286,12 @@ pub fn list(conn: &Connection, req: &request::List) -> Result<Vec<(Entry, Class,
     let mut out: Vec<(Entry, Class, Option<Link>)> = rows
         .into_iter()
         .map(|(entry, class)| {
-            let link = crate::incremental::link_of(store.as_ref(), &entry.name, &listed);
+            let link = crate::incremental::link_of(
+                store.as_ref(),
+                &entry.name,
+                &listed,
+                req.identity_file.as_deref(),
+            );
             (entry, class, link)
         })
         .collect();
@@ -365,6 +371,7 @@ pub fn prune(conn: &Connection, req: &request::Prune) -> Result<prune::Report> {
             now: req.now,
             utc: req.utc,
             protected: protected(conn)?,
+            identity: req.identity_file.clone(),
         },
     )
 }
