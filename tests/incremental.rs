@@ -1198,6 +1198,19 @@ fn pruning_an_encrypted_chain_with_or_without_identity_never_breaks_it() {
             (n(4), Some("incremental".into()), Some(n(3))),
         ]
     );
+    // The database's sha256 with the identity (from the page list, never from hashing an
+    // incremental's pages), NULL without.
+    let shas = |opts: &str| -> Vec<Option<String>> {
+        conn.prepare("SELECT sha256 FROM backup_list(?1, ?2) ORDER BY name")
+            .unwrap()
+            .query_map([b.to_str().unwrap(), opts], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let want: Vec<Option<String>> = taken.iter().map(|t| Some(t.sha256.clone())).collect();
+    assert_eq!(shas(&format!(r#"{{"identity_file": {key_json}}}"#)), want);
+    assert_eq!(shas("{}"), vec![None; 5]);
     // A wrong identity: an error, nothing deleted.
     let err = call_err(
         &conn,

@@ -1023,7 +1023,7 @@ pub fn kinds(
         }
         let url = store.url(&pages);
         match open_list(store, &pages, identity)? {
-            Opened::List(mut input) => {
+            Opened::List(_, mut input) => {
                 let header = format::read_page_list_header(&mut input, &url)?;
                 out.headers
                     .insert(name.to_string(), relative_to(name, header));
@@ -1040,8 +1040,8 @@ pub fn kinds(
 
 /// What a file named like a page list turned out to be.
 enum Opened<'a> {
-    /// A page list (decrypted when it was an age file), from its first byte.
-    List(Box<dyn Read + Send + 'a>),
+    /// A page list (decrypted when it was an age file: true), from its first byte.
+    List(bool, Box<dyn Read + Send + 'a>),
     /// An age file, and no identity to tell whether it is an encrypted page list.
     Locked,
     /// Not a page list: someone else's file.
@@ -1060,7 +1060,10 @@ fn open_list<'a>(store: &'a dyn Store, pages: &str, identity: Option<&Path>) -> 
         .read_to_end(&mut first)
         .map_err(fail)?;
     if first.starts_with(format::PAGES_MAGIC) {
-        return Ok(Opened::List(Box::new(io::Cursor::new(first).chain(input))));
+        return Ok(Opened::List(
+            false,
+            Box::new(io::Cursor::new(first).chain(input)),
+        ));
     }
     if !crate::crypt::detect(&first) {
         return Ok(Opened::Foreign);
@@ -1078,7 +1081,10 @@ fn open_list<'a>(store: &'a dyn Store, pages: &str, identity: Option<&Path>) -> 
     if magic != format::PAGES_MAGIC {
         return Ok(Opened::Foreign);
     }
-    Ok(Opened::List(Box::new(io::Cursor::new(magic).chain(plain))))
+    Ok(Opened::List(
+        true,
+        Box::new(io::Cursor::new(magic).chain(plain)),
+    ))
 }
 
 /// Splits page lists off `entries`: the rest, and the page lists whose backup is not in
@@ -1160,9 +1166,12 @@ pub fn link_of(
     let locked = crate::job::Link {
         kind: "encrypted",
         base: None,
+        sha256: None,
     };
+    let mut encrypted = false;
     let header = match open_list(store, &pages, identity) {
-        Ok(Opened::List(mut input)) => {
+        Ok(Opened::List(sealed, mut input)) => {
+            encrypted = sealed;
             format::read_page_list_header(&mut input, &store.url(&pages))
                 .map(|h| relative_to(name, h))
         }
@@ -1174,11 +1183,13 @@ pub fn link_of(
     Some(match header {
         Ok(h) => crate::job::Link {
             kind: h.kind.name(),
+            sha256: encrypted.then(|| dbfile::hex(&h.sha256)),
             base: (h.kind == Kind::Incremental).then_some(h.base),
         },
         Err(_) => crate::job::Link {
             kind: "damaged",
             base: None,
+            sha256: None,
         },
     })
 }
@@ -1198,5 +1209,5 @@ fn relative_to(name: &str, mut header: Header) -> Header {
 /// Whether `name` starts with a page list's magic (after decryption with `identity`, for an
 /// encrypted one): only then is it ours to delete.
 pub fn is_page_list(store: &dyn Store, name: &str, identity: Option<&Path>) -> bool {
-    matches!(open_list(store, name, identity), Ok(Opened::List(_)))
+    matches!(open_list(store, name, identity), Ok(Opened::List(..)))
 }
