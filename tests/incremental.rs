@@ -1104,13 +1104,22 @@ fn an_encrypted_chain_needs_its_identity_and_refuses_a_wrong_one() {
     let next = backup(&conn, &pattern, &sealed_options(&public, &key, 2, ""));
     assert_eq!(next["kind"], "incremental", "{next}");
     assert_eq!(next["base"], name_of(&taken[1].url), "{next}");
+    // if_changed compares with the sha256 in the (decrypted) page list: nothing stored.
+    let files = list(&b);
+    let same = backup(
+        &conn,
+        &pattern,
+        &sealed_options(&public, &key, 3, r#", "if_changed": true"#),
+    );
+    assert_eq!(same["skipped"], true, "{same}");
+    assert_eq!(list(&b), files);
     // A plain series after it never builds on the encrypted chain.
     let plain = backup(
         &conn,
         &b.join("app-%H%M.zst"),
         &format!(
             r#"{{"incremental": true, "match": "app-*", "now": "{}"}}"#,
-            at(3)
+            at(4)
         ),
     );
     assert_eq!(plain["kind"], "full", "{plain}");
