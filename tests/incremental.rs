@@ -1267,6 +1267,40 @@ fn pruning_an_encrypted_chain_with_or_without_identity_never_breaks_it() {
     );
     assert_eq!(out["ok"], true, "{out}");
     assert_eq!(sha_of(&dest), taken[4].sha256);
+
+    // Keys rotated: another series encrypted to another key. A prune with the new key keeps
+    // what that key does not open (saying so) and follows what it does.
+    let (old_key, old_public, _) = age_key(dir.path(), "old.txt");
+    let mut old = Vec::new();
+    for i in [10, 11] {
+        activity(&conn, i);
+        let opts = sealed_options(&old_public, &old_key, i, "").replace("app-*", "old-*");
+        let out = backup(&conn, &b.join("old-%H%M.zst.age"), &opts);
+        old.push(name_of(out["destination"].as_str().unwrap()).to_string());
+    }
+    let out = call_json(
+        &conn,
+        &prune(&format!(
+            r#"{{"keep_last": 1, "dry_run": true, "identity_file": {key_json}}}"#
+        )),
+    );
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&out["kept"]),
+        [old[1].clone(), old[0].clone()],
+        "{out}"
+    );
+    let reasons = out["kept"][1]["reasons"].to_string();
+    assert!(reasons.contains("identity_file does not hold"), "{out}");
+    let mut deleted = names(&out["deleted"]);
+    deleted.sort();
+    assert_eq!(deleted, [n(3), n(4)], "{out}");
 }
 
 /// On S3 the same: an encrypted chain restores, and no file the server keeps (objects,

@@ -999,16 +999,17 @@ impl<R: Read> Read for CountingReader<R> {
 // ---- listing and retention ----
 
 /// The chains retention must not break: the header of each page list read, and the
-/// backups whose page list is encrypted with no identity to read it.
+/// backups whose page list is encrypted with no identity that reads it (with why).
 #[derive(Debug, Default)]
 pub struct Chains {
     pub headers: HashMap<String, Header>,
-    pub locked: HashSet<String>,
+    pub locked: HashMap<String, &'static str>,
 }
 
 /// The kind and base of each backup in `names` that has a page list (read from the page
 /// list's header), for backup_list and retention. `listed` is every name in the location.
-/// Encrypted page lists are read with `identity`; one it does not open is an error.
+/// Encrypted page lists are read with `identity`; those it does not open (an older key's)
+/// are locked, but a key that opens none of them is an error (most likely the wrong file).
 pub fn kinds(
     store: &dyn Store,
     names: &[&str],
@@ -1016,26 +1017,37 @@ pub fn kinds(
     identity: Option<&Path>,
 ) -> Result<Chains> {
     let mut out = Chains::default();
+    let mut opened = 0usize;
+    let mut refused: Option<Error> = None;
     for name in names {
         let pages = format::pages_name(name);
         if !listed.contains(pages.as_str()) {
             continue;
         }
         let url = store.url(&pages);
-        match open_list(store, &pages, identity)? {
-            Opened::List(_, mut input) => {
+        match open_list(store, &pages, identity) {
+            Ok(Opened::List(encrypted, mut input)) => {
                 let header = format::read_page_list_header(&mut input, &url)?;
                 out.headers
                     .insert(name.to_string(), relative_to(name, header));
+                opened += usize::from(encrypted);
             }
-            Opened::Locked => {
-                out.locked.insert(name.to_string());
+            Ok(Opened::Locked) => {
+                out.locked.insert(name.to_string(), LOCKED);
             }
             // Someone else's file that merely ends in .pages: the backup is not in a chain.
-            Opened::Foreign => {}
+            Ok(Opened::Foreign) => {}
+            Err(e) if e.kind == ErrorKind::Auth => {
+                out.locked.insert(name.to_string(), NOT_OPENED);
+                refused.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
         }
     }
-    Ok(out)
+    match refused {
+        Some(e) if opened == 0 => Err(e),
+        _ => Ok(out),
+    }
 }
 
 /// What a file named like a page list turned out to be.
@@ -1108,12 +1120,13 @@ pub fn keep_needed(plan: &mut crate::retention::Plan, chains: &Chains) {
     // A page list that cannot be read might be needed by any kept backup: kept, whole chains.
     let (locked, delete): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut plan.delete)
         .into_iter()
-        .partition(|e| chains.locked.contains(&e.name));
+        .partition(|e| chains.locked.contains_key(&e.name));
     plan.delete = delete;
     for entry in locked {
+        let why = chains.locked.get(&entry.name).copied().unwrap_or(LOCKED);
         plan.keep.push(crate::retention::Kept {
             entry,
-            reasons: vec![LOCKED.to_string()],
+            reasons: vec![why.to_string()],
         });
     }
     let chains = &chains.headers;
@@ -1148,6 +1161,8 @@ pub fn keep_needed(plan: &mut crate::retention::Plan, chains: &Chains) {
 
 /// Why retention keeps a backup whose page list it cannot read.
 pub const LOCKED: &str = "its page list is encrypted and there is no identity_file to read it: \
+                          kept, since a kept backup may build on it";
+const NOT_OPENED: &str = "its page list is encrypted to a key that identity_file does not hold: \
                           kept, since a kept backup may build on it";
 
 /// The kind and base of `name` for backup_list, when it has a page list; a page list that
