@@ -1352,4 +1352,34 @@ fn an_encrypted_s3_chain_stores_no_hash_in_the_clear() {
         restored.push((dest, t["sha256"].as_str().unwrap().to_string()));
     }
     assert_nothing_in_the_clear(server.root(), &restored);
+
+    // The check sees the server's metadata files: a plain backup's sha256 is found there.
+    server.create_bucket("plain");
+    let mut opts = s3.clone();
+    opts["incremental"] = true.into();
+    let out = call_json(
+        &conn,
+        &format!(
+            "SELECT backup_to_s3('s3://plain', 'p.zst', {})",
+            lit(opts.to_string())
+        ),
+    );
+    let dest = dir.path().join("plain.db");
+    call_json(
+        &conn,
+        &format!(
+            "SELECT restore_backup({}, {}, {})",
+            lit(out["destination"].as_str().unwrap()),
+            path_lit(&dest),
+            lit(s3.to_string())
+        ),
+    );
+    let sha = out["sha256"].as_str().unwrap().to_string();
+    let found = found_in_the_clear(server.root(), &[(dest, sha.clone())]);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("metadata") && f.contains(&format!("holds sha256 {sha}"))),
+        "{found:#?}"
+    );
 }
