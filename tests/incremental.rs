@@ -1123,6 +1123,13 @@ fn an_encrypted_chain_needs_its_identity_and_refuses_a_wrong_one() {
         ),
     );
     assert_eq!(plain["kind"], "full", "{plain}");
+    assert!(
+        plain["full_reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("its chain is encrypted and this backup is not"),
+        "{plain}"
+    );
     assert_no_temp_files(&b);
 }
 

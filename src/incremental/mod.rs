@@ -150,6 +150,10 @@ pub fn run(
                             store.url(&entry.name)
                         )))
                     }
+                    // No key, and one was asked for: an encrypted chain, this backup plain.
+                    Err(e) if identity.is_none() && e.kind == ErrorKind::Usage => {
+                        Err("its chain is encrypted and this backup is not".to_string())
+                    }
                     Err(e) => Err(format!("its chain cannot be read: {}", e.message)),
                 }
             } else {
