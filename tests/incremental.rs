@@ -1390,3 +1390,94 @@ fn an_encrypted_s3_chain_stores_no_hash_in_the_clear() {
         "{found:#?}"
     );
 }
+
+/// A page list whose backup is gone (deleted by hand, or a run killed between the two
+/// writes) is removed by the next backup only once its magic checks after decryption; an age
+/// file encrypted to someone else under such a name is never removed, and without the key
+/// nothing is.
+#[test]
+fn an_encrypted_orphan_page_list_goes_only_when_the_key_shows_it_is_ours() {
+    let (dir, conn) = setup();
+    let b = dir.path().join("b");
+    let (key, public, _) = age_key(dir.path(), "key.txt");
+    let (_, stranger, _) = age_key(dir.path(), "stranger.txt");
+    let taken = sealed_chain(&conn, dir.path(), &public, &key, 0, 2, "");
+    // The newest backup deleted by hand: its page list is an orphan.
+    fs::remove_file(&taken[1].url).unwrap();
+    let orphan = format!("{}.pages", name_of(&taken[1].url));
+    // Someone else's age file under a page list's name, whose backup is not there either.
+    let foreign = b.join("app-0059.zst.age.pages");
+    let out = std::process::Command::new("age")
+        .args(["-r", &stranger, "-o"])
+        .arg(&foreign)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let files = list(&b);
+    assert!(files.contains(&orphan) && files.contains(&"app-0059.zst.age.pages".to_string()));
+    // Without the key, retention cannot tell: nothing deleted.
+    let prune = |extra: &str| {
+        call_json(
+            &conn,
+            &format!(
+                "SELECT backup_prune({}, {})",
+                path_lit(&b),
+                lit(format!(
+                    r#"{{"keep_last": 5, "match": "app-*", "now": "2030-01-01T00:00:00Z"{extra}}}"#
+                ))
+            ),
+        )
+    };
+    let out = prune("");
+    assert_eq!(out["deleted"], serde_json::json!([]), "{out}");
+    assert_eq!(list(&b), files);
+    // The next backup (with the key) removes the orphan, keeps the stranger's file, and builds
+    // on the backup that is still there.
+    activity(&conn, 1);
+    let next = backup(
+        &conn,
+        &b.join("app-%H%M.zst.age"),
+        &sealed_options(&public, &key, 2, ""),
+    );
+    assert_eq!(next["kind"], "incremental", "{next}");
+    assert_eq!(next["base"], name_of(&taken[0].url), "{next}");
+    let left = list(&b);
+    assert!(!left.contains(&orphan), "{left:?}");
+    assert!(
+        left.contains(&"app-0059.zst.age.pages".to_string()),
+        "{left:?}"
+    );
+    // backup_prune with the key leaves the stranger's file too.
+    let out = prune(&format!(
+        r#", "identity_file": {}"#,
+        serde_json::Value::from(key.to_str().unwrap())
+    ));
+    assert_eq!(out["deleted"], serde_json::json!([]), "{out}");
+    assert!(list(&b).contains(&"app-0059.zst.age.pages".to_string()));
+    let restored = restore_with(
+        &conn,
+        next["destination"].as_str().unwrap(),
+        &key,
+        dir.path(),
+    );
+    assert_eq!(sha_of(&restored), next["sha256"].as_str().unwrap());
+}
+
+fn restore_with(conn: &Connection, backup: &str, key: &Path, dir: &Path) -> PathBuf {
+    let dest = dir.join(format!("restored-{}.db", fastrand_name()));
+    let out = call_json(
+        conn,
+        &format!(
+            "SELECT restore_backup({}, {}, {})",
+            lit(backup),
+            path_lit(&dest),
+            lit(format!(
+                r#"{{"identity_file": {}}}"#,
+                serde_json::Value::from(key.to_str().unwrap())
+            ))
+        ),
+    );
+    assert_eq!(out["ok"], true, "{out}");
+    dest
+}
