@@ -917,7 +917,12 @@ fn found_in_the_clear(root: &Path, restored: &[(PathBuf, String)]) -> Vec<String
         let raw: Vec<u8> = (0..32)
             .map(|i| u8::from_str_radix(&sha[2 * i..2 * i + 2], 16).unwrap())
             .collect();
-        let hashes = page_hashes(db);
+        let pages = page_hashes(db);
+        let hashes: std::collections::HashMap<&[u8], usize> = pages
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (&h[..], i + 1))
+            .collect();
         for (path, bytes) in &files {
             let shown = path.display();
             if contains(bytes, sha.as_bytes()) || contains(bytes, sha.to_uppercase().as_bytes()) {
@@ -926,8 +931,10 @@ fn found_in_the_clear(root: &Path, restored: &[(PathBuf, String)]) -> Vec<String
             if contains(bytes, &raw) {
                 found.push(format!("{shown} holds sha256 {sha} (raw)"));
             }
-            if let Some(i) = hashes.iter().position(|h| contains(bytes, h)) {
-                found.push(format!("{shown} holds the hash of page {}", i + 1));
+            // One pass over the file: each 16-byte window looked up among the page hashes.
+            let hit = bytes.windows(16).find_map(|w| hashes.get(w).copied());
+            if let Some(page) = hit {
+                found.push(format!("{shown} holds the hash of page {page}"));
             }
         }
     }
