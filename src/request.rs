@@ -345,19 +345,6 @@ fn plan(target: Target, opts: BackupOptions) -> Result<Plan> {
         Destination::File { name, .. } | Destination::S3 { name, .. } => name,
     };
     let identity_file = crypt::identity_file(opts.identity_file.as_deref());
-    if incremental.is_some() && crypt::wanted(name) {
-        // Continuing the chain means reading its (encrypted) page lists: asked for always, so
-        // the first backup of a series fails the same way as the next ones would.
-        let Some(identity) = &identity_file else {
-            return Err(Error::usage(format!(
-                "option 'incremental' with an encrypted (.age) backup needs option \
-                 'identity_file' (or {}): the next backup compares its pages with the chain's \
-                 page lists, which are encrypted",
-                crypt::IDENTITY_ENV
-            )));
-        };
-        crypt::check_identity_file(identity)?;
-    }
     let recipients = if crypt::wanted(name) {
         let recipients =
             crypt::recipients(opts.recipients.as_deref(), opts.recipients_file.as_deref())?;
@@ -382,6 +369,19 @@ fn plan(target: Target, opts: BackupOptions) -> Result<Plan> {
         }
         None
     };
+    if incremental.is_some() && crypt::wanted(name) {
+        // Continuing the chain means reading its (encrypted) page lists: asked for always, so
+        // the first backup of a series fails the same way as the next ones would.
+        let Some(identity) = &identity_file else {
+            return Err(Error::usage(format!(
+                "option 'incremental' with an encrypted (.age) backup needs option \
+                 'identity_file' (or {}): the next backup compares its pages with the chain's \
+                 page lists, which are encrypted",
+                crypt::IDENTITY_ENV
+            )));
+        };
+        crypt::check_identity_file(identity)?;
+    }
     Ok(Plan {
         destination,
         backup: backup::Request {
