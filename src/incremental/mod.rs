@@ -1230,3 +1230,38 @@ fn relative_to(name: &str, mut header: Header) -> Header {
 pub fn is_page_list(store: &dyn Store, name: &str, identity: Option<&Path>) -> bool {
     matches!(open_list(store, name, identity), Ok(Opened::List(..)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, minute: i64) -> Entry {
+        Entry {
+            name: name.to_string(),
+            url: format!("/b/{name}"),
+            size: 1,
+            modified: chrono::DateTime::from_timestamp(minute * 60, 0).unwrap_or_default(),
+            sha256: None,
+        }
+    }
+
+    /// A backup whose page list cannot be read is never deleted: any kept one may need it.
+    #[test]
+    fn locked_page_lists_are_kept_with_the_reason() {
+        let mut plan = crate::retention::Plan {
+            keep: vec![crate::retention::Kept {
+                entry: entry("c.zst.age", 3),
+                reasons: vec!["last 1".into()],
+            }],
+            delete: vec![entry("b.zst.age", 2), entry("a.zst", 1)],
+        };
+        let mut chains = Chains::default();
+        chains.locked.insert("b.zst.age".into(), LOCKED);
+        keep_needed(&mut plan, &chains);
+        let kept: Vec<&str> = plan.keep.iter().map(|k| k.entry.name.as_str()).collect();
+        assert_eq!(kept, ["c.zst.age", "b.zst.age"]);
+        assert_eq!(plan.keep[1].reasons, [LOCKED]);
+        // A plain backup without a page list is no one's base: retention decides alone.
+        assert_eq!(plan.delete, [entry("a.zst", 1)]);
+    }
+}
