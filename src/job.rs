@@ -132,6 +132,7 @@ fn backup_and_keep(
                 now: req.time,
                 utc: plan.utc,
                 protected: protected(conn)?,
+                identity: req.identity_file.clone(),
             };
             let pruned = prune::run(store, &request).map_err(|e| {
                 e.context(format!(
@@ -280,12 +281,20 @@ pub fn list(conn: &Connection, req: &request::List) -> Result<Vec<(Entry, Class,
     let classes = prune::classify(store.as_ref(), &rows, &listed, &protected(conn)?);
     let mut rows: Vec<(Entry, Class)> = rows.into_iter().zip(classes).collect();
     if let Some(identity) = &req.identity_file {
-        plaintext_sha256(store.as_ref(), &mut rows, identity)?;
+        plaintext_sha256(store.as_ref(), &mut rows, identity, &listed)?;
     }
     let mut out: Vec<(Entry, Class, Option<Link>)> = rows
         .into_iter()
-        .map(|(entry, class)| {
-            let link = crate::incremental::link_of(store.as_ref(), &entry.name, &listed);
+        .map(|(mut entry, class)| {
+            let mut link = crate::incremental::link_of(
+                store.as_ref(),
+                &entry.name,
+                &listed,
+                req.identity_file.as_deref(),
+            );
+            if let Some(sha256) = link.as_mut().and_then(|l| l.sha256.take()) {
+                entry.sha256 = Some(sha256);
+            }
             (entry, class, link)
         })
         .collect();
@@ -304,13 +313,17 @@ fn plaintext_sha256(
     store: &dyn Store,
     rows: &mut [(Entry, Class)],
     identity: &std::path::Path,
+    listed: &std::collections::HashSet<&str>,
 ) -> Result<()> {
     let mut key_checked = false;
     let mut opened = 0usize;
     let mut refused: Option<Error> = None;
     for (entry, class) in rows.iter_mut() {
+        // A backup of an incremental series: its page list has the database's sha256.
+        let chained = listed.contains(crate::incremental::format::pages_name(&entry.name).as_str());
         let candidate = crate::crypt::wanted(&entry.name)
             && entry.sha256.is_none()
+            && !chained
             && !matches!(class, Class::Ignored(_));
         if !candidate {
             continue;
@@ -351,6 +364,9 @@ pub struct Link {
     pub kind: &'static str,
     /// The backup it builds on (none for a full).
     pub base: Option<String>,
+    /// The database's sha256, from an encrypted page list read with identity_file (an
+    /// incremental's object holds pages, not the database, so hashing it would be wrong).
+    pub sha256: Option<String>,
 }
 
 /// backup_prune: the policy applied to the location.
@@ -365,6 +381,7 @@ pub fn prune(conn: &Connection, req: &request::Prune) -> Result<prune::Report> {
             now: req.now,
             utc: req.utc,
             protected: protected(conn)?,
+            identity: req.identity_file.clone(),
         },
     )
 }

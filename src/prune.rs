@@ -25,6 +25,9 @@ pub struct Request {
     pub utc: bool,
     /// The calling connection's database files: never deleted.
     pub protected: Protected,
+    /// Reads the encrypted page lists of an encrypted incremental series; without it their
+    /// backups are all kept (retention cannot tell what builds on what).
+    pub identity: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -181,7 +184,8 @@ pub fn run(store: &dyn Store, req: &Request) -> Result<Report> {
     // from the newest down, and a deleted entry was skipped or past the count), so one plan
     // serves, and each entry is read once at most.
     let names: Vec<&str> = candidates.iter().map(|e| e.name.as_str()).collect();
-    let chains = incremental::kinds(store, &names, &listed)?;
+    let identity = req.identity.as_deref();
+    let chains = incremental::kinds(store, &names, &listed, identity)?;
     let mut plan = retention::plan(candidates, &req.policy, req.now, req.utc)?;
     incremental::keep_needed(&mut plan, &chains);
     plan.delete.retain(|entry| {
@@ -203,9 +207,9 @@ pub fn run(store: &dyn Store, req: &Request) -> Result<Report> {
         .map(|k| Item::new(&k.entry, k.reasons.clone()))
         .collect();
     let mut deleted = Vec::new();
-    let old_orphans = orphans
-        .iter()
-        .filter(|e| e.modified < req.now - ORPHAN_AGE && incremental::is_page_list(store, &e.name));
+    let old_orphans = orphans.iter().filter(|e| {
+        e.modified < req.now - ORPHAN_AGE && incremental::is_page_list(store, &e.name, identity)
+    });
     for entry in old_orphans {
         // A page list whose backup is gone (a backup killed between its two writes); a
         // recent one may be a backup still being stored.
@@ -219,7 +223,9 @@ pub fn run(store: &dyn Store, req: &Request) -> Result<Report> {
             let pages = incremental::format::pages_name(&entry.name);
             // The backup, then its page list: a page list alone is never counted.
             let deleted_one = store.delete(&entry.name).and_then(|()| {
-                if listed.contains(pages.as_str()) && incremental::is_page_list(store, &pages) {
+                if listed.contains(pages.as_str())
+                    && incremental::is_page_list(store, &pages, identity)
+                {
                     store.delete(&pages)
                 } else {
                     Ok(())
@@ -278,6 +284,7 @@ mod tests {
             },
             series: Some(Series::glob("db-*.gz").unwrap()),
             protected: Protected::default(),
+            identity: None,
             dry_run: true,
             now,
             utc: true,
@@ -304,6 +311,7 @@ mod tests {
             policy: Policy::default(),
             series: None,
             protected: Protected::default(),
+            identity: None,
             dry_run: false,
             now: Utc::now(),
             utc: true,
@@ -397,6 +405,7 @@ mod tests {
             now,
             utc: true,
             protected: Protected::default(),
+            identity: None,
         };
         let report = run(&store, &req).unwrap();
         let names = |items: &[Item]| items.iter().map(|i| i.name.clone()).collect::<Vec<_>>();

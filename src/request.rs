@@ -345,13 +345,6 @@ fn plan(target: Target, opts: BackupOptions) -> Result<Plan> {
         Destination::File { name, .. } | Destination::S3 { name, .. } => name,
     };
     let identity_file = crypt::identity_file(opts.identity_file.as_deref());
-    if incremental.is_some() && crypt::wanted(name) {
-        // The page lists' hashes would let the bucket's owner test guesses of page content.
-        return Err(Error::usage(format!(
-            "option 'incremental' cannot be combined with encryption yet ('{name}' ends in \
-             .age): drop .age from the pattern or drop option 'incremental'"
-        )));
-    }
     let recipients = if crypt::wanted(name) {
         let recipients =
             crypt::recipients(opts.recipients.as_deref(), opts.recipients_file.as_deref())?;
@@ -376,6 +369,19 @@ fn plan(target: Target, opts: BackupOptions) -> Result<Plan> {
         }
         None
     };
+    if incremental.is_some() && crypt::wanted(name) {
+        // Continuing the chain means reading its (encrypted) page lists: asked for always, so
+        // the first backup of a series fails the same way as the next ones would.
+        let Some(identity) = &identity_file else {
+            return Err(Error::usage(format!(
+                "option 'incremental' with an encrypted (.age) backup needs option \
+                 'identity_file' (or {}): the next backup compares its pages with the chain's \
+                 page lists, which are encrypted",
+                crypt::IDENTITY_ENV
+            )));
+        };
+        crypt::check_identity_file(identity)?;
+    }
     Ok(Plan {
         destination,
         backup: backup::Request {
@@ -613,6 +619,7 @@ pub struct PruneOptions {
     dry_run: Option<bool>,
     now: Option<String>,
     utc: Option<bool>,
+    identity_file: Option<String>,
 }
 
 /// The keep_* keys of backup_prune's options, decoded into `retention::Policy`.
@@ -635,11 +642,15 @@ pub struct Prune {
     pub dry_run: bool,
     pub now: DateTime<Utc>,
     pub utc: bool,
+    /// Reads the encrypted page lists of an encrypted incremental series (option or
+    /// SQLITE_BACKUP_AGE_IDENTITY_FILE).
+    pub identity_file: Option<PathBuf>,
 }
 
 pub fn prune(location: String, s3: S3Options, policy: Policy, opts: PruneOptions) -> Result<Prune> {
     allow::location(&location, "location")?;
     allow::s3_options(&s3)?;
+    allow_key_file(opts.identity_file.as_deref(), "option 'identity_file'")?;
     Ok(Prune {
         location,
         s3,
@@ -648,6 +659,7 @@ pub fn prune(location: String, s3: S3Options, policy: Policy, opts: PruneOptions
         dry_run: opts.dry_run.unwrap_or(false),
         now: clock(opts.now.as_deref())?,
         utc: opts.utc.unwrap_or(DEFAULT_UTC),
+        identity_file: crypt::identity_file(opts.identity_file.as_deref()),
     })
 }
 

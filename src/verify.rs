@@ -81,7 +81,7 @@ pub fn fetch_checked(
     if crate::incremental::is_incremental(&head) {
         // An incremental backup: rebuilt from its chain, then checked like any other.
         drop(reader);
-        let rebuilt = crate::incremental::rebuild(store, name, dir)?;
+        let rebuilt = crate::incremental::rebuild(store, name, dir, identity)?;
         if let Some(expected) = entry.sha256.as_ref().filter(|e| **e != rebuilt.sha256) {
             return Err(Error::corrupt(format!(
                 "{url} does not match its recorded sha256 (recorded {expected}, rebuilt {})",

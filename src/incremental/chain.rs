@@ -2,6 +2,7 @@
 //! the page lists alone (never from backup data), for the next backup and for a restore.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use super::format::{self, Hash, Header, Kind, PageList};
 use crate::error::{Error, Kind as ErrorKind, Result};
@@ -15,10 +16,18 @@ pub const MAX_LINKS: usize = 10_000;
 pub struct Link {
     pub name: String,
     pub list: PageList,
+    /// Whether its page list is an age file (the series is encrypted).
+    pub encrypted: bool,
 }
 
 /// Reads the page list of `name` in one request; a full's hashes only with `full_hashes`.
-pub fn page_list(store: &dyn Store, name: &str, full_hashes: bool) -> Result<PageList> {
+/// An encrypted one (an age file) is decrypted with `identity`; also says which it was.
+pub fn page_list(
+    store: &dyn Store,
+    name: &str,
+    full_hashes: bool,
+    identity: Option<&Path>,
+) -> Result<(bool, PageList)> {
     let pages = format::pages_name(name);
     let url = store.url(&pages);
     let mut input = match store.get(&pages) {
@@ -34,12 +43,18 @@ pub fn page_list(store: &dyn Store, name: &str, full_hashes: bool) -> Result<Pag
         }
         Err(e) => return Err(e),
     };
-    format::read_page_list(&mut input, &url, full_hashes)
+    let (encrypted, mut plain) = crate::crypt::open(Box::new(&mut input), identity, &url)?;
+    format::read_page_list(&mut plain, &url, full_hashes).map(|list| (encrypted, list))
 }
 
 /// The chain that ends with `name`, full backup first. With `full_hashes` the full's page
 /// hashes are read too (the next backup compares against them); a restore does without.
-pub fn walk(store: &dyn Store, name: &str, full_hashes: bool) -> Result<Vec<Link>> {
+pub fn walk(
+    store: &dyn Store,
+    name: &str,
+    full_hashes: bool,
+    identity: Option<&Path>,
+) -> Result<Vec<Link>> {
     let mut links = Vec::new();
     let mut at = name.to_string();
     let mut expected_depth: Option<u32> = None;
@@ -54,7 +69,7 @@ pub fn walk(store: &dyn Store, name: &str, full_hashes: bool) -> Result<Vec<Link
                 store.url(name)
             )));
         }
-        let list = page_list(store, &at, full_hashes)?;
+        let (encrypted, list) = page_list(store, &at, full_hashes, identity)?;
         let h = &list.header;
         let broken = |why: &str| {
             Error::corrupt(format!(
@@ -81,6 +96,7 @@ pub fn walk(store: &dyn Store, name: &str, full_hashes: bool) -> Result<Vec<Link
         links.push(Link {
             name: at.clone(),
             list,
+            encrypted,
         });
         if kind == Kind::Full {
             break;

@@ -85,14 +85,25 @@ pub fn run(
     opts: &Options,
 ) -> Result<(Report, Option<Info>)> {
     let started = Instant::now();
-    let codec = Codec::for_name(name);
+    let codec = Codec::for_name(crate::crypt::inner_name(name));
     let level = codec.level(req.level)?;
-    if req.recipients.is_some() || crate::crypt::wanted(name) {
-        return Err(Error::usage(
-            "incremental backups cannot be encrypted yet: drop .age from the name or option \
-             'incremental'",
-        ));
-    }
+    let identity = req.identity_file.as_deref();
+    // Encrypted (.age): the objects and the page lists go to the recipients, and continuing
+    // the chain means decrypting its page lists. request.rs pairs name, recipients and key.
+    let recipients = match (&req.recipients, crate::crypt::wanted(name), identity) {
+        (Some(r), true, Some(id)) => {
+            crate::crypt::check_identity_file(id)?;
+            Some(r.as_ref())
+        }
+        (None, false, _) => None,
+        _ => {
+            return Err(Error::usage(
+                "an encrypted incremental backup needs a name ending in .age, recipients and \
+                 option 'identity_file'",
+            ))
+        }
+    };
+    let encrypted = recipients.is_some();
     // A backup that later ones build on must never be replaced: names must not repeat.
     store.check_put(name, true).map_err(|e| {
         if e.kind == ErrorKind::Exists {
@@ -113,23 +124,44 @@ pub fn run(
 
     let listing = store.list()?;
     let sizes: HashMap<String, u64> = listing.iter().map(|e| (e.name.clone(), e.size)).collect();
-    remove_orphans(store, &listing, &sizes, &req.series, name);
+    remove_orphans(store, &listing, &sizes, &req.series, name, identity);
     let members: Vec<Entry> = req
         .series
         .select(listing)
         .into_iter()
         .filter(|e| format::owner_of(&e.name).is_none())
         .collect();
-    let previous = crate::retention::newest(members).map(|entry| {
-        let chain = if sizes.contains_key(&format::pages_name(&entry.name)) {
-            chain::walk(store, &entry.name, true)
-                .map_err(|e| format!("its chain cannot be read: {}", e.message))
-                .and_then(|links| chain::usable(&links, &sizes, store).map(|()| links))
-        } else {
-            Err("it is not part of an incremental chain".to_string())
-        };
-        Previous { entry, chain }
-    });
+    let previous = match crate::retention::newest(members) {
+        None => None,
+        Some(entry) => {
+            let chain = if sizes.contains_key(&format::pages_name(&entry.name)) {
+                match chain::walk(store, &entry.name, true, identity) {
+                    Ok(links) if links.iter().any(|l| l.encrypted != encrypted) => Err(format!(
+                        "its chain is {}encrypted and this backup is {}",
+                        if encrypted { "not " } else { "" },
+                        if encrypted { "" } else { "not" }
+                    )),
+                    Ok(links) => chain::usable(&links, &sizes, store).map(|()| links),
+                    // A key that does not open the chain is a mistake to show, never a
+                    // reason to start a new chain that would hide it.
+                    Err(e) if e.kind == ErrorKind::Auth => {
+                        return Err(e.context(format!(
+                            "cannot continue the chain of {}",
+                            store.url(&entry.name)
+                        )))
+                    }
+                    // No key, and one was asked for: an encrypted chain, this backup plain.
+                    Err(e) if identity.is_none() && e.kind == ErrorKind::Usage => {
+                        Err("its chain is encrypted and this backup is not".to_string())
+                    }
+                    Err(e) => Err(format!("its chain cannot be read: {}", e.message)),
+                }
+            } else {
+                Err("it is not part of an incremental chain".to_string())
+            };
+            Some(Previous { entry, chain })
+        }
+    };
 
     let snap = snapshot::take(
         conn,
@@ -149,7 +181,7 @@ pub fn run(
         method: Method::Pages.name(),
         fallback: None,
         compression: codec.name(),
-        encrypted: false,
+        encrypted,
         bytes: snap.bytes,
         stored_bytes: 0,
         sha256: String::new(),
@@ -319,14 +351,23 @@ pub fn run(
         inner: &mut upload,
         count: 0,
     };
-    if let Err(e) = format::write_page_list(&header, entries, &mut counted) {
-        upload.abort();
-        return Err(Error::io(
-            format!("cannot write {}", store.url(&pages_name)),
-            e,
-        ));
-    }
+    let list_fail = |e| Error::io(format!("cannot write {}", store.url(&pages_name)), e);
+    // Page hashes would let whoever reads the bucket test guesses of page content.
+    let written = match recipients {
+        None => format::write_page_list(&header, entries, &mut counted).map_err(list_fail),
+        Some(r) => crate::crypt::encrypt(r, &mut counted).and_then(|mut sealed| {
+            format::write_page_list(&header, entries, &mut sealed).map_err(list_fail)?;
+            sealed
+                .finish()
+                .map(drop)
+                .map_err(|e| Error::io("cannot finish encryption", e))
+        }),
+    };
     let list_bytes = counted.count;
+    if let Err(e) = written {
+        upload.abort();
+        return Err(e);
+    }
     upload.commit()?;
 
     // Then the object; on failure the page list goes too.
@@ -336,6 +377,7 @@ pub fn run(
         req,
         codec,
         level,
+        recipients,
         &snap.file,
         &header,
         &hashed.changed,
@@ -380,13 +422,20 @@ fn store_object(
     req: &Request,
     codec: Codec,
     level: u32,
+    recipients: Option<&crate::crypt::Recipients>,
     snap: &NamedTemp,
     header: &Header,
     changed: &[u32],
     timings: &mut Timings,
 ) -> Result<(crate::store::Stored, u64)> {
     let meta = PutMeta {
-        sha256: Sha256Cell::ready(dbfile::hex(&header.sha256)),
+        // An encrypted backup's plaintext hash would let whoever reads the bucket test a
+        // guess of its content: the store gets an empty one, which it does not record.
+        sha256: Sha256Cell::ready(if recipients.is_some() {
+            String::new()
+        } else {
+            dbfile::hex(&header.sha256)
+        }),
         backup_time: req.time,
         create_only: true,
         temp_dir: req.temp_dir.clone(),
@@ -394,6 +443,12 @@ fn store_object(
     let file = snap
         .reopen()
         .map_err(|e| Error::io("cannot read the snapshot", e))?;
+    let mut first = Vec::new();
+    if header.kind == Kind::Incremental {
+        header
+            .write(DELTA_MAGIC, &mut first)
+            .map_err(|e| Error::io("cannot encode the header", e))?;
+    }
     let step = Instant::now();
     let upload = store.put(name, &meta)?;
     let mut counted = Counting {
@@ -401,29 +456,30 @@ fn store_object(
         count: 0,
     };
     let meter = crate::progress::phase("compressing and storing", None);
-    let compressed = match header.kind {
-        Kind::Full => {
-            let mut input = Metered { inner: file, meter };
-            codec::compress(&mut input, &mut counted, codec, level, req.threads)
-        }
-        Kind::Incremental => {
-            let mut first = Vec::new();
-            header
-                .write(DELTA_MAGIC, &mut first)
-                .map_err(|e| Error::io("cannot encode the header", e))?;
-            let mut input = Metered {
-                inner: Records {
-                    file,
-                    page_size: header.page_size as usize,
-                    pages: changed.iter(),
-                    buf: first,
-                    at: 0,
-                },
-                meter,
-            };
-            codec::compress(&mut input, &mut counted, codec, level, req.threads)
-        }
+    let inner: Box<dyn Read + Send + '_> = match header.kind {
+        Kind::Full => Box::new(file),
+        Kind::Incremental => Box::new(Records {
+            file,
+            page_size: header.page_size as usize,
+            pages: changed.iter(),
+            buf: first,
+            at: 0,
+        }),
     };
+    let mut input = Metered { inner, meter };
+    // Codec inside, age outside: a full one stays `age -d | zstd -d` restorable.
+    let compressed = match recipients {
+        None => codec::compress(&mut input, &mut counted, codec, level, req.threads),
+        Some(r) => crate::crypt::encrypt(r, &mut counted).and_then(|mut sealed| {
+            let read = codec::compress(&mut input, &mut sealed, codec, level, req.threads)?;
+            // The last chunk and its tag: without them the file does not decrypt.
+            sealed
+                .finish()
+                .map_err(|e| Error::io("cannot finish encryption", e))?;
+            Ok(read)
+        }),
+    };
+    drop(input);
     let Counting {
         inner: upload,
         count,
@@ -452,13 +508,14 @@ fn remove_orphans(
     sizes: &HashMap<String, u64>,
     series: &crate::naming::Series,
     current: &str,
+    identity: Option<&Path>,
 ) {
     for entry in listing {
         if let Some(owner) = format::owner_of(&entry.name) {
             if owner != current
                 && series.contains(owner)
                 && !sizes.contains_key(owner)
-                && is_page_list(store, &entry.name)
+                && is_page_list(store, &entry.name, identity)
             {
                 let _ = store.delete(&entry.name);
             }
@@ -647,9 +704,15 @@ pub fn is_incremental(head: &[u8]) -> bool {
 /// page read is checked against its page list). Then the file is cut to the page count and
 /// the whole checked against the sha256 recorded when the backup was taken. A missing or
 /// damaged link is an error naming it. Memory: 2 bytes per page, besides the page lists.
-pub fn rebuild(store: &dyn Store, name: &str, dir: &Path) -> Result<Rebuilt> {
+/// An encrypted chain's page lists and objects are decrypted with `identity`.
+pub fn rebuild(
+    store: &dyn Store,
+    name: &str,
+    dir: &Path,
+    identity: Option<&Path>,
+) -> Result<Rebuilt> {
     let target = store.url(name);
-    let links = chain::walk(store, name, false)
+    let links = chain::walk(store, name, false, identity)
         .map_err(|e| e.context(format!("cannot rebuild {target} from its chain")))?;
     let Some((full, rest)) = links.split_first() else {
         return Err(Error::corrupt(format!("{target} has an empty chain")));
@@ -696,6 +759,7 @@ pub fn rebuild(store: &dyn Store, name: &str, dir: &Path) -> Result<Rebuilt> {
         owner: &owner,
         page_size: page_size as usize,
         stop: &stop,
+        identity,
     };
     let (full_read, incrementals) = std::thread::scope(|scope| -> Result<_> {
         let ctx = &ctx;
@@ -766,6 +830,7 @@ struct Apply<'a> {
     owner: &'a [u16],
     page_size: usize,
     stop: &'a std::sync::atomic::AtomicBool,
+    identity: Option<&'a Path>,
 }
 
 impl Apply<'_> {
@@ -819,7 +884,9 @@ impl Apply<'_> {
                 .map_err(|e| self.missing(&full.name, e))?,
             count: 0,
         };
-        let (codec, reader) = codec::decoder(Box::new(&mut counted))?;
+        let url = self.store.url(&full.name);
+        let (_, plain) = crate::crypt::open(Box::new(&mut counted), self.identity, &url)?;
+        let (codec, reader) = codec::decoder(plain)?;
         let mut reader = BufReader::with_capacity(1 << 20, reader);
         let mut page = vec![0u8; self.page_size];
         let pages = full.list.header.page_count;
@@ -862,7 +929,8 @@ impl Apply<'_> {
                 .map_err(|e| self.missing(&link.name, e))?,
             count: 0,
         };
-        let (codec, reader) = codec::decoder(Box::new(&mut counted))?;
+        let (_, plain) = crate::crypt::open(Box::new(&mut counted), self.identity, &url)?;
+        let (codec, reader) = codec::decoder(plain)?;
         let mut reader = BufReader::with_capacity(1 << 20, reader);
         let header = Header::read(DELTA_MAGIC, &mut reader, &url)?;
         if header != link.list.header {
@@ -934,26 +1002,105 @@ impl<R: Read> Read for CountingReader<R> {
 
 // ---- listing and retention ----
 
+/// The chains retention must not break: the header of each page list read, and the
+/// backups whose page list is encrypted with no identity that reads it (with why).
+#[derive(Debug, Default)]
+pub struct Chains {
+    pub headers: HashMap<String, Header>,
+    pub locked: HashMap<String, &'static str>,
+}
+
 /// The kind and base of each backup in `names` that has a page list (read from the page
 /// list's header), for backup_list and retention. `listed` is every name in the location.
+/// Encrypted page lists are read with `identity`; those it does not open (an older key's)
+/// are locked, but a key that opens none of them is an error (most likely the wrong file).
 pub fn kinds(
     store: &dyn Store,
     names: &[&str],
     listed: &HashSet<&str>,
-) -> Result<HashMap<String, Header>> {
-    let mut out = HashMap::new();
+    identity: Option<&Path>,
+) -> Result<Chains> {
+    let mut out = Chains::default();
+    let mut opened = 0usize;
+    let mut refused: Option<Error> = None;
     for name in names {
         let pages = format::pages_name(name);
-        // Someone else's file that merely ends in .pages: the backup is not in a chain.
-        if !listed.contains(pages.as_str()) || !is_page_list(store, &pages) {
+        if !listed.contains(pages.as_str()) {
             continue;
         }
         let url = store.url(&pages);
-        let mut head = store.read_head(&pages, format::MAX_HEADER)?;
-        let header = format::read_page_list_header(&mut head, &url)?;
-        out.insert(name.to_string(), relative_to(name, header));
+        match open_list(store, &pages, identity) {
+            Ok(Opened::List(encrypted, mut input)) => {
+                let header = format::read_page_list_header(&mut input, &url)?;
+                out.headers
+                    .insert(name.to_string(), relative_to(name, header));
+                opened += usize::from(encrypted);
+            }
+            Ok(Opened::Locked) => {
+                out.locked.insert(name.to_string(), LOCKED);
+            }
+            // Someone else's file that merely ends in .pages: the backup is not in a chain.
+            Ok(Opened::Foreign) => {}
+            Err(e) if e.kind == ErrorKind::Auth => {
+                out.locked.insert(name.to_string(), NOT_OPENED);
+                refused.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(out)
+    match refused {
+        Some(e) if opened == 0 => Err(e),
+        _ => Ok(out),
+    }
+}
+
+/// What a file named like a page list turned out to be.
+enum Opened<'a> {
+    /// A page list (decrypted when it was an age file: true), from its first byte.
+    List(bool, Box<dyn Read + Send + 'a>),
+    /// An age file, and no identity to tell whether it is an encrypted page list.
+    Locked,
+    /// Not a page list: someone else's file.
+    Foreign,
+}
+
+/// Opens page list `pages`: a plain one reads at most its header's size; an encrypted one (an
+/// age file) is decrypted with `identity` and its magic checked after decryption.
+fn open_list<'a>(store: &'a dyn Store, pages: &str, identity: Option<&Path>) -> Result<Opened<'a>> {
+    let url = store.url(pages);
+    let fail = |e| Error::io(format!("cannot read {url}"), e);
+    let mut input = store.read_head(pages, format::MAX_HEADER)?;
+    let mut first = Vec::new();
+    (&mut input)
+        .take(32)
+        .read_to_end(&mut first)
+        .map_err(fail)?;
+    if first.starts_with(format::PAGES_MAGIC) {
+        return Ok(Opened::List(
+            false,
+            Box::new(io::Cursor::new(first).chain(input)),
+        ));
+    }
+    if !crate::crypt::detect(&first) {
+        return Ok(Opened::Foreign);
+    }
+    if identity.is_none() {
+        return Ok(Opened::Locked);
+    }
+    drop(input);
+    let (_, mut plain) = crate::crypt::open(store.get(pages)?, identity, &url)?;
+    let mut magic = Vec::new();
+    (&mut plain)
+        .take(16)
+        .read_to_end(&mut magic)
+        .map_err(fail)?;
+    if magic != format::PAGES_MAGIC {
+        return Ok(Opened::Foreign);
+    }
+    Ok(Opened::List(
+        true,
+        Box::new(io::Cursor::new(magic).chain(plain)),
+    ))
 }
 
 /// Splits page lists off `entries`: the rest, and the page lists whose backup is not in
@@ -973,7 +1120,20 @@ pub fn page_lists_apart(entries: Vec<Entry>, listed: &HashSet<&str>) -> (Vec<Ent
 
 /// Retention never breaks a chain: every backup that a kept one builds on (directly or
 /// through others) is kept too, with the reason "needed by <name>".
-pub fn keep_needed(plan: &mut crate::retention::Plan, chains: &HashMap<String, Header>) {
+pub fn keep_needed(plan: &mut crate::retention::Plan, chains: &Chains) {
+    // A page list that cannot be read might be needed by any kept backup: kept, whole chains.
+    let (locked, delete): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut plan.delete)
+        .into_iter()
+        .partition(|e| chains.locked.contains_key(&e.name));
+    plan.delete = delete;
+    for entry in locked {
+        let why = chains.locked.get(&entry.name).copied().unwrap_or(LOCKED);
+        plan.keep.push(crate::retention::Kept {
+            entry,
+            reasons: vec![why.to_string()],
+        });
+    }
+    let chains = &chains.headers;
     let mut queue: Vec<String> = plan.keep.iter().map(|k| k.entry.name.clone()).collect();
     let mut seen: HashSet<String> = queue.iter().cloned().collect();
     while let Some(name) = queue.pop() {
@@ -1003,25 +1163,52 @@ pub fn keep_needed(plan: &mut crate::retention::Plan, chains: &HashMap<String, H
         .sort_by(|a, b| crate::retention::newest_first(&a.entry, &b.entry));
 }
 
+/// Why retention keeps a backup whose page list it cannot read.
+pub const LOCKED: &str = "its page list is encrypted and there is no identity_file to read it: \
+                          kept, since a kept backup may build on it";
+const NOT_OPENED: &str = "its page list is encrypted to a key that identity_file does not hold: \
+                          kept, since a kept backup may build on it";
+
 /// The kind and base of `name` for backup_list, when it has a page list; a page list that
-/// cannot be read shows as kind `damaged`.
-pub fn link_of(store: &dyn Store, name: &str, listed: &HashSet<&str>) -> Option<crate::job::Link> {
+/// cannot be read shows as kind `damaged`, an encrypted one without (or not opened by) the
+/// identity as kind `encrypted`.
+pub fn link_of(
+    store: &dyn Store,
+    name: &str,
+    listed: &HashSet<&str>,
+    identity: Option<&Path>,
+) -> Option<crate::job::Link> {
     let pages = format::pages_name(name);
-    if !listed.contains(pages.as_str()) || !is_page_list(store, &pages) {
+    if !listed.contains(pages.as_str()) {
         return None;
     }
-    let header = store
-        .read_head(&pages, format::MAX_HEADER)
-        .and_then(|mut head| format::read_page_list_header(&mut head, &store.url(&pages)))
-        .map(|h| relative_to(name, h));
+    let locked = crate::job::Link {
+        kind: "encrypted",
+        base: None,
+        sha256: None,
+    };
+    let mut encrypted = false;
+    let header = match open_list(store, &pages, identity) {
+        Ok(Opened::List(sealed, mut input)) => {
+            encrypted = sealed;
+            format::read_page_list_header(&mut input, &store.url(&pages))
+                .map(|h| relative_to(name, h))
+        }
+        Ok(Opened::Locked) => return Some(locked),
+        Ok(Opened::Foreign) => return None,
+        Err(e) if e.kind == ErrorKind::Auth => return Some(locked),
+        Err(e) => Err(e),
+    };
     Some(match header {
         Ok(h) => crate::job::Link {
             kind: h.kind.name(),
+            sha256: encrypted.then(|| dbfile::hex(&h.sha256)),
             base: (h.kind == Kind::Incremental).then_some(h.base),
         },
         Err(_) => crate::job::Link {
             kind: "damaged",
             base: None,
+            sha256: None,
         },
     })
 }
@@ -1038,14 +1225,43 @@ fn relative_to(name: &str, mut header: Header) -> Header {
     header
 }
 
-/// Whether `name` starts with a page list's magic: only then is it ours to delete.
-pub fn is_page_list(store: &dyn Store, name: &str) -> bool {
-    let mut magic = [0u8; 16];
-    store
-        .read_head(name, 16)
-        .and_then(|mut head| {
-            head.read_exact(&mut magic)
-                .map_err(|e| Error::io("cannot read a page list", e))
-        })
-        .is_ok_and(|()| &magic == format::PAGES_MAGIC)
+/// Whether `name` starts with a page list's magic (after decryption with `identity`, for an
+/// encrypted one): only then is it ours to delete.
+pub fn is_page_list(store: &dyn Store, name: &str, identity: Option<&Path>) -> bool {
+    matches!(open_list(store, name, identity), Ok(Opened::List(..)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, minute: i64) -> Entry {
+        Entry {
+            name: name.to_string(),
+            url: format!("/b/{name}"),
+            size: 1,
+            modified: chrono::DateTime::from_timestamp(minute * 60, 0).unwrap_or_default(),
+            sha256: None,
+        }
+    }
+
+    /// A backup whose page list cannot be read is never deleted: any kept one may need it.
+    #[test]
+    fn locked_page_lists_are_kept_with_the_reason() {
+        let mut plan = crate::retention::Plan {
+            keep: vec![crate::retention::Kept {
+                entry: entry("c.zst.age", 3),
+                reasons: vec!["last 1".into()],
+            }],
+            delete: vec![entry("b.zst.age", 2), entry("a.zst", 1)],
+        };
+        let mut chains = Chains::default();
+        chains.locked.insert("b.zst.age".into(), LOCKED);
+        keep_needed(&mut plan, &chains);
+        let kept: Vec<&str> = plan.keep.iter().map(|k| k.entry.name.as_str()).collect();
+        assert_eq!(kept, ["c.zst.age", "b.zst.age"]);
+        assert_eq!(plan.keep[1].reasons, [LOCKED]);
+        // A plain backup without a page list is no one's base: retention decides alone.
+        assert_eq!(plan.delete, [entry("a.zst", 1)]);
+    }
 }
