@@ -67,6 +67,8 @@ pub fn fetch_checked(
         .head(name)?
         .ok_or_else(|| Error::new(Kind::NotFound, format!("there is no backup at {url}")))?;
 
+    // Read before the body: the trailer of the object about to be downloaded.
+    let trailer = crate::trailer::read(store, name, entry.size);
     let mut counted = CountingReader {
         inner: store.get(name)?,
         count: 0,
@@ -122,6 +124,18 @@ pub fn fetch_checked(
         if *expected != sha256 {
             return Err(Error::corrupt(format!(
                 "{url} does not match its recorded sha256 (recorded {expected}, content {sha256})"
+            )));
+        }
+    }
+    // The trailer records the database the backup was made of: a backup that decompresses
+    // but to something else (damaged, or spliced) is refused here, before it is restored.
+    if let Some(trailer) = trailer {
+        let expected = trailer.hex();
+        if expected != sha256 || trailer.size != bytes {
+            return Err(Error::corrupt(format!(
+                "{url} does not match the sha256 its trailer records (recorded {expected} for \
+                 {} bytes, content {sha256} for {bytes} bytes): the backup is damaged",
+                trailer.size
             )));
         }
     }
