@@ -67,11 +67,10 @@ pub fn fetch_checked(
         .head(name)?
         .ok_or_else(|| Error::new(Kind::NotFound, format!("there is no backup at {url}")))?;
 
-    // Read before the body: the trailer of the object about to be downloaded.
-    let trailer = crate::trailer::read(store, name, entry.size);
     let mut counted = CountingReader {
         inner: store.get(name)?,
         count: 0,
+        tail: Vec::new(),
     };
     let (encrypted, plain) = crypt::open(Box::new(&mut counted), identity, &url)?;
     let (codec, mut reader) = codec::decoder(plain)?;
@@ -108,6 +107,8 @@ pub fn fetch_checked(
     }
     drop(reader);
     let stored_bytes = counted.count;
+    // The last bytes of the very body that was read (no second request, no other version).
+    let trailer = crate::trailer::parse(&counted.tail);
     let sha256 = dbfile::hex(&hasher.finalize());
     file.as_file()
         .sync_all()
@@ -243,15 +244,28 @@ fn too_long(url: &str, codec: Codec, header: &dbfile::Header, limit: u64) -> Err
     })
 }
 
+/// Counts the stored bytes, and keeps the last of them: where a trailer would be.
 struct CountingReader<R> {
     inner: R,
     count: u64,
+    tail: Vec<u8>,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.count += n as u64;
+        let read = buf.get(..n).unwrap_or_default();
+        let keep = crate::trailer::TAIL_BYTES as usize;
+        if read.len() >= keep {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(read.get(read.len() - keep..).unwrap_or_default());
+        } else {
+            self.tail.extend_from_slice(read);
+            let excess = self.tail.len().saturating_sub(keep);
+            self.tail.drain(..excess);
+        }
         Ok(n)
     }
 }
