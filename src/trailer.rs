@@ -143,12 +143,43 @@ pub fn read(store: &dyn crate::store::Store, name: &str, size: u64) -> Option<Tr
     parse(&tail)
 }
 
+/// Trailers read at once when listing (each is one short request on S3).
+const FILL_THREADS: usize = 8;
+
 /// Fills in the sha256 of entries the store recorded none for, from their trailers, for names
 /// of compressed backups (`.gz`, `.zst`): a listing does not read every foreign file's end.
+/// A few reads run at once; if no thread can start, they run one after another here.
 pub fn fill(store: &dyn crate::store::Store, entries: &mut [crate::store::Entry]) {
-    for entry in entries.iter_mut() {
-        if entry.sha256.is_none() && carried_by(Codec::for_name(&entry.name)) {
-            entry.sha256 = read(store, &entry.name, entry.size).map(|t| t.hex());
+    let wanted: Vec<(usize, String, u64)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.sha256.is_none() && carried_by(Codec::for_name(&e.name)))
+        .map(|(i, e)| (i, e.name.clone(), e.size))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let found = std::sync::Mutex::new(Vec::new());
+    let work = || loop {
+        let at = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let Some((i, name, size)) = wanted.get(at) else {
+            return;
+        };
+        if let Some(t) = read(store, name, *size) {
+            if let Ok(mut found) = found.lock() {
+                found.push((*i, t.hex()));
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..FILL_THREADS.min(wanted.len()) {
+            if crate::threads::spawn_scoped(scope, "backup-trailer", work).is_err() {
+                break;
+            }
+        }
+        work();
+    });
+    for (i, hex) in found.into_inner().unwrap_or_default() {
+        if let Some(entry) = entries.get_mut(i) {
+            entry.sha256 = Some(hex);
         }
     }
 }
