@@ -249,6 +249,13 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
                 Ok(read)
             }),
         };
+        // The hash comes from the other thread; a trailer records it after the last block.
+        let compressed = compressed.and_then(|read| {
+            if recipients.is_some() || !crate::trailer::carried_by(codec) {
+                return Ok(read);
+            }
+            append_trailer(&mut counted, codec, &sha256.wait()?, read).map(|_| read)
+        });
         let CountingWriter {
             inner: upload,
             count,
@@ -389,14 +396,16 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
         skipped: false,
         same_as: None,
     };
-    // The hash is known only once everything went through. `if_changed` needs it first, and
-    // a store that records it before the upload (S3 metadata) would otherwise park every part
-    // on disk: a hash-only pass (no compression, nothing written) comes first then, in the
-    // same read transaction.
+    // The hash is known only once everything went through. `if_changed` needs it first: a
+    // hash-only pass (no compression, nothing written) comes first then, in the same read
+    // transaction. So does a raw backup to S3, whose hash only the metadata can carry (sent
+    // before the upload starts). A .gz/.zst backup records it in its trailer, at the end: one
+    // pass, the upload starting at once. (An encrypted backup records no hash at all.)
     let sha256 = Sha256Cell::default();
-    // (An encrypted backup records no hash: S3 then needs none up front.)
-    let hash_first =
-        req.if_changed || (job.store.local_path(job.name).is_none() && job.recipients.is_none());
+    let hash_first = req.if_changed
+        || (job.store.local_path(job.name).is_none()
+            && job.recipients.is_none()
+            && !crate::trailer::carried_by(job.codec));
     if hash_first {
         crate::progress::phase("hashing", Some(bytes));
         let step = Instant::now();
@@ -418,7 +427,8 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
         sha256.set(Ok(hex));
     }
     let meta = PutMeta {
-        sha256: if job.recipients.is_some() {
+        // Empty: not recorded as metadata (a store that would wait for it does not).
+        sha256: if job.recipients.is_some() || !hash_first {
             Sha256Cell::ready(String::new())
         } else {
             sha256.clone()
@@ -462,6 +472,12 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
                 }),
             };
             let hex = dbfile::hex(&sha2::Digest::finalize(input.hasher));
+            let result = result.and_then(|read| {
+                if recipients.is_none() {
+                    append_trailer(&mut counted, codec, &hex, read)?;
+                }
+                Ok(read)
+            });
             (result, counted, hex)
         })?;
         let writer = crate::stream::PipeWriter::new(&pipe);
@@ -543,6 +559,17 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
     Ok(Streamed::Done(Box::new(report)))
 }
 
+/// Appends the trailer that records the database's sha256 and size after the last block (for
+/// codecs that have one; see `trailer`).
+fn append_trailer(out: &mut dyn Write, codec: Codec, sha256: &str, size: u64) -> Result<()> {
+    match crate::trailer::encode(codec, sha256, size) {
+        Some(bytes) => out
+            .write_all(&bytes)
+            .map_err(|e| Error::io("cannot write the backup", e)),
+        None => Ok(()),
+    }
+}
+
 /// The stream's sha256 alone: the copy on this thread, the hashing on another (they overlap).
 fn hash_pass(
     source: &crate::stream::Source,
@@ -586,8 +613,9 @@ impl<R: io::Read> io::Read for HashingReader<R> {
 }
 
 /// The newest backup in the series, if its content equals `sha256`. Stores that record the
-/// hash (S3 metadata) answer at once; for the others the newest backup is decompressed and
-/// hashed, which costs a read but never a wrong skip.
+/// hash (S3 metadata) answer at once, a trailer with one short read; for the others (older or
+/// encrypted backups) the newest backup is decompressed and hashed, which costs a read but
+/// never a wrong skip.
 pub(crate) fn newest_with_same_content(
     store: &dyn Store,
     series: &crate::naming::Series,
@@ -597,7 +625,9 @@ pub(crate) fn newest_with_same_content(
     let Some(newest) = crate::retention::newest(series.select(store.list()?)) else {
         return Ok(None);
     };
-    let stored_sha = match newest.sha256.clone() {
+    // Metadata, else the trailer (a few bytes from the end), else the whole backup.
+    let trailer = || crate::trailer::read(store, &newest.name, newest.size).map(|t| t.hex());
+    let stored_sha = match newest.sha256.clone().or_else(trailer) {
         Some(s) => s,
         None => match content_sha256(store, &newest.name, identity) {
             Ok(s) => s,

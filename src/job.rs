@@ -278,6 +278,9 @@ pub fn list(conn: &Connection, req: &request::List) -> Result<Vec<(Entry, Class,
     );
     // Newest first: the order a person looking for the latest backup wants, and prune's.
     rows.sort_by(crate::retention::newest_first);
+    // The sha256 a backup records in its trailer, when the store keeps none (a one-pass S3
+    // backup): shown, and it marks the object as ours as the metadata would.
+    crate::trailer::fill(store.as_ref(), &mut rows);
     let classes = prune::classify(store.as_ref(), &rows, &listed, &protected(conn)?);
     let mut rows: Vec<(Entry, Class)> = rows.into_iter().zip(classes).collect();
     if let Some(identity) = &req.identity_file {

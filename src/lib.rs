@@ -30,6 +30,7 @@ pub mod store;
 mod stream;
 mod temp;
 mod threads;
+mod trailer;
 mod verify;
 
 use std::ffi::{c_char, c_int};

@@ -70,6 +70,7 @@ pub fn fetch_checked(
     let mut counted = CountingReader {
         inner: store.get(name)?,
         count: 0,
+        tail: Vec::new(),
     };
     let (encrypted, plain) = crypt::open(Box::new(&mut counted), identity, &url)?;
     let (codec, mut reader) = codec::decoder(plain)?;
@@ -138,6 +139,8 @@ pub fn fetch_checked(
     }
     drop(reader);
     let stored_bytes = counted.count;
+    // The last bytes of the very body that was read (no second request, no other version).
+    let trailer = crate::trailer::parse(&counted.tail);
     let sha256 = dbfile::hex(&hasher.finalize());
     file.as_file()
         .sync_all()
@@ -154,6 +157,18 @@ pub fn fetch_checked(
         if *expected != sha256 {
             return Err(Error::corrupt(format!(
                 "{url} does not match its recorded sha256 (recorded {expected}, content {sha256})"
+            )));
+        }
+    }
+    // The trailer records the database the backup was made of: a backup that decompresses
+    // but to something else (damaged, or spliced) is refused here, before it is restored.
+    if let Some(trailer) = trailer {
+        let expected = trailer.hex();
+        if expected != sha256 || trailer.size != bytes {
+            return Err(Error::corrupt(format!(
+                "{url} does not match the sha256 its trailer records (recorded {expected} for \
+                 {} bytes, content {sha256} for {bytes} bytes): the backup is damaged",
+                trailer.size
             )));
         }
     }
@@ -261,15 +276,28 @@ fn too_long(url: &str, codec: Codec, header: &dbfile::Header, limit: u64) -> Err
     })
 }
 
+/// Counts the stored bytes, and keeps the last of them: where a trailer would be.
 struct CountingReader<R> {
     inner: R,
     count: u64,
+    tail: Vec<u8>,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.count += n as u64;
+        let read = buf.get(..n).unwrap_or_default();
+        let keep = crate::trailer::TAIL_BYTES as usize;
+        if read.len() >= keep {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(read.get(read.len() - keep..).unwrap_or_default());
+        } else {
+            self.tail.extend_from_slice(read);
+            let excess = self.tail.len().saturating_sub(keep);
+            self.tail.drain(..excess);
+        }
         Ok(n)
     }
 }

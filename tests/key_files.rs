@@ -107,15 +107,22 @@ fn list_with_an_identity_shows_the_plaintext_sha256_in_a_directory() {
     tampered(&dir.join("db-1.zst.age"), &dir.join("db-5.zst.age"));
     let location = dir.display().to_string();
 
-    // Without an identity, as before: NULL for every file.
+    // Without an identity, as before: NULL for every encrypted file; the plain one shows the
+    // sha256 of its trailer (#14).
     let rows = list_rows(&conn, &location, None);
     assert_eq!(rows.len(), 5, "{rows:?}");
-    assert!(rows.iter().all(|r| r.sha256.is_none()), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.sha256.is_none() == r.name.ends_with(".age")),
+        "{rows:?}"
+    );
+    assert_eq!(sha_of(&rows, "db-2.zst"), sha(&plain), "{rows:?}");
 
     let rows = list_rows(&conn, &location, Some(&json!({"identity_file": key})));
     assert_eq!(sha_of(&rows, "db-1.zst.age"), sha(&ours), "{rows:?}");
     assert_eq!(sha_of(&rows, "db-3.zst.age"), sha(&plain), "{rows:?}");
-    for name in ["db-2.zst", "db-4.zst.age", "db-5.zst.age"] {
+    assert_eq!(sha_of(&rows, "db-2.zst"), sha(&plain), "{rows:?}");
+    for name in ["db-4.zst.age", "db-5.zst.age"] {
         assert_eq!(sha_of(&rows, name), None, "{name}: {rows:?}");
     }
     // The hash verify_backup reports for it.
@@ -149,8 +156,9 @@ fn list_with_an_identity_shows_the_plaintext_sha256_in_a_directory() {
     );
     out.assert_ok();
     let want = format!(
-        "db-1.zst.age {}\ndb-2.zst NULL\ndb-3.zst.age {}\ndb-4.zst.age NULL\ndb-5.zst.age NULL",
+        "db-1.zst.age {}\ndb-2.zst {}\ndb-3.zst.age {}\ndb-4.zst.age NULL\ndb-5.zst.age NULL",
         sha(&ours).unwrap(),
+        sha(&plain).unwrap(),
         sha(&plain).unwrap()
     );
     assert_eq!(out.stdout.trim(), want);
@@ -242,10 +250,14 @@ fn a_key_that_opens_none_of_the_listed_backups_is_an_error() {
     fs::write(&not_a_key, "hello\n").unwrap();
     let err = list_err(&conn, &location, &json!({"identity_file": not_a_key}));
     assert!(err.contains("no age identity"), "{err}");
-    // The right key: the listing works, and the plain backup keeps its NULL.
+    // The right key: the listing works; the plain backup shows its trailer's sha256 (#14).
     let rows = list_rows(&conn, &location, Some(&json!({"identity_file": key})));
     assert!(sha_of(&rows, "db.zst.age").is_some(), "{rows:?}");
-    assert_eq!(sha_of(&rows, "db.zst"), None, "{rows:?}");
+    assert_eq!(
+        sha_of(&rows, "db.zst"),
+        sha_of(&rows, "db.zst.age"),
+        "{rows:?}"
+    );
 }
 
 /// A host's layout: `allowed/` (the policy), `allowed/keys/` with a key and a recipients file,

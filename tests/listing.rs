@@ -49,7 +49,8 @@ fn directory_list_shows_the_series_newest_first() {
                 url: path.to_str().unwrap().to_string(),
                 size: fs::metadata(&path).unwrap().len() as i64,
                 modified: SERIES[i - 1].to_string(),
-                sha256: None,
+                // From the backup's trailer (#14): the sha256 its call reported.
+                sha256: results[i - 1]["sha256"].as_str().map(str::to_string),
             }
         );
         assert_eq!(

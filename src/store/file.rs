@@ -221,6 +221,20 @@ impl Store for FileStore {
         Ok(Box::new(io::BufReader::with_capacity(1 << 20, file)))
     }
 
+    fn read_tail(&self, name: &str, _size: u64, limit: u64) -> Result<Vec<u8>> {
+        let path = self.path(name);
+        let context = || format!("cannot read {}", path.display());
+        let mut file = File::open(&path).map_err(|e| Error::io(context(), e))?;
+        let len = file.metadata().map_err(|e| Error::io(context(), e))?.len();
+        io::Seek::seek(&mut file, io::SeekFrom::Start(len.saturating_sub(limit)))
+            .map_err(|e| Error::io(context(), e))?;
+        let mut tail = Vec::new();
+        file.take(limit)
+            .read_to_end(&mut tail)
+            .map_err(|e| Error::io(context(), e))?;
+        Ok(tail)
+    }
+
     fn head(&self, name: &str) -> Result<Option<Entry>> {
         match fs::metadata(self.path(name)) {
             Ok(m) if m.is_file() => Ok(Some(self.entry(name, &m))),

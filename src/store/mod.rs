@@ -79,7 +79,8 @@ impl Sha256Cell {
 /// What the pipeline knows about a backup before it stores it.
 #[derive(Debug, Clone)]
 pub struct PutMeta {
-    /// sha256 of the uncompressed snapshot.
+    /// sha256 of the uncompressed snapshot; empty when it is not to be recorded as metadata
+    /// (an encrypted backup, or one whose trailer records it: see `trailer`).
     pub sha256: Sha256Cell,
     /// The backup's time (the clock used for its name).
     pub backup_time: DateTime<Utc>,
@@ -125,6 +126,27 @@ pub trait Store: Send + Sync {
     /// The first `limit` bytes of `name` at most, to tell a backup from a foreign file.
     fn read_head(&self, name: &str, limit: u64) -> Result<Box<dyn Read + Send + '_>> {
         Ok(Box::new(self.get(name)?.take(limit)))
+    }
+    /// The last `limit` bytes of `name` at most (`size`: its stored size, from a listing or
+    /// `head`), for the trailer a backup ends with: one ranged read, not a download.
+    fn read_tail(&self, name: &str, size: u64, limit: u64) -> Result<Vec<u8>> {
+        // Stores without ranged reads: streamed through, keeping the last bytes only.
+        let _ = size;
+        let keep = limit as usize;
+        let mut input = self.get(name)?;
+        let mut tail = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = input
+                .read(&mut buf)
+                .map_err(|e| Error::io(format!("cannot read {}", self.url(name)), e))?;
+            if n == 0 {
+                return Ok(tail);
+            }
+            tail.extend_from_slice(buf.get(..n).unwrap_or_default());
+            let excess = tail.len().saturating_sub(keep);
+            tail.drain(..excess);
+        }
     }
     /// The local file behind `name`, for stores that are directories.
     fn local_path(&self, _name: &str) -> Option<PathBuf> {

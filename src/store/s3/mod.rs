@@ -312,6 +312,30 @@ impl Store for S3Store {
         )))
     }
 
+    fn read_tail(&self, name: &str, size: u64, limit: u64) -> Result<Vec<u8>> {
+        let key = self.key(name)?;
+        if size == 0 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let range = Range {
+            from: size.saturating_sub(limit),
+            to: Some(size - 1),
+            if_match: None,
+        };
+        let response = self
+            .client
+            .get_object(&key, &range, &self.target(&key, false))?;
+        let mut tail = Vec::new();
+        // A server that ignores the range is read no further than `limit`: then the bytes are
+        // not the tail, and no trailer is found in them.
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(response.into_body().into_reader(), limit),
+            &mut tail,
+        )
+        .map_err(|e| Error::io(format!("cannot read {}", self.url(name)), e))?;
+        Ok(tail)
+    }
+
     fn delete(&self, name: &str) -> Result<()> {
         let key = self.key(name)?;
         // S3 deletes missing keys silently; the directory store says NotFound, so do we.
