@@ -74,7 +74,7 @@ fn ms_since(t: Instant) -> u64 {
 struct Previous {
     entry: Entry,
     /// Its chain, or why it cannot be continued.
-    chain: std::result::Result<Vec<chain::Link>, String>,
+    chain: std::result::Result<(Vec<chain::Link>, BaseMap), String>,
 }
 
 pub fn run(
@@ -135,13 +135,19 @@ pub fn run(
         None => None,
         Some(entry) => {
             let chain = if sizes.contains_key(&format::pages_name(&entry.name)) {
-                match chain::walk(store, &entry.name, true, identity) {
-                    Ok(links) if links.iter().any(|l| l.encrypted != encrypted) => Err(format!(
-                        "its chain is {}encrypted and this backup is {}",
-                        if encrypted { "not " } else { "" },
-                        if encrypted { "" } else { "not" }
-                    )),
-                    Ok(links) => chain::usable(&links, &sizes, store).map(|()| links),
+                let walked = BaseMap::new(&req.temp_dir).and_then(|mut map| {
+                    chain::walk_into(store, &entry.name, true, identity, Some(&mut map))
+                        .map(|links| (links, map))
+                });
+                match walked {
+                    Ok((links, _)) if links.iter().any(|l| l.encrypted != encrypted) => {
+                        Err(format!(
+                            "its chain is {}encrypted and this backup is {}",
+                            if encrypted { "not " } else { "" },
+                            if encrypted { "" } else { "not" }
+                        ))
+                    }
+                    Ok((links, map)) => chain::usable(&links, &sizes, store).map(|()| (links, map)),
                     // A key that does not open the chain is a mistake to show, never a
                     // reason to start a new chain that would hide it.
                     Err(e) if e.kind == ErrorKind::Auth => {
@@ -200,8 +206,8 @@ pub fn run(
     let (mut owned, mut why_full) = match previous {
         None => (None, Some("the first backup of the series".to_string())),
         Some(Previous {
-            chain: Ok(links), ..
-        }) => (Some(links), None),
+            chain: Ok(chain), ..
+        }) => (Some(chain), None),
         Some(Previous {
             entry,
             chain: Err(why),
@@ -210,7 +216,7 @@ pub fn run(
             Some(format!("the newest backup {}: {why}", entry.url)),
         ),
     };
-    if let Some(head) = owned.as_deref().and_then(chain::header_of) {
+    if let Some(head) = owned.as_ref().and_then(|(l, _)| chain::header_of(l)) {
         if head.page_size != page_size {
             why_full = Some(format!(
                 "the page size changed from {} to {page_size}",
@@ -219,7 +225,7 @@ pub fn run(
             owned = None;
         }
     }
-    let links = owned.as_deref();
+    let links = owned.as_ref().map(|(l, _)| l.as_slice());
     let base_header = links.and_then(chain::header_of).cloned();
     let base_link = links
         .and_then(|l| l.last())
@@ -238,13 +244,13 @@ pub fn run(
     let full_header = links
         .and_then(|l| l.first())
         .map(|l| (l.name.clone(), l.list.header.clone()));
-    let base_map = match owned {
-        Some(l) => chain::hashes(l)?,
-        None => Vec::new(),
+    let base_map = match &mut owned {
+        Some((_, map)) => Some(map.finish()?),
+        None => None,
     };
 
     let step = Instant::now();
-    let hashed = hash_pages(&snap.file, page_size, page_count, base_map)?;
+    let hashed = hash_pages(&snap.file, page_size, page_count, base_map, &req.temp_dir)?;
     timings.hash = ms_since(step);
     report.sha256 = dbfile::hex(&hashed.sha256);
 
@@ -268,7 +274,7 @@ pub fn run(
     }
 
     // Full or incremental, by policy.
-    let changed = hashed.changed.len() as u64;
+    let changed = hashed.changed_count;
     if let (Some(base), Some((full_name, full))) = (&base_header, &full_header) {
         why_full = match &opts.full_every {
             FullEvery::Count(n) if base.depth.saturating_add(1) >= *n => {
@@ -330,23 +336,11 @@ pub fn run(
         temp_dir: req.temp_dir.clone(),
     };
     let mut upload = store.put(&pages_name, &list_meta)?;
-    let entries: Box<dyn Iterator<Item = (u32, Hash)>> = match kind {
-        Kind::Full => Box::new(
-            hashed
-                .map
-                .iter()
-                .enumerate()
-                .map(|(i, h)| (u32::try_from(i + 1).unwrap_or(u32::MAX), *h)),
-        ),
-        Kind::Incremental => Box::new(hashed.changed.iter().map(|&p| {
-            let h = hashed
-                .map
-                .get((p as usize).wrapping_sub(1))
-                .copied()
-                .unwrap_or_default();
-            (p, h)
-        })),
-    };
+    let entries = match kind {
+        Kind::Full => Entries::new(&hashed.map, Kind::Full, page_count),
+        Kind::Incremental => Entries::new(&hashed.changed, Kind::Incremental, changed),
+    }
+    .map_err(|e| Error::io("cannot read the page hashes back from their temp file", e))?;
     let mut counted = Counting {
         inner: &mut upload,
         count: 0,
@@ -381,6 +375,7 @@ pub fn run(
         &snap.file,
         &header,
         &hashed.changed,
+        changed,
         &mut timings,
     );
     let (stored, count) = match stored {
@@ -425,7 +420,8 @@ fn store_object(
     recipients: Option<&crate::crypt::Recipients>,
     snap: &NamedTemp,
     header: &Header,
-    changed: &[u32],
+    changed: &File,
+    changed_count: u64,
     timings: &mut Timings,
 ) -> Result<(crate::store::Stored, u64)> {
     let meta = PutMeta {
@@ -461,7 +457,8 @@ fn store_object(
         Kind::Incremental => Box::new(Records {
             file,
             page_size: header.page_size as usize,
-            pages: changed.iter(),
+            changed: Entries::new(changed, Kind::Incremental, changed_count)
+                .map_err(|e| Error::io("cannot read the changed pages' temp file", e))?,
             buf: first,
             at: 0,
         }),
@@ -523,26 +520,191 @@ fn remove_orphans(
     }
 }
 
+/// The most an incremental backup keeps in memory in proportion to the database's page count
+/// (a bitmap of 1 bit per page while its base's hashes are gathered): everything else that
+/// grows with the database (page hashes, changed pages) goes through unnamed temp files.
+pub const MEMORY_BUDGET: u64 = 16 << 20;
+
+fn memory_budget() -> u64 {
+    // Lets a test show that memory does not grow with the database (debug builds only).
+    #[cfg(debug_assertions)]
+    if let Some(b) = std::env::var("SQLITE_BACKUP_TEST_MEMORY_BUDGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return b;
+    }
+    MEMORY_BUDGET
+}
+
+/// Refuses to hold `bytes` in memory for `what` when that passes the budget.
+fn within_budget(bytes: u64, what: &str) -> Result<()> {
+    let limit = memory_budget();
+    if bytes > limit {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "the {what} would take {bytes} bytes of memory, over the {limit} an incremental \
+                 backup allows: use a larger page size (PRAGMA page_size, then VACUUM)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn temp_fail(dir: &Path) -> impl Fn(io::Error) -> Error + '_ {
+    move |e| Error::io(format!("cannot use a temp file in {}", dir.display()), e)
+}
+
+/// The base's page hashes, gathered from its chain's page lists (newest link first, as the
+/// walk reads them) into an unnamed temp file, 16 bytes per page at (page - 1) * 16: a page
+/// takes its hash from the newest link that lists it. Memory: 1 bit per page, and a buffer.
+struct BaseMap {
+    file: File,
+    dir: std::path::PathBuf,
+    /// The newest link's page count: the base's.
+    count: Option<u64>,
+    /// Pages whose hash a newer link gave.
+    seen: Vec<u64>,
+    /// Consecutive hashes not yet written, and the offset of the first.
+    pending: Vec<u8>,
+    pending_at: u64,
+}
+
+impl BaseMap {
+    fn new(dir: &Path) -> Result<BaseMap> {
+        Ok(BaseMap {
+            file: temp::unnamed(dir).map_err(temp_fail(dir))?,
+            dir: dir.to_path_buf(),
+            count: None,
+            seen: Vec::new(),
+            pending: Vec::with_capacity(1 << 16),
+            pending_at: 0,
+        })
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            write_at(&self.file, &self.pending, self.pending_at).map_err(temp_fail(&self.dir))?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// The file and the base's page count, once the walk is done.
+    fn finish(&mut self) -> Result<(&File, u64)> {
+        self.flush()?;
+        Ok((&self.file, self.count.unwrap_or(0)))
+    }
+}
+
+impl format::Sink for BaseMap {
+    fn start(&mut self, header: &Header) -> Result<()> {
+        self.flush()?;
+        if self.count.is_none() {
+            let count = header.page_count;
+            within_budget(count.div_ceil(8), "map of the base's pages")?;
+            let words = usize::try_from(count.div_ceil(64))
+                .map_err(|_| Error::usage("the database has too many pages for this machine"))?;
+            self.seen
+                .try_reserve_exact(words)
+                .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page map"))?;
+            self.seen.resize(words, 0);
+            self.count = Some(count);
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, page: u32, hash: &Hash) -> Result<()> {
+        let i = u64::from(page.saturating_sub(1));
+        // Pages past the base's count are not in it.
+        let Some(word) = usize::try_from(i / 64)
+            .ok()
+            .and_then(|w| self.seen.get_mut(w))
+        else {
+            return Ok(());
+        };
+        let bit = 1u64 << (i % 64);
+        if *word & bit != 0 {
+            return Ok(());
+        }
+        *word |= bit;
+        let offset = i * format::HASH_LEN as u64;
+        if self.pending.len() >= 1 << 16
+            || (!self.pending.is_empty() && self.pending_at + self.pending.len() as u64 != offset)
+        {
+            self.flush()?;
+        }
+        if self.pending.is_empty() {
+            self.pending_at = offset;
+        }
+        self.pending.extend_from_slice(hash);
+        Ok(())
+    }
+}
+
+/// (page number, hash) entries read back from a temp file: every page's hash in page order
+/// (16 bytes each), or changed pages' records (u32 page number, 16-byte hash).
+struct Entries<'a> {
+    input: BufReader<&'a File>,
+    kind: Kind,
+    next: u32,
+    left: u64,
+}
+
+impl<'a> Entries<'a> {
+    fn new(file: &'a File, kind: Kind, count: u64) -> io::Result<Entries<'a>> {
+        let mut f = file;
+        f.seek(SeekFrom::Start(0))?;
+        Ok(Entries {
+            input: BufReader::with_capacity(1 << 16, file),
+            kind,
+            next: 1,
+            left: count,
+        })
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = io::Result<(u32, Hash)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let page = match self.kind {
+            Kind::Full => Ok(self.next),
+            Kind::Incremental => format::array::<4>(&mut self.input).map(u32::from_le_bytes),
+        };
+        self.next = self.next.saturating_add(1);
+        Some(
+            page.and_then(|p| {
+                format::array::<{ format::HASH_LEN }>(&mut self.input).map(|h| (p, h))
+            }),
+        )
+    }
+}
+
 struct Hashed {
     sha256: [u8; 32],
-    /// Page hashes of the snapshot, by page number - 1.
-    map: Vec<Hash>,
-    /// Pages that differ from the base (every page when there is none).
-    changed: Vec<u32>,
+    /// Page hashes of the snapshot in page order, 16 bytes each (an unnamed temp file).
+    map: File,
+    /// Pages that differ from the base (every page when there is none): (u32, hash) records.
+    changed: File,
+    changed_count: u64,
 }
 
 /// One pass over the snapshot for each hash, side by side: its sha256 on a thread of its own,
 /// and on this one each page's hash and the pages that differ from `base` (the previous
-/// backup's hashes; empty for none). `base` becomes the new map.
+/// backup's hashes and page count; none for none), read beside the snapshot in page order.
 fn hash_pages(
     snap: &NamedTemp,
     page_size: u32,
     page_count: u64,
-    base: Vec<Hash>,
+    base: Option<(&File, u64)>,
+    dir: &Path,
 ) -> Result<Hashed> {
     let fail = |e| Error::io("cannot read the snapshot", e);
-    let count = usize::try_from(page_count)
-        .map_err(|_| Error::usage("the database has too many pages for this machine"))?;
     let mut whole = snap.reopen().map_err(fail)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -561,57 +723,70 @@ fn hash_pages(
                 sha.update(buf.get(..n).unwrap_or_default());
             }
         })?;
-        let pages = page_hashes(snap, page_size, count, base);
+        let pages = page_hashes(snap, page_size, page_count, base, dir);
         if pages.is_err() {
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         let sha256 = sha
             .join()
             .unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "hashing the snapshot failed")));
-        let (map, changed) = pages?;
+        let (map, changed, changed_count) = pages?;
         Ok(Hashed {
             sha256: sha256?,
             map,
             changed,
+            changed_count,
         })
     })
 }
 
-/// Each page's hash, and the pages that differ from `base`, which becomes the new map.
+/// Each page's hash (to a temp file), and the pages that differ from `base` (to another).
 fn page_hashes(
     snap: &NamedTemp,
     page_size: u32,
-    count: usize,
-    base: Vec<Hash>,
-) -> Result<(Vec<Hash>, Vec<u32>)> {
+    count: u64,
+    base: Option<(&File, u64)>,
+    dir: &Path,
+) -> Result<(File, File, u64)> {
     let fail = |e| Error::io("cannot read the snapshot", e);
-    let mut map = base;
-    let had = map.len();
-    if count > map.len() {
-        map.try_reserve_exact(count - map.len())
-            .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page hashes"))?;
-    }
-    map.resize(count, [0; format::HASH_LEN]);
-    let mut changed = Vec::new();
+    let tmp = temp_fail(dir);
+    let (base, had) = match base {
+        Some((file, had)) => {
+            let mut f = file;
+            f.seek(SeekFrom::Start(0)).map_err(&tmp)?;
+            (Some(BufReader::with_capacity(1 << 16, file)), had)
+        }
+        None => (None, 0),
+    };
+    let mut base = base;
+    let mut map = io::BufWriter::with_capacity(1 << 16, temp::unnamed(dir).map_err(&tmp)?);
+    let mut changed = io::BufWriter::with_capacity(1 << 16, temp::unnamed(dir).map_err(&tmp)?);
+    let mut changed_count = 0u64;
     let mut input = BufReader::with_capacity(1 << 20, snap.reopen().map_err(fail)?);
     let mut page = vec![0u8; page_size as usize];
-    let meter = crate::progress::phase("hashing pages", Some(count as u64 * u64::from(page_size)));
-    for (i, slot) in map.iter_mut().enumerate() {
+    let meter = crate::progress::phase("hashing pages", Some(count * u64::from(page_size)));
+    for i in 0..count {
         if i % 4096 == 0 {
             crate::interrupt::check()?;
         }
         input.read_exact(&mut page).map_err(fail)?;
         let h = format::page_hash(&page);
-        if i >= had || *slot != h {
-            changed
-                .try_reserve(1)
-                .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page list"))?;
-            changed.push(u32::try_from(i + 1).map_err(|_| Error::usage("too many pages"))?);
-            *slot = h;
+        let same = match &mut base {
+            Some(b) if i < had => format::array::<{ format::HASH_LEN }>(b).map_err(&tmp)? == h,
+            _ => false,
+        };
+        if !same {
+            let number = u32::try_from(i + 1).map_err(|_| Error::usage("too many pages"))?;
+            changed.write_all(&number.to_le_bytes()).map_err(&tmp)?;
+            changed.write_all(&h).map_err(&tmp)?;
+            changed_count += 1;
         }
+        map.write_all(&h).map_err(&tmp)?;
         meter.add(u64::from(page_size));
     }
-    Ok((map, changed))
+    let map = map.into_inner().map_err(|e| tmp(e.into_error()))?;
+    let changed = changed.into_inner().map_err(|e| tmp(e.into_error()))?;
+    Ok((map, changed, changed_count))
 }
 
 /// The records of an incremental's object: the header, then (u32 page number, page) for each
@@ -619,7 +794,7 @@ fn page_hashes(
 struct Records<'a> {
     file: File,
     page_size: usize,
-    pages: std::slice::Iter<'a, u32>,
+    changed: Entries<'a>,
     buf: Vec<u8>,
     at: usize,
 }
@@ -627,9 +802,10 @@ struct Records<'a> {
 impl Read for Records<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.at >= self.buf.len() {
-            let Some(&page) = self.pages.next() else {
+            let Some(entry) = self.changed.next() else {
                 return Ok(0);
             };
+            let (page, _) = entry?;
             self.buf.clear();
             self.buf.extend_from_slice(&page.to_le_bytes());
             self.buf.resize(4 + self.page_size, 0);
