@@ -135,11 +135,9 @@ pub fn run(
         None => None,
         Some(entry) => {
             let chain = if sizes.contains_key(&format::pages_name(&entry.name)) {
-                let walked = BaseMap::new(&req.temp_dir).and_then(|mut map| {
-                    chain::walk_into(store, &entry.name, true, identity, Some(&mut map))
-                        .map(|links| (links, map))
-                });
-                match walked {
+                let mut map = BaseMap::new(&req.temp_dir)?;
+                let walked = chain::walk_into(store, &entry.name, true, identity, Some(&mut map));
+                match walked.map(|links| (links, map)) {
                     Ok((links, _)) if links.iter().any(|l| l.encrypted != encrypted) => {
                         Err(format!(
                             "its chain is {}encrypted and this backup is {}",
@@ -150,7 +148,7 @@ pub fn run(
                     Ok((links, map)) => chain::usable(&links, &sizes, store).map(|()| (links, map)),
                     // A key that does not open the chain is a mistake to show, never a
                     // reason to start a new chain that would hide it.
-                    Err(e) if e.kind == ErrorKind::Auth => {
+                    Err(e) if e.kind == ErrorKind::Auth || e.message.starts_with(BASE_MAP) => {
                         return Err(e.context(format!(
                             "cannot continue the chain of {}",
                             store.url(&entry.name)
@@ -552,6 +550,10 @@ fn within_budget(bytes: u64, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// How the errors of gathering the base's hashes (memory, temp files) begin: they are
+/// shown, never taken for an unreadable chain (which would start a new full backup).
+const BASE_MAP: &str = "gathering the base's page hashes: ";
+
 fn temp_fail(dir: &Path) -> impl Fn(io::Error) -> Error + '_ {
     move |e| Error::io(format!("cannot use a temp file in {}", dir.display()), e)
 }
@@ -600,6 +602,17 @@ impl BaseMap {
 
 impl format::Sink for BaseMap {
     fn start(&mut self, header: &Header) -> Result<()> {
+        self.start_link(header)
+            .map_err(|e| Error::new(e.kind, format!("{BASE_MAP}{}", e.message)))
+    }
+    fn entry(&mut self, page: u32, hash: &Hash) -> Result<()> {
+        self.add(page, hash)
+            .map_err(|e| Error::new(e.kind, format!("{BASE_MAP}{}", e.message)))
+    }
+}
+
+impl BaseMap {
+    fn start_link(&mut self, header: &Header) -> Result<()> {
         self.flush()?;
         if self.count.is_none() {
             let count = header.page_count;
@@ -615,7 +628,7 @@ impl format::Sink for BaseMap {
         Ok(())
     }
 
-    fn entry(&mut self, page: u32, hash: &Hash) -> Result<()> {
+    fn add(&mut self, page: u32, hash: &Hash) -> Result<()> {
         let i = u64::from(page.saturating_sub(1));
         // Pages past the base's count are not in it.
         let Some(word) = usize::try_from(i / 64)
