@@ -21,14 +21,14 @@ pub struct Link {
 }
 
 /// Reads the page list of `name` in one request; a full's hashes only with `full_hashes`.
-/// An encrypted one (an age file) is decrypted with `identity`; also says which it was. With
-/// a `sink`, the entries go to it and are not kept.
+/// An encrypted one (an age file) is decrypted with `identity`; also says which it was. The
+/// entries go to `sink` and are not kept.
 fn page_list<'d>(
     store: &dyn Store,
     name: &str,
     full_hashes: bool,
     identity: Option<&Path>,
-    sink: Option<&mut (dyn Sink + 'd)>,
+    sink: &mut (dyn Sink + 'd),
 ) -> Result<(bool, PageList)> {
     let pages = format::pages_name(name);
     let url = store.url(&pages);
@@ -46,40 +46,20 @@ fn page_list<'d>(
         Err(e) => return Err(e),
     };
     let (encrypted, mut plain) = crate::crypt::open(Box::new(&mut input), identity, &url)?;
-    match sink {
-        None => format::read_page_list(&mut plain, &url, full_hashes),
-        Some(sink) => {
-            format::read_page_list_into(&mut plain, &url, full_hashes, sink).map(|header| {
-                PageList {
-                    header,
-                    pages: Vec::new(),
-                    hashes: Vec::new(),
-                }
-            })
-        }
-    }
-    .map(|list| (encrypted, list))
+    format::read_page_list_into(&mut plain, &url, full_hashes, sink)
+        .map(|header| PageList { header })
+        .map(|list| (encrypted, list))
 }
 
-/// The chain that ends with `name`, full backup first. With `full_hashes` the full's page
-/// hashes are read too (the next backup compares against them); a restore does without.
-pub fn walk(
+/// The chain that ends with `name`, full backup first, each link's entries (the full's only
+/// with `full_hashes`: the next backup compares against them; a restore does without) handed
+/// to `sink`, newest link first, and not kept: memory independent of the database's size.
+pub fn walk<'d>(
     store: &dyn Store,
     name: &str,
     full_hashes: bool,
     identity: Option<&Path>,
-) -> Result<Vec<Link>> {
-    walk_into(store, name, full_hashes, identity, None)
-}
-
-/// `walk`, with every link's entries (the full's too) handed to `sink`, newest link first,
-/// instead of kept in the links: memory independent of the database's size.
-pub fn walk_into<'d>(
-    store: &dyn Store,
-    name: &str,
-    full_hashes: bool,
-    identity: Option<&Path>,
-    mut sink: Option<&mut (dyn Sink + 'd)>,
+    sink: &mut (dyn Sink + 'd),
 ) -> Result<Vec<Link>> {
     let mut links = Vec::new();
     let mut at = name.to_string();
@@ -95,7 +75,7 @@ pub fn walk_into<'d>(
                 store.url(name)
             )));
         }
-        let (encrypted, list) = page_list(store, &at, full_hashes, identity, sink.as_deref_mut())?;
+        let (encrypted, list) = page_list(store, &at, full_hashes, identity, sink)?;
         let h = &list.header;
         let broken = |why: &str| {
             Error::corrupt(format!(

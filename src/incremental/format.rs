@@ -184,14 +184,11 @@ pub fn array<const N: usize>(input: &mut dyn Read) -> io::Result<[u8; N]> {
     Ok(a)
 }
 
-/// A page list read whole: its header, the page numbers of an incremental's entries (empty for
-/// a full, whose hashes are for pages 1..=page_count) and the hashes. Memory: 16 bytes per
-/// page of a full, 20 per changed page; allocated fallibly.
+/// A page list as a chain keeps it: its header (its entries went to a `Sink` as they were
+/// read, so memory does not grow with them).
 #[derive(Debug)]
 pub struct PageList {
     pub header: Header,
-    pub pages: Vec<u32>,
-    pub hashes: Vec<Hash>,
 }
 
 /// Writes a page list: `entries` yields (page number, hash) in page order, or the error
@@ -227,15 +224,18 @@ pub trait Sink {
     fn entry(&mut self, page: u32, hash: &Hash) -> Result<()>;
 }
 
-/// Keeps the entries in memory (an incremental's page numbers, and the hashes).
-#[derive(Default)]
+/// Keeps the entries in memory (an incremental's page numbers, and the hashes): tests only.
+#[cfg(test)]
+#[derive(Default, Debug)]
 struct Collect {
+    header: Option<Header>,
     kind: Option<Kind>,
     pages: Vec<u32>,
     hashes: Vec<Hash>,
     what: String,
 }
 
+#[cfg(test)]
 impl Sink for Collect {
     fn start(&mut self, header: &Header) -> Result<()> {
         self.kind = Some(header.kind);
@@ -258,19 +258,16 @@ impl Sink for Collect {
     }
 }
 
-/// Reads a page list; a full's hashes only when `full_hashes` (a restore needs only its
-/// header). Memory grows with what is actually read, never with what a header claims.
-pub fn read_page_list(input: &mut dyn Read, what: &str, full_hashes: bool) -> Result<PageList> {
+/// Reads a page list whole (tests).
+#[cfg(test)]
+fn read_page_list(input: &mut dyn Read, what: &str, full_hashes: bool) -> Result<Collect> {
     let mut collect = Collect {
         what: what.to_string(),
         ..Collect::default()
     };
     let header = read_page_list_into(input, what, full_hashes, &mut collect)?;
-    Ok(PageList {
-        header,
-        pages: collect.pages,
-        hashes: collect.hashes,
-    })
+    collect.header = Some(header);
+    Ok(collect)
 }
 
 /// Reads a page list, handing its entries to `sink` as they come (memory independent of their
@@ -383,7 +380,7 @@ mod tests {
             let mut bytes = Vec::new();
             write_page_list(&h, entries.clone().into_iter().map(Ok), &mut bytes).unwrap();
             let list = read_page_list(&mut &bytes[..], "x", true).unwrap();
-            assert_eq!(list.header, h);
+            assert_eq!(list.header, Some(h.clone()));
             let hashes: Vec<Hash> = entries.iter().map(|e| e.1).collect();
             assert_eq!(list.hashes, hashes);
             if kind == Kind::Incremental {

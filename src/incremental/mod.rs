@@ -136,7 +136,7 @@ pub fn run(
         Some(entry) => {
             let chain = if sizes.contains_key(&format::pages_name(&entry.name)) {
                 let mut map = BaseMap::new(&req.temp_dir)?;
-                let walked = chain::walk_into(store, &entry.name, true, identity, Some(&mut map));
+                let walked = chain::walk(store, &entry.name, true, identity, &mut map);
                 match walked.map(|links| (links, map)) {
                     Ok((links, _)) if links.iter().any(|l| l.encrypted != encrypted) => {
                         Err(format!(
@@ -892,7 +892,8 @@ pub fn is_incremental(head: &[u8]) -> bool {
 /// thread while the incrementals are read on another, each writing only its own pages (every
 /// page read is checked against its page list). Then the file is cut to the page count and
 /// the whole checked against the sha256 recorded when the backup was taken. A missing or
-/// damaged link is an error naming it. Memory: 2 bytes per page, besides the page lists.
+/// damaged link is an error naming it. Memory: 1 bit per page (the page lists go through
+/// unnamed temp files, see `LinkLists`).
 /// An encrypted chain's page lists and objects are decrypted with `identity`.
 pub fn rebuild(
     store: &dyn Store,
@@ -901,8 +902,14 @@ pub fn rebuild(
     identity: Option<&Path>,
 ) -> Result<Rebuilt> {
     let target = store.url(name);
-    let links = chain::walk(store, name, false, identity)
+    let mut lists = LinkLists::new(dir)?;
+    let links = chain::walk(store, name, false, identity, &mut lists)
         .map_err(|e| e.context(format!("cannot rebuild {target} from its chain")))?;
+    let (seen, count, entries) = lists.finish()?;
+    // Full first, like `links`; the full's list holds no entries.
+    let Some((_, entries)) = entries.split_first() else {
+        return Err(Error::corrupt(format!("{target} has an empty chain")));
+    };
     let Some((full, rest)) = links.split_first() else {
         return Err(Error::corrupt(format!("{target} has an empty chain")));
     };
@@ -917,26 +924,6 @@ pub fn rebuild(
             "the chain of {target} mixes page sizes: its page lists are damaged"
         )));
     }
-    // owner[p - 1]: 0 for the full backup, i for rest[i - 1].
-    let count = usize::try_from(last.list.header.page_count)
-        .map_err(|_| Error::corrupt(format!("{target}: too many pages")))?;
-    let mut owner: Vec<u16> = Vec::new();
-    owner
-        .try_reserve_exact(count)
-        .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page map"))?;
-    owner.resize(count, 0);
-    for (i, link) in rest.iter().enumerate() {
-        let id = u16::try_from(i + 1).map_err(|_| Error::corrupt("too many links"))?;
-        for &page in &link.list.pages {
-            if let Some(slot) = (page as usize)
-                .checked_sub(1)
-                .and_then(|k| owner.get_mut(k))
-            {
-                *slot = id;
-            }
-        }
-    }
-
     let file = temp::named(dir, temp::Ext::Db)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let ctx = Apply {
@@ -945,7 +932,8 @@ pub fn rebuild(
         name,
         dir,
         file: file.as_file(),
-        owner: &owner,
+        seen: &seen,
+        count,
         page_size: page_size as usize,
         stop: &stop,
         identity,
@@ -955,8 +943,8 @@ pub fn rebuild(
         let others = crate::threads::spawn_scoped(scope, "restore-incrementals", move || {
             let mut read = 0u64;
             let mut codec = None;
-            for (i, link) in rest.iter().enumerate() {
-                let (n, c) = ctx.incremental(link, i + 1)?;
+            for (link, entries) in rest.iter().zip(entries) {
+                let (n, c) = ctx.incremental(link, entries)?;
                 read += n;
                 codec = Some(c);
             }
@@ -1009,6 +997,100 @@ pub fn rebuild(
     })
 }
 
+/// A record of an incremental's page list as a rebuild keeps it: page number, hash, and
+/// whether this link holds the page's final content (1) or a newer one does (0).
+const LINK_RECORD: usize = 4 + format::HASH_LEN + 1;
+
+fn bit(bits: &[u64], i: u64) -> bool {
+    usize::try_from(i / 64)
+        .ok()
+        .and_then(|w| bits.get(w))
+        .is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+/// Each link's page list, read newest first, into an unnamed temp file of its own, each entry
+/// marked with whether it is the newest of its page; and the pages some incremental holds (1
+/// bit a page, below the restored database's page count). Memory independent of the size of
+/// the database and of the page lists.
+struct LinkLists {
+    dir: std::path::PathBuf,
+    count: Option<u64>,
+    seen: Vec<u64>,
+    files: Vec<File>,
+    writing: Option<io::BufWriter<File>>,
+}
+
+impl LinkLists {
+    fn new(dir: &Path) -> Result<LinkLists> {
+        Ok(LinkLists {
+            dir: dir.to_path_buf(),
+            count: None,
+            seen: Vec::new(),
+            files: Vec::new(),
+            writing: None,
+        })
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(w) = self.writing.take() {
+            let file = w
+                .into_inner()
+                .map_err(|e| temp_fail(&self.dir)(e.into_error()))?;
+            self.files.push(file);
+        }
+        Ok(())
+    }
+
+    /// The bitmap, the page count, and the files full first.
+    fn finish(mut self) -> Result<(Vec<u64>, u64, Vec<File>)> {
+        self.close()?;
+        self.files.reverse();
+        Ok((self.seen, self.count.unwrap_or(0), self.files))
+    }
+}
+
+impl format::Sink for LinkLists {
+    fn start(&mut self, header: &Header) -> Result<()> {
+        self.close()?;
+        if self.count.is_none() {
+            let count = header.page_count;
+            within_budget(count.div_ceil(8), "map of the chain's pages")?;
+            let words = usize::try_from(count.div_ceil(64))
+                .map_err(|_| Error::corrupt("the chain has too many pages for this machine"))?;
+            self.seen
+                .try_reserve_exact(words)
+                .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page map"))?;
+            self.seen.resize(words, 0);
+            self.count = Some(count);
+        }
+        let file = temp::unnamed(&self.dir).map_err(temp_fail(&self.dir))?;
+        self.writing = Some(io::BufWriter::with_capacity(1 << 16, file));
+        Ok(())
+    }
+
+    fn entry(&mut self, page: u32, hash: &Hash) -> Result<()> {
+        let i = u64::from(page.saturating_sub(1));
+        let mut mine = false;
+        if i < self.count.unwrap_or(0) {
+            if let Some(word) = usize::try_from(i / 64)
+                .ok()
+                .and_then(|w| self.seen.get_mut(w))
+            {
+                mine = *word & (1 << (i % 64)) == 0;
+                *word |= 1 << (i % 64);
+            }
+        }
+        let Some(w) = self.writing.as_mut() else {
+            return Ok(());
+        };
+        let fail = temp_fail(&self.dir);
+        w.write_all(&page.to_le_bytes())
+            .and_then(|()| w.write_all(hash))
+            .and_then(|()| w.write_all(&[u8::from(mine)]))
+            .map_err(fail)
+    }
+}
+
 /// What both threads of a rebuild share.
 struct Apply<'a> {
     store: &'a dyn Store,
@@ -1016,7 +1098,9 @@ struct Apply<'a> {
     name: &'a str,
     dir: &'a Path,
     file: &'a File,
-    owner: &'a [u16],
+    /// Pages an incremental holds the final content of (1 bit each), below `count`.
+    seen: &'a [u64],
+    count: u64,
     page_size: usize,
     stop: &'a std::sync::atomic::AtomicBool,
     identity: Option<&'a Path>,
@@ -1086,8 +1170,7 @@ impl Apply<'_> {
             reader.read_exact(&mut page).map_err(|e| {
                 self.damaged(&full.name, format!("cannot read page {number} ({e})"))
             })?;
-            let index = usize::try_from(number - 1).unwrap_or(usize::MAX);
-            if self.owner.get(index) == Some(&0) {
+            if number <= self.count && !bit(self.seen, number - 1) {
                 self.write(u32::try_from(number).unwrap_or(u32::MAX), &page)?;
             }
         }
@@ -1108,7 +1191,7 @@ impl Apply<'_> {
 
     /// Reads incremental `link` (number `id` in the chain), checking every page against its
     /// page list and writing those it holds the final content of.
-    fn incremental(&self, link: &chain::Link, id: usize) -> Result<(u64, Codec)> {
+    fn incremental(&self, link: &chain::Link, entries: &File) -> Result<(u64, Codec)> {
         let url = self.store.url(&link.name);
         let bad = |what: String| self.damaged(&link.name, what);
         let mut counted = CountingReader {
@@ -1126,23 +1209,31 @@ impl Apply<'_> {
             return Err(bad("its header does not match its page list".into()));
         }
         let mut page = vec![0u8; self.page_size];
-        for (i, (&number, hash)) in link.list.pages.iter().zip(&link.list.hashes).enumerate() {
+        let temp = |e| {
+            Error::io(
+                format!("cannot read a temp file in {}", self.dir.display()),
+                e,
+            )
+        };
+        let mut list = BufReader::with_capacity(1 << 16, entries);
+        list.seek(SeekFrom::Start(0)).map_err(temp)?;
+        for i in 0..link.list.header.entries {
             if i % 1024 == 0 && self.stop.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(Error::interrupted());
             }
+            let record = format::array::<{ LINK_RECORD }>(&mut list).map_err(temp)?;
+            let (number, rest) = record.split_at(4);
+            let (hash, mine) = rest.split_at(format::HASH_LEN);
+            let number = u32::from_le_bytes(number.try_into().unwrap_or_default());
             let mut n = [0u8; 4];
             reader
                 .read_exact(&mut n)
                 .and_then(|()| reader.read_exact(&mut page))
                 .map_err(|e| bad(format!("cannot read it ({e})")))?;
-            if u32::from_le_bytes(n) != number || &format::page_hash(&page) != hash {
+            if u32::from_le_bytes(n) != number || format::page_hash(&page) != hash {
                 return Err(bad(format!("page {number} does not match its page list")));
             }
-            let mine = (number as usize)
-                .checked_sub(1)
-                .and_then(|k| self.owner.get(k))
-                .is_some_and(|&o| usize::from(o) == id);
-            if mine {
+            if mine == [1] {
                 self.write(number, &page)?;
             }
         }
