@@ -1525,6 +1525,76 @@ mod tests {
         }
     }
 
+    fn header(kind: Kind, page_count: u64) -> Header {
+        Header {
+            kind,
+            page_size: 512,
+            page_count,
+            sha256: [0; 32],
+            time: 0,
+            depth: 0,
+            name: "n".into(),
+            base: String::new(),
+            full: "f".into(),
+            entries: 0,
+        }
+    }
+
+    /// The newest link that lists a page gives its hash; pages past the newest count are out.
+    /// Links come newest first, as the walk reads them.
+    #[test]
+    fn the_base_map_and_link_lists_take_each_page_from_the_newest_link() {
+        use format::Sink;
+        let dir = tempfile::tempdir().unwrap();
+        let links: [(Kind, u64, Vec<u32>); 3] = [
+            (Kind::Incremental, 5, vec![2, 5]),
+            (Kind::Incremental, 6, vec![2, 3, 6]),
+            (Kind::Full, 4, vec![1, 2, 3, 4]),
+        ];
+        let hash = |link: usize, page: u32| [link as u8 * 16 + page as u8; 16];
+        let mut map = BaseMap::new(dir.path()).unwrap();
+        let mut lists = LinkLists::new(dir.path()).unwrap();
+        for (l, (kind, count, pages)) in links.iter().enumerate() {
+            map.start(&header(*kind, *count)).unwrap();
+            lists.start(&header(*kind, *count)).unwrap();
+            for &p in pages {
+                map.entry(p, &hash(l, p)).unwrap();
+                if *kind == Kind::Incremental {
+                    lists.entry(p, &hash(l, p)).unwrap();
+                }
+            }
+        }
+        let (file, count) = map.finish().unwrap();
+        assert_eq!(count, 5);
+        let got: Vec<Hash> = Entries::new(file, Kind::Full, count)
+            .unwrap()
+            .map(|e| e.unwrap().1)
+            .collect();
+        assert_eq!(
+            got,
+            [hash(2, 1), hash(0, 2), hash(1, 3), hash(2, 4), hash(0, 5)]
+        );
+        let (seen, count, files) = lists.finish().unwrap();
+        assert_eq!(count, 5);
+        let owned: Vec<bool> = (0..5).map(|i| bit(&seen, i)).collect();
+        assert_eq!(owned, [false, true, true, false, true]);
+        // Full first; each record marked with whether it is the newest of its page.
+        assert_eq!(files.len(), 3);
+        let marks = |f: &File| {
+            let mut bytes = Vec::new();
+            let mut f = f;
+            f.seek(SeekFrom::Start(0)).unwrap();
+            f.read_to_end(&mut bytes).unwrap();
+            bytes
+                .chunks(LINK_RECORD)
+                .map(|r| (r[0], r[LINK_RECORD - 1]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(marks(&files[0]), []);
+        assert_eq!(marks(&files[1]), [(2, 0), (3, 1), (6, 0)]);
+        assert_eq!(marks(&files[2]), [(2, 1), (5, 1)]);
+    }
+
     /// A backup whose page list cannot be read is never deleted: any kept one may need it.
     #[test]
     fn locked_page_lists_are_kept_with_the_reason() {
