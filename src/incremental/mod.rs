@@ -554,6 +554,13 @@ fn within_budget(bytes: u64, what: &str) -> Result<()> {
 /// shown, never taken for an unreadable chain (which would start a new full backup).
 const BASE_MAP: &str = "gathering the base's page hashes: ";
 
+/// An unnamed temp file in `dir` (nothing to clean after a kill), with the error other temp
+/// files in `temp_dir` give.
+fn unnamed(dir: &Path) -> Result<File> {
+    temp::unnamed(dir)
+        .map_err(|e| Error::io(format!("cannot create a file in {}", dir.display()), e))
+}
+
 fn temp_fail(dir: &Path) -> impl Fn(io::Error) -> Error + '_ {
     move |e| Error::io(format!("cannot use a temp file in {}", dir.display()), e)
 }
@@ -576,7 +583,7 @@ struct BaseMap {
 impl BaseMap {
     fn new(dir: &Path) -> Result<BaseMap> {
         Ok(BaseMap {
-            file: temp::unnamed(dir).map_err(temp_fail(dir))?,
+            file: unnamed(dir)?,
             dir: dir.to_path_buf(),
             count: None,
             seen: Vec::new(),
@@ -772,8 +779,8 @@ fn page_hashes(
         None => (None, 0),
     };
     let mut base = base;
-    let mut map = io::BufWriter::with_capacity(1 << 16, temp::unnamed(dir).map_err(&tmp)?);
-    let mut changed = io::BufWriter::with_capacity(1 << 16, temp::unnamed(dir).map_err(&tmp)?);
+    let mut map = io::BufWriter::with_capacity(1 << 16, unnamed(dir)?);
+    let mut changed = io::BufWriter::with_capacity(1 << 16, unnamed(dir)?);
     let mut changed_count = 0u64;
     let mut input = BufReader::with_capacity(1 << 20, snap.reopen().map_err(fail)?);
     let mut page = vec![0u8; page_size as usize];
@@ -1063,7 +1070,7 @@ impl format::Sink for LinkLists {
             self.seen.resize(words, 0);
             self.count = Some(count);
         }
-        let file = temp::unnamed(&self.dir).map_err(temp_fail(&self.dir))?;
+        let file = unnamed(&self.dir)?;
         self.writing = Some(io::BufWriter::with_capacity(1 << 16, file));
         Ok(())
     }
