@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::format::{self, Hash, Header, Kind, PageList};
+use super::format::{self, Header, Kind, PageList, Sink};
 use crate::error::{Error, Kind as ErrorKind, Result};
 use crate::store::Store;
 
@@ -21,12 +21,14 @@ pub struct Link {
 }
 
 /// Reads the page list of `name` in one request; a full's hashes only with `full_hashes`.
-/// An encrypted one (an age file) is decrypted with `identity`; also says which it was.
-pub fn page_list(
+/// An encrypted one (an age file) is decrypted with `identity`; also says which it was. The
+/// entries go to `sink` and are not kept.
+fn page_list<'d>(
     store: &dyn Store,
     name: &str,
     full_hashes: bool,
     identity: Option<&Path>,
+    sink: &mut (dyn Sink + 'd),
 ) -> Result<(bool, PageList)> {
     let pages = format::pages_name(name);
     let url = store.url(&pages);
@@ -44,16 +46,20 @@ pub fn page_list(
         Err(e) => return Err(e),
     };
     let (encrypted, mut plain) = crate::crypt::open(Box::new(&mut input), identity, &url)?;
-    format::read_page_list(&mut plain, &url, full_hashes).map(|list| (encrypted, list))
+    format::read_page_list_into(&mut plain, &url, full_hashes, sink)
+        .map(|header| PageList { header })
+        .map(|list| (encrypted, list))
 }
 
-/// The chain that ends with `name`, full backup first. With `full_hashes` the full's page
-/// hashes are read too (the next backup compares against them); a restore does without.
-pub fn walk(
+/// The chain that ends with `name`, full backup first, each link's entries (the full's only
+/// with `full_hashes`: the next backup compares against them; a restore does without) handed
+/// to `sink`, newest link first, and not kept: memory independent of the database's size.
+pub fn walk<'d>(
     store: &dyn Store,
     name: &str,
     full_hashes: bool,
     identity: Option<&Path>,
+    sink: &mut (dyn Sink + 'd),
 ) -> Result<Vec<Link>> {
     let mut links = Vec::new();
     let mut at = name.to_string();
@@ -69,7 +75,7 @@ pub fn walk(
                 store.url(name)
             )));
         }
-        let (encrypted, list) = page_list(store, &at, full_hashes, identity)?;
+        let (encrypted, list) = page_list(store, &at, full_hashes, identity, sink)?;
         let h = &list.header;
         let broken = |why: &str| {
             Error::corrupt(format!(
@@ -105,30 +111,6 @@ pub fn walk(
     }
     links.reverse();
     Ok(links)
-}
-
-/// The page hashes of the database the last link restores to, indexed by page number - 1.
-pub fn hashes(links: Vec<Link>) -> Result<Vec<Hash>> {
-    let mut links = links.into_iter();
-    let Some(full) = links.next() else {
-        return Ok(Vec::new());
-    };
-    let mut map = full.list.hashes;
-    for link in links {
-        let count = usize::try_from(link.list.header.page_count)
-            .map_err(|_| Error::corrupt("a page count is too large"))?;
-        if count > map.len() {
-            map.try_reserve_exact(count - map.len())
-                .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page hashes"))?;
-        }
-        map.resize(count, [0; format::HASH_LEN]);
-        for (page, hash) in link.list.pages.iter().zip(link.list.hashes) {
-            if let Some(slot) = (*page as usize).checked_sub(1).and_then(|i| map.get_mut(i)) {
-                *slot = hash;
-            }
-        }
-    }
-    Ok(map)
 }
 
 /// The base a new backup of a series would build on, and why not when it cannot.

@@ -184,20 +184,18 @@ pub fn array<const N: usize>(input: &mut dyn Read) -> io::Result<[u8; N]> {
     Ok(a)
 }
 
-/// A page list read whole: its header, the page numbers of an incremental's entries (empty for
-/// a full, whose hashes are for pages 1..=page_count) and the hashes. Memory: 16 bytes per
-/// page of a full, 20 per changed page; allocated fallibly.
+/// A page list as a chain keeps it: its header (its entries went to a `Sink` as they were
+/// read, so memory does not grow with them).
 #[derive(Debug)]
 pub struct PageList {
     pub header: Header,
-    pub pages: Vec<u32>,
-    pub hashes: Vec<Hash>,
 }
 
-/// Writes a page list: `entries` yields (page number, hash) in page order.
+/// Writes a page list: `entries` yields (page number, hash) in page order, or the error
+/// that stopped it (they are read back from a temp file).
 pub fn write_page_list(
     header: &Header,
-    entries: impl Iterator<Item = (u32, Hash)>,
+    entries: impl Iterator<Item = io::Result<(u32, Hash)>>,
     out: &mut dyn Write,
 ) -> io::Result<()> {
     let mut hashing = Blake3Writer {
@@ -206,7 +204,8 @@ pub fn write_page_list(
     };
     let mut buf = io::BufWriter::with_capacity(1 << 16, &mut hashing);
     header.write(PAGES_MAGIC, &mut buf)?;
-    for (page, hash) in entries {
+    for entry in entries {
+        let (page, hash) = entry?;
         if header.kind == Kind::Incremental {
             buf.write_all(&page.to_le_bytes())?;
         }
@@ -218,27 +217,75 @@ pub fn write_page_list(
     hashing.inner.write_all(sum.as_bytes())
 }
 
-/// Reads a page list; a full's hashes only when `full_hashes` (a restore needs only its
-/// header). Memory grows with what is actually read, never with what a header claims.
-pub fn read_page_list(input: &mut dyn Read, what: &str, full_hashes: bool) -> Result<PageList> {
+/// Where the entries of a page list go as they are read (checked, in page order).
+pub trait Sink {
+    /// The header, before any entry.
+    fn start(&mut self, header: &Header) -> Result<()>;
+    fn entry(&mut self, page: u32, hash: &Hash) -> Result<()>;
+}
+
+/// Keeps the entries in memory (an incremental's page numbers, and the hashes): tests only.
+#[cfg(test)]
+#[derive(Default, Debug)]
+struct Collect {
+    header: Option<Header>,
+    kind: Option<Kind>,
+    pages: Vec<u32>,
+    hashes: Vec<Hash>,
+    what: String,
+}
+
+#[cfg(test)]
+impl Sink for Collect {
+    fn start(&mut self, header: &Header) -> Result<()> {
+        self.kind = Some(header.kind);
+        Ok(())
+    }
+    fn entry(&mut self, page: u32, hash: &Hash) -> Result<()> {
+        let oom = || {
+            Error::new(
+                crate::error::Kind::Io,
+                format!("out of memory reading {}", self.what),
+            )
+        };
+        if self.kind == Some(Kind::Incremental) {
+            self.pages.try_reserve(1).map_err(|_| oom())?;
+            self.pages.push(page);
+        }
+        self.hashes.try_reserve(1).map_err(|_| oom())?;
+        self.hashes.push(*hash);
+        Ok(())
+    }
+}
+
+/// Reads a page list whole (tests).
+#[cfg(test)]
+fn read_page_list(input: &mut dyn Read, what: &str, full_hashes: bool) -> Result<Collect> {
+    let mut collect = Collect {
+        what: what.to_string(),
+        ..Collect::default()
+    };
+    let header = read_page_list_into(input, what, full_hashes, &mut collect)?;
+    collect.header = Some(header);
+    Ok(collect)
+}
+
+/// Reads a page list, handing its entries to `sink` as they come (memory independent of their
+/// number); a full's entries only when `full_hashes`. The checksum is checked at the end: a
+/// sink must not trust what it got until this returns Ok.
+pub fn read_page_list_into(
+    input: &mut dyn Read,
+    what: &str,
+    full_hashes: bool,
+    sink: &mut dyn Sink,
+) -> Result<Header> {
     let mut buffered = io::BufReader::with_capacity(1 << 16, input);
     let header = Header::read(PAGES_MAGIC, &mut buffered, what)?;
-    let mut pages: Vec<u32> = Vec::new();
-    let mut hashes: Vec<Hash> = Vec::new();
+    sink.start(&header)?;
     if header.kind == Kind::Full && !full_hashes {
-        return Ok(PageList {
-            header,
-            pages,
-            hashes,
-        });
+        return Ok(header);
     }
     let bad = |why: &str| Error::corrupt(format!("{what} is damaged: {why}"));
-    let oom = || {
-        Error::new(
-            crate::error::Kind::Io,
-            format!("out of memory reading {what}"),
-        )
-    };
     let io = |e: io::Error| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             bad("it is truncated")
@@ -246,50 +293,41 @@ pub fn read_page_list(input: &mut dyn Read, what: &str, full_hashes: bool) -> Re
             Error::io(format!("cannot read {what}"), e)
         }
     };
-    let mut previous = 0u32;
-    for i in 0..header.entries {
-        let page = match header.kind {
-            Kind::Full => u32::try_from(i + 1).map_err(|_| bad("too many pages"))?,
-            Kind::Incremental => u32::from_le_bytes(array(&mut buffered).map_err(io)?),
-        };
-        if page <= previous || u64::from(page) > header.page_count {
-            return Err(bad("its page numbers are out of order or out of range"));
-        }
-        previous = page;
-        let hash = array(&mut buffered).map_err(io)?;
-        if header.kind == Kind::Incremental {
-            pages.try_reserve(1).map_err(|_| oom())?;
-            pages.push(page);
-        }
-        hashes.try_reserve(1).map_err(|_| oom())?;
-        hashes.push(hash);
-    }
-    // The checksum (and nothing after it), over the header and entries as encoded.
-    let mut rest = Vec::new();
-    buffered
-        .take(64)
-        .read_to_end(&mut rest)
-        .map_err(|e| Error::io(format!("cannot read {what}"), e))?;
+    // The checksum, over the header and entries as encoded.
     let mut check = blake3::Hasher::new();
     let mut head = Vec::new();
     header
         .write(PAGES_MAGIC, &mut head)
         .map_err(|e| Error::io("cannot encode a header", e))?;
     check.update(&head);
-    for (i, hash) in hashes.iter().enumerate() {
-        if let Some(page) = pages.get(i) {
-            check.update(&page.to_le_bytes());
+    let mut previous = 0u32;
+    for i in 0..header.entries {
+        let page = match header.kind {
+            Kind::Full => u32::try_from(i + 1).map_err(|_| bad("too many pages"))?,
+            Kind::Incremental => {
+                let n = array(&mut buffered).map_err(io)?;
+                check.update(&n);
+                u32::from_le_bytes(n)
+            }
+        };
+        if page <= previous || u64::from(page) > header.page_count {
+            return Err(bad("its page numbers are out of order or out of range"));
         }
-        check.update(hash);
+        previous = page;
+        let hash: Hash = array(&mut buffered).map_err(io)?;
+        check.update(&hash);
+        sink.entry(page, &hash)?;
     }
+    // The checksum, and nothing after it.
+    let mut rest = Vec::new();
+    buffered
+        .take(64)
+        .read_to_end(&mut rest)
+        .map_err(|e| Error::io(format!("cannot read {what}"), e))?;
     if rest.as_slice() != check.finalize().as_bytes() {
         return Err(bad("its checksum does not match (changed or truncated)"));
     }
-    Ok(PageList {
-        header,
-        pages,
-        hashes,
-    })
+    Ok(header)
 }
 
 /// Reads only a page list's header (listings, retention).
@@ -340,9 +378,9 @@ mod tests {
         ] {
             let h = header(kind, entries.len() as u64);
             let mut bytes = Vec::new();
-            write_page_list(&h, entries.clone().into_iter(), &mut bytes).unwrap();
+            write_page_list(&h, entries.clone().into_iter().map(Ok), &mut bytes).unwrap();
             let list = read_page_list(&mut &bytes[..], "x", true).unwrap();
-            assert_eq!(list.header, h);
+            assert_eq!(list.header, Some(h.clone()));
             let hashes: Vec<Hash> = entries.iter().map(|e| e.1).collect();
             assert_eq!(list.hashes, hashes);
             if kind == Kind::Incremental {

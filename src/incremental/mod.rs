@@ -74,7 +74,7 @@ fn ms_since(t: Instant) -> u64 {
 struct Previous {
     entry: Entry,
     /// Its chain, or why it cannot be continued.
-    chain: std::result::Result<Vec<chain::Link>, String>,
+    chain: std::result::Result<(Vec<chain::Link>, BaseMap), String>,
 }
 
 pub fn run(
@@ -135,16 +135,20 @@ pub fn run(
         None => None,
         Some(entry) => {
             let chain = if sizes.contains_key(&format::pages_name(&entry.name)) {
-                match chain::walk(store, &entry.name, true, identity) {
-                    Ok(links) if links.iter().any(|l| l.encrypted != encrypted) => Err(format!(
-                        "its chain is {}encrypted and this backup is {}",
-                        if encrypted { "not " } else { "" },
-                        if encrypted { "" } else { "not" }
-                    )),
-                    Ok(links) => chain::usable(&links, &sizes, store).map(|()| links),
+                let mut map = BaseMap::new(&req.temp_dir)?;
+                let walked = chain::walk(store, &entry.name, true, identity, &mut map);
+                match walked.map(|links| (links, map)) {
+                    Ok((links, _)) if links.iter().any(|l| l.encrypted != encrypted) => {
+                        Err(format!(
+                            "its chain is {}encrypted and this backup is {}",
+                            if encrypted { "not " } else { "" },
+                            if encrypted { "" } else { "not" }
+                        ))
+                    }
+                    Ok((links, map)) => chain::usable(&links, &sizes, store).map(|()| (links, map)),
                     // A key that does not open the chain is a mistake to show, never a
                     // reason to start a new chain that would hide it.
-                    Err(e) if e.kind == ErrorKind::Auth => {
+                    Err(e) if e.kind == ErrorKind::Auth || e.message.starts_with(BASE_MAP) => {
                         return Err(e.context(format!(
                             "cannot continue the chain of {}",
                             store.url(&entry.name)
@@ -200,8 +204,8 @@ pub fn run(
     let (mut owned, mut why_full) = match previous {
         None => (None, Some("the first backup of the series".to_string())),
         Some(Previous {
-            chain: Ok(links), ..
-        }) => (Some(links), None),
+            chain: Ok(chain), ..
+        }) => (Some(chain), None),
         Some(Previous {
             entry,
             chain: Err(why),
@@ -210,7 +214,7 @@ pub fn run(
             Some(format!("the newest backup {}: {why}", entry.url)),
         ),
     };
-    if let Some(head) = owned.as_deref().and_then(chain::header_of) {
+    if let Some(head) = owned.as_ref().and_then(|(l, _)| chain::header_of(l)) {
         if head.page_size != page_size {
             why_full = Some(format!(
                 "the page size changed from {} to {page_size}",
@@ -219,7 +223,7 @@ pub fn run(
             owned = None;
         }
     }
-    let links = owned.as_deref();
+    let links = owned.as_ref().map(|(l, _)| l.as_slice());
     let base_header = links.and_then(chain::header_of).cloned();
     let base_link = links
         .and_then(|l| l.last())
@@ -238,13 +242,13 @@ pub fn run(
     let full_header = links
         .and_then(|l| l.first())
         .map(|l| (l.name.clone(), l.list.header.clone()));
-    let base_map = match owned {
-        Some(l) => chain::hashes(l)?,
-        None => Vec::new(),
+    let base_map = match &mut owned {
+        Some((_, map)) => Some(map.finish()?),
+        None => None,
     };
 
     let step = Instant::now();
-    let hashed = hash_pages(&snap.file, page_size, page_count, base_map)?;
+    let hashed = hash_pages(&snap.file, page_size, page_count, base_map, &req.temp_dir)?;
     timings.hash = ms_since(step);
     report.sha256 = dbfile::hex(&hashed.sha256);
 
@@ -268,7 +272,7 @@ pub fn run(
     }
 
     // Full or incremental, by policy.
-    let changed = hashed.changed.len() as u64;
+    let changed = hashed.changed_count;
     if let (Some(base), Some((full_name, full))) = (&base_header, &full_header) {
         why_full = match &opts.full_every {
             FullEvery::Count(n) if base.depth.saturating_add(1) >= *n => {
@@ -330,23 +334,11 @@ pub fn run(
         temp_dir: req.temp_dir.clone(),
     };
     let mut upload = store.put(&pages_name, &list_meta)?;
-    let entries: Box<dyn Iterator<Item = (u32, Hash)>> = match kind {
-        Kind::Full => Box::new(
-            hashed
-                .map
-                .iter()
-                .enumerate()
-                .map(|(i, h)| (u32::try_from(i + 1).unwrap_or(u32::MAX), *h)),
-        ),
-        Kind::Incremental => Box::new(hashed.changed.iter().map(|&p| {
-            let h = hashed
-                .map
-                .get((p as usize).wrapping_sub(1))
-                .copied()
-                .unwrap_or_default();
-            (p, h)
-        })),
-    };
+    let entries = match kind {
+        Kind::Full => Entries::new(&hashed.map, Kind::Full, page_count),
+        Kind::Incremental => Entries::new(&hashed.changed, Kind::Incremental, changed),
+    }
+    .map_err(|e| Error::io("cannot read the page hashes back from their temp file", e))?;
     let mut counted = Counting {
         inner: &mut upload,
         count: 0,
@@ -381,6 +373,7 @@ pub fn run(
         &snap.file,
         &header,
         &hashed.changed,
+        changed,
         &mut timings,
     );
     let (stored, count) = match stored {
@@ -425,7 +418,8 @@ fn store_object(
     recipients: Option<&crate::crypt::Recipients>,
     snap: &NamedTemp,
     header: &Header,
-    changed: &[u32],
+    changed: &File,
+    changed_count: u64,
     timings: &mut Timings,
 ) -> Result<(crate::store::Stored, u64)> {
     let meta = PutMeta {
@@ -461,7 +455,8 @@ fn store_object(
         Kind::Incremental => Box::new(Records {
             file,
             page_size: header.page_size as usize,
-            pages: changed.iter(),
+            changed: Entries::new(changed, Kind::Incremental, changed_count)
+                .map_err(|e| Error::io("cannot read the changed pages' temp file", e))?,
             buf: first,
             at: 0,
         }),
@@ -523,26 +518,213 @@ fn remove_orphans(
     }
 }
 
+/// The most an incremental backup keeps in memory in proportion to the database's page count
+/// (a bitmap of 1 bit per page while its base's hashes are gathered): everything else that
+/// grows with the database (page hashes, changed pages) goes through unnamed temp files.
+pub const MEMORY_BUDGET: u64 = 16 << 20;
+
+fn memory_budget() -> u64 {
+    // Lets a test show that memory does not grow with the database (debug builds only).
+    #[cfg(debug_assertions)]
+    if let Some(b) = std::env::var("SQLITE_BACKUP_TEST_MEMORY_BUDGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return b;
+    }
+    MEMORY_BUDGET
+}
+
+/// Refuses to hold `bytes` in memory for `what` when that passes the budget.
+fn within_budget(bytes: u64, what: &str) -> Result<()> {
+    let limit = memory_budget();
+    if bytes > limit {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "the {what} would take {bytes} bytes of memory, over the {limit} an incremental \
+                 backup allows: use a larger page size (PRAGMA page_size, then VACUUM)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// How the errors of gathering the base's hashes (memory, temp files) begin: they are
+/// shown, never taken for an unreadable chain (which would start a new full backup).
+const BASE_MAP: &str = "gathering the base's page hashes: ";
+
+/// An unnamed temp file in `dir` (nothing to clean after a kill), with the error other temp
+/// files in `temp_dir` give.
+fn unnamed(dir: &Path) -> Result<File> {
+    temp::unnamed(dir)
+        .map_err(|e| Error::io(format!("cannot create a file in {}", dir.display()), e))
+}
+
+fn temp_fail(dir: &Path) -> impl Fn(io::Error) -> Error + '_ {
+    move |e| Error::io(format!("cannot use a temp file in {}", dir.display()), e)
+}
+
+/// The base's page hashes, gathered from its chain's page lists (newest link first, as the
+/// walk reads them) into an unnamed temp file, 16 bytes per page at (page - 1) * 16: a page
+/// takes its hash from the newest link that lists it. Memory: 1 bit per page, and a buffer.
+struct BaseMap {
+    file: File,
+    dir: std::path::PathBuf,
+    /// The newest link's page count: the base's.
+    count: Option<u64>,
+    /// Pages whose hash a newer link gave.
+    seen: Vec<u64>,
+    /// Consecutive hashes not yet written, and the offset of the first.
+    pending: Vec<u8>,
+    pending_at: u64,
+}
+
+impl BaseMap {
+    fn new(dir: &Path) -> Result<BaseMap> {
+        Ok(BaseMap {
+            file: unnamed(dir)?,
+            dir: dir.to_path_buf(),
+            count: None,
+            seen: Vec::new(),
+            pending: Vec::with_capacity(1 << 16),
+            pending_at: 0,
+        })
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            write_at(&self.file, &self.pending, self.pending_at).map_err(temp_fail(&self.dir))?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// The file and the base's page count, once the walk is done.
+    fn finish(&mut self) -> Result<(&File, u64)> {
+        self.flush()?;
+        Ok((&self.file, self.count.unwrap_or(0)))
+    }
+}
+
+impl format::Sink for BaseMap {
+    fn start(&mut self, header: &Header) -> Result<()> {
+        self.start_link(header)
+            .map_err(|e| Error::new(e.kind, format!("{BASE_MAP}{}", e.message)))
+    }
+    fn entry(&mut self, page: u32, hash: &Hash) -> Result<()> {
+        self.add(page, hash)
+            .map_err(|e| Error::new(e.kind, format!("{BASE_MAP}{}", e.message)))
+    }
+}
+
+impl BaseMap {
+    fn start_link(&mut self, header: &Header) -> Result<()> {
+        self.flush()?;
+        if self.count.is_none() {
+            let count = header.page_count;
+            within_budget(count.div_ceil(8), "map of the base's pages")?;
+            let words = usize::try_from(count.div_ceil(64))
+                .map_err(|_| Error::usage("the database has too many pages for this machine"))?;
+            self.seen
+                .try_reserve_exact(words)
+                .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page map"))?;
+            self.seen.resize(words, 0);
+            self.count = Some(count);
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, page: u32, hash: &Hash) -> Result<()> {
+        let i = u64::from(page.saturating_sub(1));
+        // Pages past the base's count are not in it.
+        let Some(word) = usize::try_from(i / 64)
+            .ok()
+            .and_then(|w| self.seen.get_mut(w))
+        else {
+            return Ok(());
+        };
+        let bit = 1u64 << (i % 64);
+        if *word & bit != 0 {
+            return Ok(());
+        }
+        *word |= bit;
+        let offset = i * format::HASH_LEN as u64;
+        if self.pending.len() >= 1 << 16
+            || (!self.pending.is_empty() && self.pending_at + self.pending.len() as u64 != offset)
+        {
+            self.flush()?;
+        }
+        if self.pending.is_empty() {
+            self.pending_at = offset;
+        }
+        self.pending.extend_from_slice(hash);
+        Ok(())
+    }
+}
+
+/// (page number, hash) entries read back from a temp file: every page's hash in page order
+/// (16 bytes each), or changed pages' records (u32 page number, 16-byte hash).
+struct Entries<'a> {
+    input: BufReader<&'a File>,
+    kind: Kind,
+    next: u32,
+    left: u64,
+}
+
+impl<'a> Entries<'a> {
+    fn new(file: &'a File, kind: Kind, count: u64) -> io::Result<Entries<'a>> {
+        let mut f = file;
+        f.seek(SeekFrom::Start(0))?;
+        Ok(Entries {
+            input: BufReader::with_capacity(1 << 16, file),
+            kind,
+            next: 1,
+            left: count,
+        })
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = io::Result<(u32, Hash)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let page = match self.kind {
+            Kind::Full => Ok(self.next),
+            Kind::Incremental => format::array::<4>(&mut self.input).map(u32::from_le_bytes),
+        };
+        self.next = self.next.saturating_add(1);
+        Some(
+            page.and_then(|p| {
+                format::array::<{ format::HASH_LEN }>(&mut self.input).map(|h| (p, h))
+            }),
+        )
+    }
+}
+
 struct Hashed {
     sha256: [u8; 32],
-    /// Page hashes of the snapshot, by page number - 1.
-    map: Vec<Hash>,
-    /// Pages that differ from the base (every page when there is none).
-    changed: Vec<u32>,
+    /// Page hashes of the snapshot in page order, 16 bytes each (an unnamed temp file).
+    map: File,
+    /// Pages that differ from the base (every page when there is none): (u32, hash) records.
+    changed: File,
+    changed_count: u64,
 }
 
 /// One pass over the snapshot for each hash, side by side: its sha256 on a thread of its own,
 /// and on this one each page's hash and the pages that differ from `base` (the previous
-/// backup's hashes; empty for none). `base` becomes the new map.
+/// backup's hashes and page count; none for none), read beside the snapshot in page order.
 fn hash_pages(
     snap: &NamedTemp,
     page_size: u32,
     page_count: u64,
-    base: Vec<Hash>,
+    base: Option<(&File, u64)>,
+    dir: &Path,
 ) -> Result<Hashed> {
     let fail = |e| Error::io("cannot read the snapshot", e);
-    let count = usize::try_from(page_count)
-        .map_err(|_| Error::usage("the database has too many pages for this machine"))?;
     let mut whole = snap.reopen().map_err(fail)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -561,57 +743,70 @@ fn hash_pages(
                 sha.update(buf.get(..n).unwrap_or_default());
             }
         })?;
-        let pages = page_hashes(snap, page_size, count, base);
+        let pages = page_hashes(snap, page_size, page_count, base, dir);
         if pages.is_err() {
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         let sha256 = sha
             .join()
             .unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "hashing the snapshot failed")));
-        let (map, changed) = pages?;
+        let (map, changed, changed_count) = pages?;
         Ok(Hashed {
             sha256: sha256?,
             map,
             changed,
+            changed_count,
         })
     })
 }
 
-/// Each page's hash, and the pages that differ from `base`, which becomes the new map.
+/// Each page's hash (to a temp file), and the pages that differ from `base` (to another).
 fn page_hashes(
     snap: &NamedTemp,
     page_size: u32,
-    count: usize,
-    base: Vec<Hash>,
-) -> Result<(Vec<Hash>, Vec<u32>)> {
+    count: u64,
+    base: Option<(&File, u64)>,
+    dir: &Path,
+) -> Result<(File, File, u64)> {
     let fail = |e| Error::io("cannot read the snapshot", e);
-    let mut map = base;
-    let had = map.len();
-    if count > map.len() {
-        map.try_reserve_exact(count - map.len())
-            .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page hashes"))?;
-    }
-    map.resize(count, [0; format::HASH_LEN]);
-    let mut changed = Vec::new();
+    let tmp = temp_fail(dir);
+    let (base, had) = match base {
+        Some((file, had)) => {
+            let mut f = file;
+            f.seek(SeekFrom::Start(0)).map_err(&tmp)?;
+            (Some(BufReader::with_capacity(1 << 16, file)), had)
+        }
+        None => (None, 0),
+    };
+    let mut base = base;
+    let mut map = io::BufWriter::with_capacity(1 << 16, unnamed(dir)?);
+    let mut changed = io::BufWriter::with_capacity(1 << 16, unnamed(dir)?);
+    let mut changed_count = 0u64;
     let mut input = BufReader::with_capacity(1 << 20, snap.reopen().map_err(fail)?);
     let mut page = vec![0u8; page_size as usize];
-    let meter = crate::progress::phase("hashing pages", Some(count as u64 * u64::from(page_size)));
-    for (i, slot) in map.iter_mut().enumerate() {
+    let meter = crate::progress::phase("hashing pages", Some(count * u64::from(page_size)));
+    for i in 0..count {
         if i % 4096 == 0 {
             crate::interrupt::check()?;
         }
         input.read_exact(&mut page).map_err(fail)?;
         let h = format::page_hash(&page);
-        if i >= had || *slot != h {
-            changed
-                .try_reserve(1)
-                .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page list"))?;
-            changed.push(u32::try_from(i + 1).map_err(|_| Error::usage("too many pages"))?);
-            *slot = h;
+        let same = match &mut base {
+            Some(b) if i < had => format::array::<{ format::HASH_LEN }>(b).map_err(&tmp)? == h,
+            _ => false,
+        };
+        if !same {
+            let number = u32::try_from(i + 1).map_err(|_| Error::usage("too many pages"))?;
+            changed.write_all(&number.to_le_bytes()).map_err(&tmp)?;
+            changed.write_all(&h).map_err(&tmp)?;
+            changed_count += 1;
         }
+        map.write_all(&h).map_err(&tmp)?;
         meter.add(u64::from(page_size));
     }
-    Ok((map, changed))
+    let map = map.into_inner().map_err(|e| tmp(e.into_error()))?;
+    let changed = changed.into_inner().map_err(|e| tmp(e.into_error()))?;
+    Ok((map, changed, changed_count))
 }
 
 /// The records of an incremental's object: the header, then (u32 page number, page) for each
@@ -619,7 +814,7 @@ fn page_hashes(
 struct Records<'a> {
     file: File,
     page_size: usize,
-    pages: std::slice::Iter<'a, u32>,
+    changed: Entries<'a>,
     buf: Vec<u8>,
     at: usize,
 }
@@ -627,9 +822,10 @@ struct Records<'a> {
 impl Read for Records<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.at >= self.buf.len() {
-            let Some(&page) = self.pages.next() else {
+            let Some(entry) = self.changed.next() else {
                 return Ok(0);
             };
+            let (page, _) = entry?;
             self.buf.clear();
             self.buf.extend_from_slice(&page.to_le_bytes());
             self.buf.resize(4 + self.page_size, 0);
@@ -703,7 +899,8 @@ pub fn is_incremental(head: &[u8]) -> bool {
 /// thread while the incrementals are read on another, each writing only its own pages (every
 /// page read is checked against its page list). Then the file is cut to the page count and
 /// the whole checked against the sha256 recorded when the backup was taken. A missing or
-/// damaged link is an error naming it. Memory: 2 bytes per page, besides the page lists.
+/// damaged link is an error naming it. Memory: 1 bit per page (the page lists go through
+/// unnamed temp files, see `LinkLists`).
 /// An encrypted chain's page lists and objects are decrypted with `identity`.
 pub fn rebuild(
     store: &dyn Store,
@@ -712,8 +909,14 @@ pub fn rebuild(
     identity: Option<&Path>,
 ) -> Result<Rebuilt> {
     let target = store.url(name);
-    let links = chain::walk(store, name, false, identity)
+    let mut lists = LinkLists::new(dir)?;
+    let links = chain::walk(store, name, false, identity, &mut lists)
         .map_err(|e| e.context(format!("cannot rebuild {target} from its chain")))?;
+    let (seen, count, entries) = lists.finish()?;
+    // Full first, like `links`; the full's list holds no entries.
+    let Some((_, entries)) = entries.split_first() else {
+        return Err(Error::corrupt(format!("{target} has an empty chain")));
+    };
     let Some((full, rest)) = links.split_first() else {
         return Err(Error::corrupt(format!("{target} has an empty chain")));
     };
@@ -728,26 +931,6 @@ pub fn rebuild(
             "the chain of {target} mixes page sizes: its page lists are damaged"
         )));
     }
-    // owner[p - 1]: 0 for the full backup, i for rest[i - 1].
-    let count = usize::try_from(last.list.header.page_count)
-        .map_err(|_| Error::corrupt(format!("{target}: too many pages")))?;
-    let mut owner: Vec<u16> = Vec::new();
-    owner
-        .try_reserve_exact(count)
-        .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page map"))?;
-    owner.resize(count, 0);
-    for (i, link) in rest.iter().enumerate() {
-        let id = u16::try_from(i + 1).map_err(|_| Error::corrupt("too many links"))?;
-        for &page in &link.list.pages {
-            if let Some(slot) = (page as usize)
-                .checked_sub(1)
-                .and_then(|k| owner.get_mut(k))
-            {
-                *slot = id;
-            }
-        }
-    }
-
     let file = temp::named(dir, temp::Ext::Db)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let ctx = Apply {
@@ -756,7 +939,8 @@ pub fn rebuild(
         name,
         dir,
         file: file.as_file(),
-        owner: &owner,
+        seen: &seen,
+        count,
         page_size: page_size as usize,
         stop: &stop,
         identity,
@@ -766,8 +950,8 @@ pub fn rebuild(
         let others = crate::threads::spawn_scoped(scope, "restore-incrementals", move || {
             let mut read = 0u64;
             let mut codec = None;
-            for (i, link) in rest.iter().enumerate() {
-                let (n, c) = ctx.incremental(link, i + 1)?;
+            for (link, entries) in rest.iter().zip(entries) {
+                let (n, c) = ctx.incremental(link, entries)?;
                 read += n;
                 codec = Some(c);
             }
@@ -820,6 +1004,100 @@ pub fn rebuild(
     })
 }
 
+/// A record of an incremental's page list as a rebuild keeps it: page number, hash, and
+/// whether this link holds the page's final content (1) or a newer one does (0).
+const LINK_RECORD: usize = 4 + format::HASH_LEN + 1;
+
+fn bit(bits: &[u64], i: u64) -> bool {
+    usize::try_from(i / 64)
+        .ok()
+        .and_then(|w| bits.get(w))
+        .is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+/// Each link's page list, read newest first, into an unnamed temp file of its own, each entry
+/// marked with whether it is the newest of its page; and the pages some incremental holds (1
+/// bit a page, below the restored database's page count). Memory independent of the size of
+/// the database and of the page lists.
+struct LinkLists {
+    dir: std::path::PathBuf,
+    count: Option<u64>,
+    seen: Vec<u64>,
+    files: Vec<File>,
+    writing: Option<io::BufWriter<File>>,
+}
+
+impl LinkLists {
+    fn new(dir: &Path) -> Result<LinkLists> {
+        Ok(LinkLists {
+            dir: dir.to_path_buf(),
+            count: None,
+            seen: Vec::new(),
+            files: Vec::new(),
+            writing: None,
+        })
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(w) = self.writing.take() {
+            let file = w
+                .into_inner()
+                .map_err(|e| temp_fail(&self.dir)(e.into_error()))?;
+            self.files.push(file);
+        }
+        Ok(())
+    }
+
+    /// The bitmap, the page count, and the files full first.
+    fn finish(mut self) -> Result<(Vec<u64>, u64, Vec<File>)> {
+        self.close()?;
+        self.files.reverse();
+        Ok((self.seen, self.count.unwrap_or(0), self.files))
+    }
+}
+
+impl format::Sink for LinkLists {
+    fn start(&mut self, header: &Header) -> Result<()> {
+        self.close()?;
+        if self.count.is_none() {
+            let count = header.page_count;
+            within_budget(count.div_ceil(8), "map of the chain's pages")?;
+            let words = usize::try_from(count.div_ceil(64))
+                .map_err(|_| Error::corrupt("the chain has too many pages for this machine"))?;
+            self.seen
+                .try_reserve_exact(words)
+                .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page map"))?;
+            self.seen.resize(words, 0);
+            self.count = Some(count);
+        }
+        let file = unnamed(&self.dir)?;
+        self.writing = Some(io::BufWriter::with_capacity(1 << 16, file));
+        Ok(())
+    }
+
+    fn entry(&mut self, page: u32, hash: &Hash) -> Result<()> {
+        let i = u64::from(page.saturating_sub(1));
+        let mut mine = false;
+        if i < self.count.unwrap_or(0) {
+            if let Some(word) = usize::try_from(i / 64)
+                .ok()
+                .and_then(|w| self.seen.get_mut(w))
+            {
+                mine = *word & (1 << (i % 64)) == 0;
+                *word |= 1 << (i % 64);
+            }
+        }
+        let Some(w) = self.writing.as_mut() else {
+            return Ok(());
+        };
+        let fail = temp_fail(&self.dir);
+        w.write_all(&page.to_le_bytes())
+            .and_then(|()| w.write_all(hash))
+            .and_then(|()| w.write_all(&[u8::from(mine)]))
+            .map_err(fail)
+    }
+}
+
 /// What both threads of a rebuild share.
 struct Apply<'a> {
     store: &'a dyn Store,
@@ -827,7 +1105,9 @@ struct Apply<'a> {
     name: &'a str,
     dir: &'a Path,
     file: &'a File,
-    owner: &'a [u16],
+    /// Pages an incremental holds the final content of (1 bit each), below `count`.
+    seen: &'a [u64],
+    count: u64,
     page_size: usize,
     stop: &'a std::sync::atomic::AtomicBool,
     identity: Option<&'a Path>,
@@ -897,8 +1177,7 @@ impl Apply<'_> {
             reader.read_exact(&mut page).map_err(|e| {
                 self.damaged(&full.name, format!("cannot read page {number} ({e})"))
             })?;
-            let index = usize::try_from(number - 1).unwrap_or(usize::MAX);
-            if self.owner.get(index) == Some(&0) {
+            if number <= self.count && !bit(self.seen, number - 1) {
                 self.write(u32::try_from(number).unwrap_or(u32::MAX), &page)?;
             }
         }
@@ -919,7 +1198,7 @@ impl Apply<'_> {
 
     /// Reads incremental `link` (number `id` in the chain), checking every page against its
     /// page list and writing those it holds the final content of.
-    fn incremental(&self, link: &chain::Link, id: usize) -> Result<(u64, Codec)> {
+    fn incremental(&self, link: &chain::Link, entries: &File) -> Result<(u64, Codec)> {
         let url = self.store.url(&link.name);
         let bad = |what: String| self.damaged(&link.name, what);
         let mut counted = CountingReader {
@@ -937,23 +1216,31 @@ impl Apply<'_> {
             return Err(bad("its header does not match its page list".into()));
         }
         let mut page = vec![0u8; self.page_size];
-        for (i, (&number, hash)) in link.list.pages.iter().zip(&link.list.hashes).enumerate() {
+        let temp = |e| {
+            Error::io(
+                format!("cannot read a temp file in {}", self.dir.display()),
+                e,
+            )
+        };
+        let mut list = BufReader::with_capacity(1 << 16, entries);
+        list.seek(SeekFrom::Start(0)).map_err(temp)?;
+        for i in 0..link.list.header.entries {
             if i % 1024 == 0 && self.stop.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(Error::interrupted());
             }
+            let record = format::array::<{ LINK_RECORD }>(&mut list).map_err(temp)?;
+            let (number, rest) = record.split_at(4);
+            let (hash, mine) = rest.split_at(format::HASH_LEN);
+            let number = u32::from_le_bytes(number.try_into().unwrap_or_default());
             let mut n = [0u8; 4];
             reader
                 .read_exact(&mut n)
                 .and_then(|()| reader.read_exact(&mut page))
                 .map_err(|e| bad(format!("cannot read it ({e})")))?;
-            if u32::from_le_bytes(n) != number || &format::page_hash(&page) != hash {
+            if u32::from_le_bytes(n) != number || format::page_hash(&page) != hash {
                 return Err(bad(format!("page {number} does not match its page list")));
             }
-            let mine = (number as usize)
-                .checked_sub(1)
-                .and_then(|k| self.owner.get(k))
-                .is_some_and(|&o| usize::from(o) == id);
-            if mine {
+            if mine == [1] {
                 self.write(number, &page)?;
             }
         }
@@ -1243,6 +1530,76 @@ mod tests {
             modified: chrono::DateTime::from_timestamp(minute * 60, 0).unwrap_or_default(),
             sha256: None,
         }
+    }
+
+    fn header(kind: Kind, page_count: u64) -> Header {
+        Header {
+            kind,
+            page_size: 512,
+            page_count,
+            sha256: [0; 32],
+            time: 0,
+            depth: 0,
+            name: "n".into(),
+            base: String::new(),
+            full: "f".into(),
+            entries: 0,
+        }
+    }
+
+    /// The newest link that lists a page gives its hash; pages past the newest count are out.
+    /// Links come newest first, as the walk reads them.
+    #[test]
+    fn the_base_map_and_link_lists_take_each_page_from_the_newest_link() {
+        use format::Sink;
+        let dir = tempfile::tempdir().unwrap();
+        let links: [(Kind, u64, Vec<u32>); 3] = [
+            (Kind::Incremental, 5, vec![2, 5]),
+            (Kind::Incremental, 6, vec![2, 3, 6]),
+            (Kind::Full, 4, vec![1, 2, 3, 4]),
+        ];
+        let hash = |link: usize, page: u32| [link as u8 * 16 + page as u8; 16];
+        let mut map = BaseMap::new(dir.path()).unwrap();
+        let mut lists = LinkLists::new(dir.path()).unwrap();
+        for (l, (kind, count, pages)) in links.iter().enumerate() {
+            map.start(&header(*kind, *count)).unwrap();
+            lists.start(&header(*kind, *count)).unwrap();
+            for &p in pages {
+                map.entry(p, &hash(l, p)).unwrap();
+                if *kind == Kind::Incremental {
+                    lists.entry(p, &hash(l, p)).unwrap();
+                }
+            }
+        }
+        let (file, count) = map.finish().unwrap();
+        assert_eq!(count, 5);
+        let got: Vec<Hash> = Entries::new(file, Kind::Full, count)
+            .unwrap()
+            .map(|e| e.unwrap().1)
+            .collect();
+        assert_eq!(
+            got,
+            [hash(2, 1), hash(0, 2), hash(1, 3), hash(2, 4), hash(0, 5)]
+        );
+        let (seen, count, files) = lists.finish().unwrap();
+        assert_eq!(count, 5);
+        let owned: Vec<bool> = (0..5).map(|i| bit(&seen, i)).collect();
+        assert_eq!(owned, [false, true, true, false, true]);
+        // Full first; each record marked with whether it is the newest of its page.
+        assert_eq!(files.len(), 3);
+        let marks = |f: &File| {
+            let mut bytes = Vec::new();
+            let mut f = f;
+            f.seek(SeekFrom::Start(0)).unwrap();
+            f.read_to_end(&mut bytes).unwrap();
+            bytes
+                .chunks(LINK_RECORD)
+                .map(|r| (r[0], r[LINK_RECORD - 1]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(marks(&files[0]), []);
+        assert_eq!(marks(&files[1]), [(2, 0), (3, 1), (6, 0)]);
+        assert_eq!(marks(&files[2]), [(2, 1), (5, 1)]);
     }
 
     /// A backup whose page list cannot be read is never deleted: any kept one may need it.
