@@ -666,9 +666,9 @@ impl<R: io::Read> io::Read for StopReader<'_, R> {
 }
 
 /// Counts what compression reads (on its reader thread) for the progress line.
-struct Metered<R> {
-    inner: R,
-    meter: crate::progress::Meter,
+pub(crate) struct Metered<R> {
+    pub(crate) inner: R,
+    pub(crate) meter: crate::progress::Meter,
 }
 
 impl<R: io::Read> io::Read for Metered<R> {
@@ -679,9 +679,10 @@ impl<R: io::Read> io::Read for Metered<R> {
     }
 }
 
-struct CountingWriter<W> {
-    inner: W,
-    count: u64,
+/// Counts what is stored, and stops at an interrupt (asked from the writing thread).
+pub(crate) struct CountingWriter<W> {
+    pub(crate) inner: W,
+    pub(crate) count: u64,
 }
 
 impl<W: Write> Write for CountingWriter<W> {

@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::backup::{Report, Request, Timings};
+use crate::backup::{CountingWriter, Metered, Report, Request, Timings};
 use crate::codec::{self, Codec};
 use crate::dbfile;
 use crate::error::{Error, Kind as ErrorKind, Result};
@@ -339,7 +339,7 @@ pub fn run(
         Kind::Incremental => Entries::new(&hashed.changed, Kind::Incremental, changed),
     }
     .map_err(|e| Error::io("cannot read the page hashes back from their temp file", e))?;
-    let mut counted = Counting {
+    let mut counted = CountingWriter {
         inner: &mut upload,
         count: 0,
     };
@@ -445,7 +445,7 @@ fn store_object(
     }
     let step = Instant::now();
     let upload = store.put(name, &meta)?;
-    let mut counted = Counting {
+    let mut counted = CountingWriter {
         inner: upload,
         count: 0,
     };
@@ -475,7 +475,7 @@ fn store_object(
         }),
     };
     drop(input);
-    let Counting {
+    let CountingWriter {
         inner: upload,
         count,
     } = counted;
@@ -842,36 +842,6 @@ impl Read for Records<'_> {
             .copy_from_slice(rest.get(..n).unwrap_or_default());
         self.at += n;
         Ok(n)
-    }
-}
-
-struct Metered<R> {
-    inner: R,
-    meter: crate::progress::Meter,
-}
-
-impl<R: Read> Read for Metered<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.meter.add(n as u64);
-        Ok(n)
-    }
-}
-
-struct Counting<W> {
-    inner: W,
-    count: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        crate::interrupt::check().map_err(Error::into_io)?;
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
