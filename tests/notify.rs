@@ -298,3 +298,42 @@ fn a_ping_url_without_host_is_refused_without_echoing_its_token() {
     // Without case: the URL parser lowercased the token as a host name.
     assert_no_secret(&text, &[TOKEN]);
 }
+
+#[test]
+fn an_incremental_backup_pings_like_any_other() {
+    // notify wraps every backup call: an incremental one reports its kind, and the monitor hears
+    // "stored" for the full and for the incremental that follows it.
+    let (_tmp, conn, dir) = fixture();
+    let monitor = HttpServer::start(200);
+    let url = monitor.url(&format!("/{TOKEN}"));
+    let pattern = dir.join("inc-%Y%m%dT%H%M%SZ.db.zst");
+    let first = to_file(
+        &conn,
+        &pattern,
+        &json!({"incremental": true, "now": "2026-11-23T20:00:00Z", "notify": url}),
+    );
+    assert_eq!(first["kind"], json!("full"), "{first}");
+    conn.execute_batch("CREATE TABLE more(x); INSERT INTO more VALUES (1);")
+        .unwrap();
+    let second = to_file(
+        &conn,
+        &pattern,
+        &json!({"incremental": true, "now": "2026-11-23T21:00:00Z", "notify": url}),
+    );
+    assert_eq!(second["kind"], json!("incremental"), "{second}");
+    for r in [&first, &second] {
+        assert_eq!(r["notify"]["result"]["ok"], json!(true), "{r}");
+        assert_no_secret(&r.to_string(), SECRETS);
+    }
+    let reqs = monitor.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:#?}");
+    for (req, r) in reqs.iter().zip([&first, &second]) {
+        let form = req.form();
+        assert_eq!(form[0], ("s".to_string(), "0".to_string()), "{form:?}");
+        let dest = r["destination"].as_str().unwrap();
+        assert!(
+            form[1].1.starts_with(&format!("stored {dest} (")),
+            "{form:?}"
+        );
+    }
+}
