@@ -25,6 +25,7 @@ use std::time::Duration;
 use crate::error::{Error, Kind, Result};
 use crate::ffi::page_sink::{self, PageSink};
 use crate::ffi::{self, Connection, OpenMode};
+use crate::temp::{read_exact_at, write_all_at};
 
 /// Bytes of the pipe held in memory before the writer waits (WAL, memory) or spills
 /// (rollback journal).
@@ -733,30 +734,6 @@ impl Drop for PipeReader {
         self.pipe.lock().reader_gone = true;
         self.pipe.changed.notify_all();
     }
-}
-
-#[cfg(unix)]
-fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
-}
-
-#[cfg(unix)]
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-}
-
-#[cfg(not(unix))]
-fn write_all_at(mut file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    file.seek(SeekFrom::Start(offset))?;
-    file.write_all(buf)
-}
-
-#[cfg(not(unix))]
-fn read_exact_at(mut file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(buf)
 }
 
 /// The database the stream reads: a second, read-only connection to the file holding one

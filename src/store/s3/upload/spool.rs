@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io;
 
 use super::out_of_memory;
+use crate::temp::{read_exact_at, write_all_at};
 
 /// Parts waiting on disk, read back in the order they were written. The file has no name
 /// (`temp::unnamed`), so nothing is left behind whatever happens.
@@ -54,30 +55,4 @@ impl Spool {
         }
         Ok(Some(part))
     }
-}
-
-#[cfg(unix)]
-fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
-}
-
-#[cfg(unix)]
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-}
-
-/// Seek, then write: the spool has one user at a time, so nothing else moves the position.
-#[cfg(not(unix))]
-fn write_all_at(mut file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    file.seek(SeekFrom::Start(offset))?;
-    file.write_all(buf)
-}
-
-/// Seek, then read (see `write_all_at`).
-#[cfg(not(unix))]
-fn read_exact_at(mut file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(buf)
 }
