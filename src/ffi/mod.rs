@@ -111,6 +111,7 @@ pub mod batched_vfs;
 pub mod interrupt;
 pub mod page1_watch;
 pub mod page_sink;
+mod shim;
 
 /// `"name"` with embedded quotes doubled: a schema or table name inside SQL text.
 pub fn quote_identifier(name: &str) -> String {
