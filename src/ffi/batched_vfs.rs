@@ -102,8 +102,21 @@ struct Batched {
 
 type BatchedFile = Wrapped<Batched>;
 
-/// Every forwarded call that reads or changes the file writes out what is gathered first.
 impl Shim for Batched {
+    fn methods() -> &'static sqlite3_io_methods {
+        &METHODS
+    }
+
+    /// Main database files; journals and temp files are the default VFS's, untouched.
+    unsafe fn state(name: *const c_char, flags: c_int) -> Option<Batched> {
+        (flags & SQLITE_OPEN_MAIN_DB != 0).then(|| Batched {
+            windows: [Window::EMPTY, Window::EMPTY],
+            // SAFETY: the main database's filename SQLite gave xOpen.
+            failed: WATCHES.named_in_uri(name, WATCH_PARAMETER),
+        })
+    }
+
+    /// Every forwarded call that reads or changes the file writes out what is gathered first.
     unsafe fn settle(f: &mut BatchedFile) -> c_int {
         flush(f)
     }
@@ -179,7 +192,7 @@ impl BatchedFile {
 fn register() -> Result<()> {
     shim::register(NAME, "the snapshot VFS", |base| sqlite3_vfs {
         szOsFile: shim::os_file_size::<Batched>(base),
-        xOpen: Some(open),
+        xOpen: Some(shim::open::<Batched>),
         ..shim::forwarding_vfs(base)
     })
 }
@@ -191,22 +204,6 @@ static METHODS: sqlite3_io_methods = sqlite3_io_methods {
     xWrite: Some(write),
     ..shim::methods::<Batched>(1)
 };
-
-unsafe extern "C" fn open(
-    vfs: *mut sqlite3_vfs,
-    name: *const c_char,
-    file: *mut sqlite3_file,
-    flags: c_int,
-    out_flags: *mut c_int,
-) -> c_int {
-    // Journals and temp files: the default VFS's own file in our slot, as if we were not here.
-    let state = (flags & SQLITE_OPEN_MAIN_DB != 0).then(|| Batched {
-        windows: [Window::EMPTY, Window::EMPTY],
-        // SAFETY: the main database's filename SQLite gave xOpen.
-        failed: WATCHES.named_in_uri(name, WATCH_PARAMETER),
-    });
-    shim::open(vfs, name, file, flags, out_flags, &METHODS, state)
-}
 
 /// Writes everything gathered.
 unsafe fn flush(f: &mut BatchedFile) -> c_int {

@@ -74,12 +74,25 @@ struct Watched {
     wal: bool,
 }
 
-impl Shim for Watched {}
+impl Shim for Watched {
+    fn methods() -> &'static sqlite3_io_methods {
+        &METHODS
+    }
+
+    /// The database and its WAL are watched; other files (journals, temp files) are not.
+    unsafe fn state(name: *const c_char, flags: c_int) -> Option<Watched> {
+        (flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_WAL) != 0).then(|| Watched {
+            // SAFETY: a database or WAL filename SQLite gave xOpen.
+            slot: SLOTS.named_in_uri(name, PARAMETER),
+            wal: flags & SQLITE_OPEN_WAL != 0,
+        })
+    }
+}
 
 fn register() -> Result<()> {
     shim::register(NAME, "the reader VFS", |base| sqlite3_vfs {
         szOsFile: shim::os_file_size::<Watched>(base),
-        xOpen: Some(open),
+        xOpen: Some(shim::open::<Watched>),
         xDlOpen: None,
         xDlError: None,
         xDlSym: None,
@@ -93,22 +106,6 @@ static METHODS: sqlite3_io_methods = sqlite3_io_methods {
     xRead: Some(read),
     ..shim::methods::<Watched>(2)
 };
-
-unsafe extern "C" fn open(
-    vfs: *mut sqlite3_vfs,
-    name: *const c_char,
-    file: *mut sqlite3_file,
-    flags: c_int,
-    out_flags: *mut c_int,
-) -> c_int {
-    // Other files (journals, temp files) are the default VFS's own.
-    let state = (flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_WAL) != 0).then(|| Watched {
-        // SAFETY: a database or WAL filename SQLite gave xOpen.
-        slot: SLOTS.named_in_uri(name, PARAMETER),
-        wal: flags & SQLITE_OPEN_WAL != 0,
-    });
-    shim::open(vfs, name, file, flags, out_flags, &METHODS, state)
-}
 
 unsafe extern "C" fn read(
     file: *mut sqlite3_file,

@@ -107,6 +107,16 @@ pub struct Wrapped<S> {
 
 /// What a wrapping shim adds to forwarding.
 pub trait Shim: Sized {
+    /// The io_methods of the shim's own files: `methods::<Self>` with the calls it changes.
+    fn methods() -> &'static sqlite3_io_methods;
+
+    /// What a file the shim changes keeps; `None` for the others (journals, temp files…),
+    /// which are then the default VFS's own files, as if the shim were not there.
+    ///
+    /// # Safety
+    /// `name` and `flags` are what SQLite gave xOpen (`name` may be null).
+    unsafe fn state(name: *const c_char, flags: c_int) -> Option<Self>;
+
     /// Runs before a forwarded xRead, xTruncate, xSync, xFileSize, xUnlock or xFileControl;
     /// anything but SQLITE_OK is the call's answer.
     ///
@@ -126,28 +136,25 @@ pub fn os_file_size<S>(base: &sqlite3_vfs) -> c_int {
     real_offset::<S>() as c_int + base.szOsFile
 }
 
-/// xOpen of a wrapping shim. Without `state` the file is the default VFS's, in our slot, as
-/// if the shim were not there; with it, the default VFS's file goes after a `Wrapped` that
-/// holds `state` and answers with `methods`.
+/// xOpen of a wrapping shim (a VFS from `register` whose `szOsFile` is `os_file_size::<S>`).
+/// A file without `Shim::state` is the default VFS's own, in our slot; one with it gets the
+/// default VFS's file after a `Wrapped` that holds the state and answers with `S::methods`.
 ///
 /// # Safety
-/// The arguments SQLite gave the xOpen of a VFS registered by `register` whose `szOsFile` is
-/// `os_file_size::<S>`.
-pub unsafe fn open<S>(
+/// Called by SQLite as xOpen of such a VFS.
+pub unsafe extern "C" fn open<S: Shim>(
     vfs: *mut sqlite3_vfs,
     name: *const c_char,
     file: *mut sqlite3_file,
     flags: c_int,
     out_flags: *mut c_int,
-    methods: &'static sqlite3_io_methods,
-    state: Option<S>,
 ) -> c_int {
     const { assert!(std::mem::align_of::<Wrapped<S>>() <= 8) };
     let real_vfs = real_vfs(vfs);
     let Some(real_open) = (*real_vfs).xOpen else {
         return SQLITE_ERROR;
     };
-    let Some(state) = state else {
+    let Some(state) = S::state(name, flags) else {
         return real_open(real_vfs, name, file, flags, out_flags);
     };
     // SAFETY: SQLite allocated szOsFile = real_offset + the default VFS's size for `file`.
@@ -168,7 +175,9 @@ pub unsafe fn open<S>(
     ptr::write(
         file.cast::<Wrapped<S>>(),
         Wrapped {
-            base: sqlite3_file { pMethods: methods },
+            base: sqlite3_file {
+                pMethods: S::methods(),
+            },
             real,
             state,
         },
@@ -238,24 +247,18 @@ pub unsafe extern "C" fn close<S: Shim>(file: *mut sqlite3_file) -> c_int {
 }
 
 /// One forwarder: `$name::<S>` calls the default VFS file's `$field` (after `Shim::settle`
-/// when marked `settled`), or answers `$default` when that VFS lacks it (none of SQLite's
+/// when marked `settle`), or answers `$default` when that VFS lacks it (none of SQLite's
 /// own does).
 macro_rules! forward {
-    (settled $name:ident, $field:ident, ($($arg:ident: $ty:ty),*), $default:expr) => {
-        unsafe extern "C" fn $name<S: Shim>(file: *mut sqlite3_file $(, $arg: $ty)*) -> c_int {
-            let f = wrapped::<S>(file);
-            match S::settle(f) {
-                SQLITE_OK => match f.real_methods().$field {
-                    Some(call) => call(f.real $(, $arg)*),
-                    None => $default,
-                },
-                rc => rc,
-            }
-        }
-    };
-    ($name:ident, $field:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty, $default:expr) => {
+    ($name:ident, $field:ident, $($settle:ident)? ($($arg:ident: $ty:ty),*) -> $ret:ty, $default:expr) => {
         unsafe extern "C" fn $name<S: Shim>(file: *mut sqlite3_file $(, $arg: $ty)*) -> $ret {
             let f = wrapped::<S>(file);
+            $(
+                let rc = S::$settle(f);
+                if rc != SQLITE_OK {
+                    return rc;
+                }
+            )?
             match f.real_methods().$field {
                 Some(call) => call(f.real $(, $arg)*),
                 None => $default,
@@ -264,15 +267,15 @@ macro_rules! forward {
     };
 }
 
-forward!(settled read, xRead, (buf: *mut c_void, amt: c_int, ofst: sqlite3_int64), SQLITE_ERROR);
+forward!(read, xRead, settle (buf: *mut c_void, amt: c_int, ofst: sqlite3_int64) -> c_int, SQLITE_ERROR);
 forward!(write, xWrite, (data: *const c_void, amt: c_int, ofst: sqlite3_int64) -> c_int, SQLITE_ERROR);
-forward!(settled truncate, xTruncate, (size: sqlite3_int64), SQLITE_ERROR);
-forward!(settled sync, xSync, (flags: c_int), SQLITE_ERROR);
-forward!(settled file_size, xFileSize, (size: *mut sqlite3_int64), SQLITE_ERROR);
+forward!(truncate, xTruncate, settle (size: sqlite3_int64) -> c_int, SQLITE_ERROR);
+forward!(sync, xSync, settle (flags: c_int) -> c_int, SQLITE_ERROR);
+forward!(file_size, xFileSize, settle (size: *mut sqlite3_int64) -> c_int, SQLITE_ERROR);
 forward!(lock, xLock, (level: c_int) -> c_int, SQLITE_OK);
-forward!(settled unlock, xUnlock, (level: c_int), SQLITE_OK);
+forward!(unlock, xUnlock, settle (level: c_int) -> c_int, SQLITE_OK);
 forward!(check_reserved_lock, xCheckReservedLock, (out: *mut c_int) -> c_int, SQLITE_ERROR);
-forward!(settled file_control, xFileControl, (op: c_int, arg: *mut c_void), SQLITE_NOTFOUND);
+forward!(file_control, xFileControl, settle (op: c_int, arg: *mut c_void) -> c_int, SQLITE_NOTFOUND);
 forward!(sector_size, xSectorSize, () -> c_int, 4096);
 forward!(device_characteristics, xDeviceCharacteristics, () -> c_int, 0);
 forward!(shm_map, xShmMap, (page: c_int, size: c_int, extend: c_int, out: *mut *mut c_void) -> c_int, SQLITE_ERROR);
