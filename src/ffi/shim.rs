@@ -172,6 +172,8 @@ pub unsafe extern "C" fn open<S: Shim>(
         (*file).pMethods = ptr::null();
         return rc;
     }
+    // SAFETY: `file` starts szOsFile bytes of SQLite's (8-byte aligned) memory; a Wrapped<S>
+    // (alignment at most 8, asserted above) fits before real_offset. Nothing is there to drop.
     ptr::write(
         file.cast::<Wrapped<S>>(),
         Wrapped {
