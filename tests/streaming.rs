@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,16 +14,47 @@ use common::*;
 
 const STREAM: &str = r#""method": "stream""#;
 
+/// The options `{<opts>}`.
+fn options(opts: &str) -> serde_json::Value {
+    serde_json::from_str(&format!("{{{opts}}}")).unwrap()
+}
+
 /// `backup_to_file(dest, '{<opts>}')` on `conn`.
 fn backup(conn: &rusqlite::Connection, dest: &Path, opts: &str) -> serde_json::Value {
-    call_json(
-        conn,
-        &format!(
-            "SELECT backup_to_file({}, {})",
-            path_lit(dest),
-            lit(format!("{{{opts}}}"))
-        ),
+    calls::to_file(conn, dest, &options(opts))
+}
+
+/// The error of `backup_to_file(dest, '{<opts>}')` on `conn`.
+fn backup_err(conn: &rusqlite::Connection, dest: &Path, opts: &str) -> String {
+    calls::to_file_err(conn, dest, &options(opts))
+}
+
+/// A stream that outlasts its snapshot (gzip level 9 on one thread), temp files in `temp_dir`.
+fn slow_stream(temp_dir: &Path) -> String {
+    format!(
+        r#"{STREAM}, "level": 9, "threads": 1, "temp_dir": {}"#,
+        serde_json::json!(temp_dir)
     )
+}
+
+/// A new directory with database `name` in journal mode `journal`: table `b`, `rows` random
+/// blobs of 100 kB.
+fn blob_db(
+    name: &str,
+    journal: &str,
+    rows: u32,
+) -> (tempfile::TempDir, PathBuf, rusqlite::Connection) {
+    let dir = tempdir();
+    let db = dir.path().join(name);
+    let conn = open(&db);
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = {journal};
+         CREATE TABLE b(id INTEGER PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+         INSERT INTO b SELECT i, randomblob(100000) FROM n;"
+    ))
+    .unwrap();
+    (dir, db, conn)
 }
 
 /// The stored backup decompressed, its sha256 equal to the reported one, integrity ok.
@@ -44,7 +75,12 @@ fn check_restorable(report: &serde_json::Value, backup: &Path, dir: &Path) -> st
 struct Tmpfs(tempfile::TempDir);
 
 impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
+    /// None (the test is skipped) when not root.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        if !is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
         let dir = tempdir();
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -53,7 +89,7 @@ impl Tmpfs {
             .unwrap()
             .success();
         assert!(ok, "mount tmpfs");
-        Tmpfs(dir)
+        Some(Tmpfs(dir))
     }
     fn path(&self) -> &Path {
         self.0.path()
@@ -68,32 +104,18 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_wal_database_larger_than_its_temp_dir_streams_and_restores_equal() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(tmpfs) = Tmpfs::mount("64m") else {
         return;
-    }
-    let tmpfs = Tmpfs::mount("64m");
-    let dir = tempdir();
-    let db = dir.path().join("big.db");
-    let conn = open(&db);
+    };
     // 150 MiB of random blobs, in WAL mode with another connection's data in the WAL.
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE b(id INTEGER PRIMARY KEY, data BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500)
-         INSERT INTO b SELECT i, randomblob(100000) FROM n;",
-    )
-    .unwrap();
+    let (dir, _, conn) = blob_db("big.db", "WAL", 1500);
     let temp = format!(r#""temp_dir": {}"#, serde_json::json!(tmpfs.path()));
 
     // What a temp copy needs: more room than the tmpfs has.
-    let err = call_err(
+    let err = backup_err(
         &conn,
-        &format!(
-            "SELECT backup_to_file({}, {})",
-            path_lit(dir.path().join("vacuum.db.zst")),
-            lit(format!(r#"{{"method": "vacuum", {temp}}}"#))
-        ),
+        &dir.path().join("vacuum.db.zst"),
+        &format!(r#""method": "vacuum", {temp}"#),
     );
     assert!(err.contains("full") || err.contains("disk"), "{err}");
     assert_eq!(list(tmpfs.path()), Vec::<String>::new());
@@ -201,16 +223,7 @@ fn free_pages_are_zeroed_in_the_stream() {
 
 #[test]
 fn rollback_mode_spills_instead_of_holding_writers_back() {
-    let dir = tempdir();
-    let db = dir.path().join("rb.db");
-    let conn = open(&db);
-    conn.execute_batch(
-        "PRAGMA journal_mode = DELETE;
-         CREATE TABLE b(id INTEGER PRIMARY KEY, data BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
-         INSERT INTO b SELECT i, randomblob(100000) FROM n;",
-    )
-    .unwrap();
+    let (dir, db, conn) = blob_db("rb.db", "DELETE", 400);
     let temp = tempdir();
     // A writer in another process, waiting for our read lock: it commits long before slow
     // gzip compression (level 9, one thread) ends.
@@ -227,14 +240,7 @@ fn rollback_mode_spills_instead_of_holding_writers_back() {
         Instant::now()
     });
     let dest = dir.path().join("rb.db.gz");
-    let report = backup(
-        &conn,
-        &dest,
-        &format!(
-            r#"{STREAM}, "level": 9, "threads": 1, "temp_dir": {}"#,
-            serde_json::json!(temp.path())
-        ),
-    );
+    let report = backup(&conn, &dest, &slow_stream(temp.path()));
     let returned = Instant::now();
     let committed = writer.join().unwrap();
     assert!(
@@ -335,16 +341,7 @@ fn memory_temp_and_attached_schemas_stream() {
 
 #[test]
 fn kill_9_mid_stream_leaves_no_temp_file_and_the_next_call_cleans_up() {
-    let dir = tempdir();
-    let db = dir.path().join("k.db");
-    let conn = open(&db);
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE b(id INTEGER PRIMARY KEY, data BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
-         INSERT INTO b SELECT i, randomblob(100000) FROM n;",
-    )
-    .unwrap();
+    let (_dir, db, conn) = blob_db("k.db", "WAL", 400);
     let temp = tempdir();
     let out = tempdir();
     let dest = out.path().join("k.db.gz");
@@ -352,13 +349,9 @@ fn kill_9_mid_stream_leaves_no_temp_file_and_the_next_call_cleans_up() {
         .arg("-cmd")
         .arg(format!(".load {}", ext_load_name()))
         .arg(&db)
-        .arg(format!(
-            "SELECT backup_to_file({}, {})",
-            path_lit(&dest),
-            lit(format!(
-                r#"{{{STREAM}, "level": 9, "threads": 1, "temp_dir": {}}}"#,
-                serde_json::json!(temp.path())
-            ))
+        .arg(calls::to_file_sql(
+            &dest,
+            &options(&slow_stream(temp.path())),
         ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -479,16 +472,7 @@ fn the_default_for_wal_and_memory_is_the_stream_which_needs_no_app_definitions()
 
 #[test]
 fn an_interrupt_mid_stream_stores_nothing() {
-    let dir = tempdir();
-    let db = dir.path().join("i.db");
-    let conn = open(&db);
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE b(id INTEGER PRIMARY KEY, data BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
-         INSERT INTO b SELECT i, randomblob(100000) FROM n;",
-    )
-    .unwrap();
+    let (_dir, _, conn) = blob_db("i.db", "WAL", 600);
     let out = tempdir();
     let handle = conn.get_interrupt_handle();
     let interrupter = std::thread::spawn(move || {
@@ -496,13 +480,10 @@ fn an_interrupt_mid_stream_stores_nothing() {
         handle.interrupt();
         Instant::now()
     });
-    let err = call_err(
+    let err = backup_err(
         &conn,
-        &format!(
-            "SELECT backup_to_file({}, {})",
-            path_lit(out.path().join("i.db.gz")),
-            lit(r#"{"level": 9, "threads": 1}"#)
-        ),
+        &out.path().join("i.db.gz"),
+        r#""level": 9, "threads": 1"#,
     );
     let ended = Instant::now();
     let sent = interrupter.join().unwrap();
@@ -521,33 +502,12 @@ fn an_interrupt_mid_stream_stores_nothing() {
 
 #[test]
 fn a_full_temp_dir_while_spilling_fails_clearly_and_leaves_nothing() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(tmpfs) = Tmpfs::mount("1m") else {
         return;
-    }
-    let tmpfs = Tmpfs::mount("1m");
-    let dir = tempdir();
-    let db = dir.path().join("rb.db");
-    let conn = open(&db);
-    conn.execute_batch(
-        "PRAGMA journal_mode = DELETE;
-         CREATE TABLE b(id INTEGER PRIMARY KEY, data BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
-         INSERT INTO b SELECT i, randomblob(100000) FROM n;",
-    )
-    .unwrap();
+    };
+    let (dir, _, conn) = blob_db("rb.db", "DELETE", 300);
     let dest = dir.path().join("rb.db.gz");
-    let err = call_err(
-        &conn,
-        &format!(
-            "SELECT backup_to_file({}, {})",
-            path_lit(&dest),
-            lit(format!(
-                r#"{{{STREAM}, "level": 9, "threads": 1, "temp_dir": {}}}"#,
-                serde_json::json!(tmpfs.path())
-            ))
-        ),
-    );
+    let err = backup_err(&conn, &dest, &slow_stream(tmpfs.path()));
     assert!(err.contains("cannot write the spill file"), "{err}");
     assert!(
         err.contains("disk is full") || err.contains("No space"),

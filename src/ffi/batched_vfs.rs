@@ -15,23 +15,21 @@
 //! named in its URI), never to the process: a full disk under another thread's temp_dir must
 //! not fail this backup.
 
-use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use sqlite3ext_sys::{sqlite3_file, sqlite3_int64, sqlite3_io_methods, sqlite3_vfs};
 
-use super::{api, SQLITE_OK};
-use crate::error::{Error, Kind, Result};
+use super::shim::{self, Registry, Shim, Wrapped};
+use super::SQLITE_OK;
+use crate::error::Result;
 
 const NAME: &CStr = c"sqlite_backup_batched";
 /// Size of a window, and so of the largest write: the unix VFS takes at most 128 KiB - 1 in
 /// one write (it masks the length with 0x1ffff), so 64 KiB: 16 pages of 4 KiB. An open file
 /// holds two windows (128 KiB).
 const BATCH: usize = 64 << 10;
-const SQLITE_ERROR: c_int = 1;
 const SQLITE_IOERR_WRITE: c_int = 10 | (3 << 8);
 const SQLITE_OPEN_MAIN_DB: c_int = 0x100;
 
@@ -41,8 +39,7 @@ const WATCH_PARAMETER: &CStr = c"sqlite_backup_watch";
 static REGISTERED: OnceLock<bool> = OnceLock::new();
 /// The failure counts of the watches alive now, by token. A token is only a key to look up:
 /// a URI naming no live watch (or a made-up one) gets no count.
-static WATCHES: Mutex<BTreeMap<u64, Arc<AtomicU64>>> = Mutex::new(BTreeMap::new());
-static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+static WATCHES: Registry<Arc<AtomicU64>> = Registry::new();
 
 /// The name to put in a `file:` URI (`?vfs=`), registering the shim on first use; `None` when
 /// this host cannot register it (then the snapshot writes through the default VFS).
@@ -59,9 +56,8 @@ pub struct Watch {
 
 impl Watch {
     pub fn new() -> Watch {
-        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
         let failed = Arc::new(AtomicU64::new(0));
-        watches().insert(token, Arc::clone(&failed));
+        let token = WATCHES.insert(Arc::clone(&failed));
         Watch { token, failed }
     }
 
@@ -88,44 +84,42 @@ impl Default for Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        watches().remove(&self.token);
+        WATCHES.remove(self.token);
     }
-}
-
-/// The registry, even after a panic elsewhere poisoned it (a map of counters stays valid).
-fn watches() -> std::sync::MutexGuard<'static, BTreeMap<u64, Arc<AtomicU64>>> {
-    WATCHES.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The counter of the watch a main database file's URI names, if it is alive.
-unsafe fn watch_of(name: *const c_char) -> Option<Arc<AtomicU64>> {
-    let uri_parameter = api().ok()?.uri_parameter?;
-    if name.is_null() {
-        return None;
-    }
-    // SAFETY: `name` is the filename SQLite gave xOpen, which uri_parameter accepts.
-    let value = uri_parameter(name, WATCH_PARAMETER.as_ptr());
-    if value.is_null() {
-        return None;
-    }
-    let token: u64 = CStr::from_ptr(value).to_str().ok()?.parse().ok()?;
-    watches().get(&token).cloned()
 }
 
 /// Granularity of the window: SQLite pages are at least 512 bytes and aligned to their size.
 const SECTOR: usize = 512;
 const _: () = assert!(BATCH / SECTOR == 128); // one bit per sector in a u128
 
-/// What SQLite allocates for a file of ours: this, then the default VFS's file at
-/// `REAL_OFFSET` (SQLite's allocations are 8-byte aligned).
-#[repr(C)]
-struct BatchedFile {
-    base: sqlite3_file,
-    real: *mut sqlite3_file,
+/// What a main database file of ours keeps, beside the default VFS's file (`shim::Wrapped`).
+struct Batched {
     /// The older window first; the second is in use only when the first is.
     windows: [Window; 2],
     /// Where failed writes are counted: the watch named in the file's URI.
     failed: Option<Arc<AtomicU64>>,
+}
+
+type BatchedFile = Wrapped<Batched>;
+
+impl Shim for Batched {
+    fn methods() -> &'static sqlite3_io_methods {
+        &METHODS
+    }
+
+    /// Main database files; journals and temp files are the default VFS's, untouched.
+    unsafe fn state(name: *const c_char, flags: c_int) -> Option<Batched> {
+        (flags & SQLITE_OPEN_MAIN_DB != 0).then(|| Batched {
+            windows: [Window::EMPTY, Window::EMPTY],
+            // SAFETY: the main database's filename SQLite gave xOpen.
+            failed: WATCHES.named_in_uri(name, WATCH_PARAMETER),
+        })
+    }
+
+    /// Every forwarded call that reads or changes the file writes out what is gathered first.
+    unsafe fn settle(f: &mut BatchedFile) -> c_int {
+        flush(f)
+    }
 }
 
 /// `BATCH` bytes of the file starting at `start`, some of them written by SQLite and not yet
@@ -139,8 +133,6 @@ struct Window {
     /// promises 8-byte alignment.
     filled: [u64; 2],
 }
-
-const _: () = assert!(std::mem::align_of::<BatchedFile>() <= 8);
 
 impl Window {
     const EMPTY: Window = Window {
@@ -184,12 +176,12 @@ impl Window {
 impl BatchedFile {
     /// Writes out window `i`; a failure is also counted (see the module doc).
     unsafe fn flush_window(&mut self, i: usize) -> c_int {
-        let Some(window) = self.windows.get_mut(i) else {
+        let Some(window) = self.state.windows.get_mut(i) else {
             return SQLITE_OK;
         };
         let rc = window.flush(self.real);
         if rc != SQLITE_OK {
-            if let Some(failed) = &self.failed {
+            if let Some(failed) = &self.state.failed {
                 failed.fetch_add(1, Ordering::SeqCst);
             }
         }
@@ -197,130 +189,21 @@ impl BatchedFile {
     }
 }
 
-const REAL_OFFSET: usize = (std::mem::size_of::<BatchedFile>() + 7) & !7;
-
 fn register() -> Result<()> {
-    let api = api()?;
-    let (Some(find), Some(register)) = (api.vfs_find, api.vfs_register) else {
-        return Err(Error::new(
-            Kind::Sqlite,
-            "this SQLite cannot register a VFS",
-        ));
-    };
-    // SAFETY: vfs_find(NULL) returns the default VFS, which lives as long as the process.
-    let real = unsafe { find(ptr::null()) };
-    // SAFETY: checked for null; SQLite never frees a registered VFS.
-    let Some(real_ref) = (unsafe { real.as_ref() }) else {
-        return Err(Error::new(Kind::Sqlite, "no default VFS"));
-    };
-    let vfs = Box::new(sqlite3_vfs {
-        iVersion: real_ref.iVersion.min(2),
-        szOsFile: REAL_OFFSET as c_int + real_ref.szOsFile,
-        mxPathname: real_ref.mxPathname,
-        pNext: ptr::null_mut(),
-        zName: NAME.as_ptr(),
-        pAppData: real.cast(),
-        xOpen: Some(open),
-        xDelete: Some(delete),
-        xAccess: Some(access),
-        xFullPathname: Some(full_pathname),
-        xDlOpen: Some(dl_open),
-        xDlError: Some(dl_error),
-        xDlSym: Some(dl_sym),
-        xDlClose: Some(dl_close),
-        xRandomness: Some(randomness),
-        xSleep: Some(sleep),
-        xCurrentTime: Some(current_time),
-        xGetLastError: Some(get_last_error),
-        xCurrentTimeInt64: Some(current_time_int64),
-        xSetSystemCall: None,
-        xGetSystemCall: None,
-        xNextSystemCall: None,
-    });
-    // Registered for the life of the process (the library is never unloaded: -z nodelete).
-    let vfs = Box::into_raw(vfs);
-    // SAFETY: a complete VFS whose memory is never freed; not made the default.
-    let rc = unsafe { register(vfs, 0) };
-    if rc != SQLITE_OK {
-        // SAFETY: SQLite refused it, so nothing refers to it.
-        drop(unsafe { Box::from_raw(vfs) });
-        return Err(Error::new(Kind::Sqlite, "cannot register the snapshot VFS"));
-    }
-    Ok(())
+    shim::register(NAME, "the snapshot VFS", |base| sqlite3_vfs {
+        szOsFile: shim::os_file_size::<Batched>(base),
+        xOpen: Some(shim::open::<Batched>),
+        ..shim::forwarding_vfs(base)
+    })
 }
 
-/// The default VFS this shim wraps.
-unsafe fn real_vfs(vfs: *mut sqlite3_vfs) -> *mut sqlite3_vfs {
-    (*vfs).pAppData.cast()
-}
-
+/// Reads, size, sync, truncate, unlock and file controls write what is gathered first
+/// (`Shim::settle`), then go to the default VFS's file, as does everything else.
 static METHODS: sqlite3_io_methods = sqlite3_io_methods {
-    iVersion: 1,
     xClose: Some(close),
-    xRead: Some(read),
     xWrite: Some(write),
-    xTruncate: Some(truncate),
-    xSync: Some(sync),
-    xFileSize: Some(file_size),
-    xLock: Some(lock),
-    xUnlock: Some(unlock),
-    xCheckReservedLock: Some(check_reserved_lock),
-    xFileControl: Some(file_control),
-    xSectorSize: Some(sector_size),
-    xDeviceCharacteristics: Some(device_characteristics),
-    xShmMap: None,
-    xShmLock: None,
-    xShmBarrier: None,
-    xShmUnmap: None,
-    xFetch: None,
-    xUnfetch: None,
+    ..shim::methods::<Batched>(1)
 };
-
-unsafe extern "C" fn open(
-    vfs: *mut sqlite3_vfs,
-    name: *const c_char,
-    file: *mut sqlite3_file,
-    flags: c_int,
-    out_flags: *mut c_int,
-) -> c_int {
-    let real_vfs = real_vfs(vfs);
-    let Some(real_open) = (*real_vfs).xOpen else {
-        return SQLITE_ERROR;
-    };
-    if flags & SQLITE_OPEN_MAIN_DB == 0 {
-        // Journals and temp files: the default VFS's own file in our slot, as if we were not here.
-        return real_open(real_vfs, name, file, flags, out_flags);
-    }
-    let real = file.cast::<u8>().add(REAL_OFFSET).cast::<sqlite3_file>();
-    (*real).pMethods = ptr::null();
-    let rc = real_open(real_vfs, name, real, flags, out_flags);
-    if rc != SQLITE_OK {
-        // SQLite closes only a file whose pMethods is set: ours stays unset, so close theirs.
-        if let Some(real_close) = (*real).pMethods.as_ref().and_then(|m| m.xClose) {
-            real_close(real);
-        }
-        (*file).pMethods = ptr::null();
-        return rc;
-    }
-    ptr::write(
-        file.cast::<BatchedFile>(),
-        BatchedFile {
-            base: sqlite3_file { pMethods: &METHODS },
-            real,
-            windows: [Window::EMPTY, Window::EMPTY],
-            failed: watch_of(name),
-        },
-    );
-    SQLITE_OK
-}
-
-unsafe fn batched<'a>(file: *mut sqlite3_file) -> &'a mut BatchedFile {
-    &mut *file.cast::<BatchedFile>()
-}
-
-unsafe fn real_methods<'a>(f: &BatchedFile) -> &'a sqlite3_io_methods {
-    &*(*f.real).pMethods
-}
 
 /// Writes everything gathered.
 unsafe fn flush(f: &mut BatchedFile) -> c_int {
@@ -338,23 +221,13 @@ fn sectors(first: usize, count: usize) -> u128 {
     (u128::MAX >> (128 - count)) << first
 }
 
-/// Flushes, then runs `call` on the default VFS's file; a failed flush is the answer.
-unsafe fn flushed(file: *mut sqlite3_file, call: impl FnOnce(*mut sqlite3_file) -> c_int) -> c_int {
-    let f = batched(file);
-    let rc = flush(f);
-    if rc != SQLITE_OK {
-        return rc;
-    }
-    call(f.real)
-}
-
 unsafe extern "C" fn write(
     file: *mut sqlite3_file,
     data: *const c_void,
     amt: c_int,
     ofst: sqlite3_int64,
 ) -> c_int {
-    let f = batched(file);
+    let f = shim::wrapped::<Batched>(file);
     let len = usize::try_from(amt).unwrap_or(0);
     let start = ofst - ofst.rem_euclid(BATCH as i64);
     let at = (ofst - start) as usize;
@@ -403,21 +276,22 @@ unsafe fn window_for(
     start: i64,
 ) -> std::result::Result<Option<&mut Window>, c_int> {
     if let Some(i) = f
+        .state
         .windows
         .iter()
         .position(|w| w.in_use() && w.start == start)
     {
-        return Ok(Some(&mut f.windows[i]));
+        return Ok(Some(&mut f.state.windows[i]));
     }
-    if f.windows[1].in_use() {
+    if f.state.windows[1].in_use() {
         let rc = f.flush_window(0);
         if rc != SQLITE_OK {
             return Err(rc);
         }
-        f.windows.swap(0, 1);
+        f.state.windows.swap(0, 1);
     }
-    let i = usize::from(f.windows[0].in_use());
-    let window = &mut f.windows[i];
+    let i = usize::from(f.state.windows[0].in_use());
+    let window = &mut f.state.windows[i];
     if window.bytes.len() != BATCH {
         if window.bytes.try_reserve_exact(BATCH).is_err() {
             return Ok(None);
@@ -428,16 +302,10 @@ unsafe fn window_for(
     Ok(Some(window))
 }
 
+/// Writes what is gathered, then closes (which also frees the buffers and lets go of the watch).
 unsafe extern "C" fn close(file: *mut sqlite3_file) -> c_int {
-    let f = batched(file);
-    let flushed = flush(f);
-    let closed = match real_methods(f).xClose {
-        Some(close) => close(f.real),
-        None => SQLITE_OK,
-    };
-    // SQLite never touches a closed file again: free the buffers, let go of the watch.
-    ptr::drop_in_place(&mut f.windows);
-    ptr::drop_in_place(&mut f.failed);
+    let flushed = flush(shim::wrapped::<Batched>(file));
+    let closed = shim::close::<Batched>(file);
     if flushed != SQLITE_OK {
         flushed
     } else {
@@ -445,179 +313,14 @@ unsafe extern "C" fn close(file: *mut sqlite3_file) -> c_int {
     }
 }
 
-unsafe extern "C" fn read(
-    file: *mut sqlite3_file,
-    buf: *mut c_void,
-    amt: c_int,
-    ofst: sqlite3_int64,
-) -> c_int {
-    flushed(file, |real| match (*(*real).pMethods).xRead {
-        Some(read) => read(real, buf, amt, ofst),
-        None => SQLITE_ERROR,
-    })
-}
-
-unsafe extern "C" fn truncate(file: *mut sqlite3_file, size: sqlite3_int64) -> c_int {
-    flushed(file, |real| match (*(*real).pMethods).xTruncate {
-        Some(truncate) => truncate(real, size),
-        None => SQLITE_ERROR,
-    })
-}
-
-unsafe extern "C" fn sync(file: *mut sqlite3_file, flags: c_int) -> c_int {
-    flushed(file, |real| match (*(*real).pMethods).xSync {
-        Some(sync) => sync(real, flags),
-        None => SQLITE_ERROR,
-    })
-}
-
-unsafe extern "C" fn file_size(file: *mut sqlite3_file, size: *mut sqlite3_int64) -> c_int {
-    flushed(file, |real| match (*(*real).pMethods).xFileSize {
-        Some(file_size) => file_size(real, size),
-        None => SQLITE_ERROR,
-    })
-}
-
-unsafe extern "C" fn unlock(file: *mut sqlite3_file, level: c_int) -> c_int {
-    flushed(file, |real| match (*(*real).pMethods).xUnlock {
-        Some(unlock) => unlock(real, level),
-        None => SQLITE_OK,
-    })
-}
-
-unsafe extern "C" fn file_control(file: *mut sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
-    flushed(file, |real| match (*(*real).pMethods).xFileControl {
-        Some(file_control) => file_control(real, op, arg),
-        None => 12, // SQLITE_NOTFOUND: "no such file control"
-    })
-}
-
-unsafe extern "C" fn lock(file: *mut sqlite3_file, level: c_int) -> c_int {
-    let f = batched(file);
-    match real_methods(f).xLock {
-        Some(lock) => lock(f.real, level),
-        None => SQLITE_OK,
-    }
-}
-
-unsafe extern "C" fn check_reserved_lock(file: *mut sqlite3_file, out: *mut c_int) -> c_int {
-    let f = batched(file);
-    match real_methods(f).xCheckReservedLock {
-        Some(check) => check(f.real, out),
-        None => {
-            *out = 0;
-            SQLITE_OK
-        }
-    }
-}
-
-unsafe extern "C" fn sector_size(file: *mut sqlite3_file) -> c_int {
-    let f = batched(file);
-    real_methods(f)
-        .xSectorSize
-        .map_or(4096, |size| size(f.real))
-}
-
-unsafe extern "C" fn device_characteristics(file: *mut sqlite3_file) -> c_int {
-    let f = batched(file);
-    real_methods(f)
-        .xDeviceCharacteristics
-        .map_or(0, |chars| chars(f.real))
-}
-
-// The VFS-level calls, forwarded with the default VFS's own pointer (a VFS may rely on it).
-
-unsafe extern "C" fn delete(vfs: *mut sqlite3_vfs, name: *const c_char, sync_dir: c_int) -> c_int {
-    let real = real_vfs(vfs);
-    (*real)
-        .xDelete
-        .map_or(SQLITE_ERROR, |f| f(real, name, sync_dir))
-}
-
-unsafe extern "C" fn access(
-    vfs: *mut sqlite3_vfs,
-    name: *const c_char,
-    flags: c_int,
-    out: *mut c_int,
-) -> c_int {
-    let real = real_vfs(vfs);
-    (*real)
-        .xAccess
-        .map_or(SQLITE_ERROR, |f| f(real, name, flags, out))
-}
-
-unsafe extern "C" fn full_pathname(
-    vfs: *mut sqlite3_vfs,
-    name: *const c_char,
-    n_out: c_int,
-    out: *mut c_char,
-) -> c_int {
-    let real = real_vfs(vfs);
-    (*real)
-        .xFullPathname
-        .map_or(SQLITE_ERROR, |f| f(real, name, n_out, out))
-}
-
-unsafe extern "C" fn dl_open(vfs: *mut sqlite3_vfs, name: *const c_char) -> *mut c_void {
-    let real = real_vfs(vfs);
-    (*real).xDlOpen.map_or(ptr::null_mut(), |f| f(real, name))
-}
-
-unsafe extern "C" fn dl_error(vfs: *mut sqlite3_vfs, n: c_int, out: *mut c_char) {
-    let real = real_vfs(vfs);
-    if let Some(f) = (*real).xDlError {
-        f(real, n, out)
-    }
-}
-
-type DlSymbol = Option<unsafe extern "C" fn(*mut sqlite3_vfs, *mut c_void, *const c_char)>;
-
-unsafe extern "C" fn dl_sym(
-    vfs: *mut sqlite3_vfs,
-    handle: *mut c_void,
-    symbol: *const c_char,
-) -> DlSymbol {
-    let real = real_vfs(vfs);
-    (*real).xDlSym.and_then(|f| f(real, handle, symbol))
-}
-
-unsafe extern "C" fn dl_close(vfs: *mut sqlite3_vfs, handle: *mut c_void) {
-    let real = real_vfs(vfs);
-    if let Some(f) = (*real).xDlClose {
-        f(real, handle)
-    }
-}
-
-unsafe extern "C" fn randomness(vfs: *mut sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
-    let real = real_vfs(vfs);
-    (*real).xRandomness.map_or(0, |f| f(real, n, out))
-}
-
-unsafe extern "C" fn sleep(vfs: *mut sqlite3_vfs, micros: c_int) -> c_int {
-    let real = real_vfs(vfs);
-    (*real).xSleep.map_or(0, |f| f(real, micros))
-}
-
-unsafe extern "C" fn current_time(vfs: *mut sqlite3_vfs, out: *mut f64) -> c_int {
-    let real = real_vfs(vfs);
-    (*real).xCurrentTime.map_or(SQLITE_ERROR, |f| f(real, out))
-}
-
-unsafe extern "C" fn get_last_error(vfs: *mut sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
-    let real = real_vfs(vfs);
-    (*real).xGetLastError.map_or(0, |f| f(real, n, out))
-}
-
-unsafe extern "C" fn current_time_int64(vfs: *mut sqlite3_vfs, out: *mut sqlite3_int64) -> c_int {
-    let real = real_vfs(vfs);
-    (*real)
-        .xCurrentTimeInt64
-        .map_or(SQLITE_ERROR, |f| f(real, out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    fn watches() -> std::sync::MutexGuard<'static, BTreeMap<u64, Arc<AtomicU64>>> {
+        WATCHES.lock()
+    }
 
     #[test]
     fn each_watch_has_its_own_count_and_leaves_the_registry_when_dropped() {

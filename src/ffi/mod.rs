@@ -1,7 +1,7 @@
 //! The raw SQLite calls that sqlite-loadable does not wrap (open_v2, exec, busy_timeout,
-//! db_filename, backup_*, prepare/step), behind safe wrappers, and the VFS shim the snapshot
-//! writes through (`batched_vfs`). This is the only module with `unsafe` SQLite calls outside
-//! the SQL layer's function plumbing.
+//! db_filename, backup_*, prepare/step), behind safe wrappers, and the VFS shims (`batched_vfs`,
+//! `page_sink`, `page1_watch`, sharing `shim`). This is the only module with `unsafe` SQLite
+//! calls outside the SQL layer's function plumbing.
 //!
 //! Every call goes through the host's `sqlite3_api_routines`, never a second linked SQLite:
 //! two SQLite copies in one process break each other's POSIX locks. Only routines that exist
@@ -111,6 +111,7 @@ pub mod batched_vfs;
 pub mod interrupt;
 pub mod page1_watch;
 pub mod page_sink;
+mod shim;
 
 /// `"name"` with embedded quotes doubled: a schema or table name inside SQL text.
 pub fn quote_identifier(name: &str) -> String {

@@ -7,20 +7,18 @@
 //! file is refused). Reads are answered by the sink (the pager re-reads page 1 at commit when
 //! it was evicted); a read the sink cannot answer is an I/O error, never made-up bytes.
 
-use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use sqlite3ext_sys::{sqlite3, sqlite3_file, sqlite3_int64, sqlite3_io_methods, sqlite3_vfs};
 
+use super::shim::{self, Registry};
 use super::{api, Connection, SQLITE_OK};
 use crate::error::{Error, Kind, Result};
 
 const NAME: &CStr = c"sqlite_backup_sink";
 const PREFIX: &str = "/sqlite-backup-sink/";
-const SQLITE_ERROR: c_int = 1;
 const SQLITE_CANTOPEN: c_int = 14;
 const SQLITE_NOTFOUND: c_int = 12;
 const SQLITE_IOERR_READ: c_int = 10 | (1 << 8);
@@ -42,6 +40,7 @@ pub trait PageSink: Send {
 
 type Shared = Arc<Mutex<dyn PageSink>>;
 
+#[derive(Clone)]
 struct Entry {
     sink: Shared,
     /// The first error a write met, for the message (SQLite only reports "disk I/O error").
@@ -49,12 +48,7 @@ struct Entry {
 }
 
 static REGISTERED: OnceLock<bool> = OnceLock::new();
-static SINKS: Mutex<BTreeMap<u64, Entry>> = Mutex::new(BTreeMap::new());
-static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
-
-fn sinks() -> std::sync::MutexGuard<'static, BTreeMap<u64, Entry>> {
-    SINKS.lock().unwrap_or_else(|e| e.into_inner())
-}
+static SINKS: Registry<Entry> = Registry::new();
 
 /// A connection whose main database writes into a sink; the sink leaves the registry when
 /// this is dropped (after the connection is closed).
@@ -80,7 +74,7 @@ impl SinkConnection {
 impl Drop for SinkConnection {
     fn drop(&mut self) {
         drop(self.conn.take());
-        sinks().remove(&self.token);
+        SINKS.remove(self.token);
     }
 }
 
@@ -99,15 +93,11 @@ pub fn open(sink: Shared) -> Result<SinkConnection> {
             "this SQLite cannot register the page sink VFS",
         ));
     }
-    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
     let error = Arc::new(Mutex::new(None));
-    sinks().insert(
-        token,
-        Entry {
-            sink,
-            error: Arc::clone(&error),
-        },
-    );
+    let token = SINKS.insert(Entry {
+        sink,
+        error: Arc::clone(&error),
+    });
     let mut out = SinkConnection {
         conn: None,
         token,
@@ -151,27 +141,13 @@ struct SinkFile {
     size: i64,
 }
 
+/// Beside the default VFS for what a database needs besides its file (randomness, time);
+/// the sink's own files, names and errors otherwise.
 fn register() -> Result<()> {
-    let api = api()?;
-    let (Some(find), Some(register)) = (api.vfs_find, api.vfs_register) else {
-        return Err(Error::new(
-            Kind::Sqlite,
-            "this SQLite cannot register a VFS",
-        ));
-    };
-    // SAFETY: vfs_find(NULL) returns the default VFS, which lives as long as the process.
-    let real = unsafe { find(ptr::null()) };
-    // SAFETY: checked for null below before any use.
-    let Some(real_ref) = (unsafe { real.as_ref() }) else {
-        return Err(Error::new(Kind::Sqlite, "no default VFS"));
-    };
-    let vfs = Box::new(sqlite3_vfs {
+    shim::register(NAME, "the page sink VFS", |base| sqlite3_vfs {
         iVersion: 2,
         szOsFile: std::mem::size_of::<SinkFile>() as c_int,
-        mxPathname: real_ref.mxPathname.max(64),
-        pNext: ptr::null_mut(),
-        zName: NAME.as_ptr(),
-        pAppData: real.cast(),
+        mxPathname: base.mxPathname.max(64),
         xOpen: Some(open_file),
         xDelete: Some(delete),
         xAccess: Some(access),
@@ -180,27 +156,9 @@ fn register() -> Result<()> {
         xDlError: None,
         xDlSym: None,
         xDlClose: None,
-        xRandomness: Some(randomness),
-        xSleep: Some(sleep),
-        xCurrentTime: Some(current_time),
         xGetLastError: Some(get_last_error),
-        xCurrentTimeInt64: Some(current_time_int64),
-        xSetSystemCall: None,
-        xGetSystemCall: None,
-        xNextSystemCall: None,
-    });
-    let vfs = Box::into_raw(vfs);
-    // SAFETY: a complete VFS whose memory is never freed; not made the default.
-    let rc = unsafe { register(vfs, 0) };
-    if rc != SQLITE_OK {
-        // SAFETY: SQLite refused it, so nothing refers to it.
-        drop(unsafe { Box::from_raw(vfs) });
-        return Err(Error::new(
-            Kind::Sqlite,
-            "cannot register the page sink VFS",
-        ));
-    }
-    Ok(())
+        ..shim::forwarding_vfs(base)
+    })
 }
 
 static METHODS: sqlite3_io_methods = sqlite3_io_methods {
@@ -242,11 +200,7 @@ unsafe extern "C" fn open_file(
         return SQLITE_CANTOPEN;
     }
     let token = CStr::from_ptr(name).to_str().ok().and_then(token_of);
-    let Some((sink, error)) = token.and_then(|t| {
-        sinks()
-            .get(&t)
-            .map(|e| (Arc::clone(&e.sink), Arc::clone(&e.error)))
-    }) else {
+    let Some(Entry { sink, error }) = token.and_then(|t| SINKS.get(t)) else {
         return SQLITE_CANTOPEN;
     };
     ptr::write(
@@ -409,34 +363,8 @@ unsafe extern "C" fn full_pathname(
     SQLITE_OK
 }
 
-unsafe fn real_vfs(vfs: *mut sqlite3_vfs) -> *mut sqlite3_vfs {
-    (*vfs).pAppData.cast()
-}
-
-unsafe extern "C" fn randomness(vfs: *mut sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
-    let real = real_vfs(vfs);
-    (*real).xRandomness.map_or(0, |f| f(real, n, out))
-}
-
-unsafe extern "C" fn sleep(vfs: *mut sqlite3_vfs, micros: c_int) -> c_int {
-    let real = real_vfs(vfs);
-    (*real).xSleep.map_or(0, |f| f(real, micros))
-}
-
-unsafe extern "C" fn current_time(vfs: *mut sqlite3_vfs, out: *mut f64) -> c_int {
-    let real = real_vfs(vfs);
-    (*real).xCurrentTime.map_or(SQLITE_ERROR, |f| f(real, out))
-}
-
 unsafe extern "C" fn get_last_error(_vfs: *mut sqlite3_vfs, _n: c_int, _out: *mut c_char) -> c_int {
     0
-}
-
-unsafe extern "C" fn current_time_int64(vfs: *mut sqlite3_vfs, out: *mut sqlite3_int64) -> c_int {
-    let real = real_vfs(vfs);
-    (*real)
-        .xCurrentTimeInt64
-        .map_or(SQLITE_ERROR, |f| f(real, out))
 }
 
 #[cfg(test)]
