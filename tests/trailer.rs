@@ -294,3 +294,50 @@ fn encrypted_backups_carry_no_trailer() {
     let rows = list_rows(&conn, out.to_str().unwrap(), None);
     assert!(rows.iter().all(|r| r.sha256.is_none()), "{rows:?}");
 }
+
+#[test]
+fn s3_vacuum_and_pages_upload_in_one_pass_with_the_hash_in_the_trailer() {
+    let server = S3Server::start();
+    server.create_bucket("bkt");
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
+    let dir = tempdir();
+    let (conn, expected) = big_db(dir.path());
+    let mut opts = server.options_json();
+    opts["endpoint"] = proxy.endpoint().into();
+    opts["part_size"] = (5u64 << 20).into();
+    for method in ["vacuum", "pages"] {
+        opts["method"] = method.into();
+        for key in [format!("{method}.db.zst"), format!("{method}.db.gz")] {
+            proxy.clear_requests();
+            let report = to_s3(&conn, "bkt", &key, &opts);
+            assert_eq!(report["method"], method, "{report}");
+            assert!(report["parts"].as_u64().unwrap() >= 2, "{report}");
+            // The multipart upload is created at the first part, before the hash is known:
+            // no sha256 metadata on any request (it would have to wait for the hash).
+            let requests = proxy.requests();
+            assert!(requests.iter().any(|r| r.query.contains("uploads")));
+            for r in requests {
+                let signed = format!("{} {:?}", r.query, r.headers).to_ascii_lowercase();
+                assert!(!signed.contains("x-amz-meta-sha256"), "{method}: {r:?}");
+            }
+            let object = server.object_path("bkt", &key);
+            let (sha, size) = trailer_of(&fs::read(&object).unwrap()).expect("trailer");
+            assert_eq!(sha, report["sha256"].as_str().unwrap());
+            assert_eq!(size, report["bytes"].as_u64().unwrap());
+            let restored = dir.path().join("r.db");
+            fs::write(&restored, decompress_cli(&object)).unwrap();
+            assert_eq!(sha256_hex(&fs::read(&restored).unwrap()), sha);
+            assert_eq!(digest(&restored), expected);
+            fs::remove_file(&restored).unwrap();
+        }
+    }
+    // backup_list and if_changed find the hash in the trailer.
+    opts.as_object_mut().unwrap().remove("method");
+    let rows = list_rows(&conn, "s3://bkt", Some(&opts));
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows.iter().all(|r| r.sha256.is_some()), "{rows:?}");
+    opts["if_changed"] = true.into();
+    opts["method"] = "vacuum".into();
+    let again = to_s3(&conn, "bkt", "vacuum.db.zst", &opts);
+    assert_eq!(again["skipped"], true, "{again}");
+}
