@@ -103,6 +103,7 @@ impl Header {
 /// A page that does not hold together as a b-tree page is left as it is.
 pub fn zero_free_space(page: &mut [u8], hdr: usize, usable: usize) {
     if let Some((gap, blocks)) = free_space(page, hdr, usable) {
+        let frags = fragments(page, hdr, usable).unwrap_or_default();
         let mut zero = |r: std::ops::Range<usize>| {
             if let Some(b) = page.get_mut(r) {
                 b.fill(0)
@@ -112,7 +113,124 @@ pub fn zero_free_space(page: &mut [u8], hdr: usize, usable: usize) {
         for b in blocks {
             zero(b);
         }
+        for f in frags {
+            zero(f);
+        }
     }
+}
+
+/// A SQLite varint at `at`: its value and length.
+fn varint(page: &[u8], at: usize) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for i in 0..9 {
+        let b = *page.get(at + i)?;
+        if i == 8 {
+            return Some(((value << 8) | u64::from(b), 9));
+        }
+        value = (value << 7) | u64::from(b & 0x7f);
+        if b < 0x80 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// The bytes the cell at `at` takes on a b-tree page of type `kind`, as SQLite allocates it
+/// (`cellSizePtr`), and the first overflow page and what the chain holds, if it has one.
+fn cell_size(
+    page: &[u8],
+    at: usize,
+    kind: u8,
+    usable: usize,
+) -> Option<(usize, Option<(u32, u64)>)> {
+    let mut p = at;
+    if kind == 2 || kind == 5 {
+        p += 4; // left child
+    }
+    if kind == 5 {
+        let (_, n) = varint(page, p)?;
+        return Some((p + n - at, None));
+    }
+    let (payload, n) = varint(page, p)?;
+    p += n;
+    if kind == 13 {
+        let (_, n) = varint(page, p)?;
+        p += n;
+    }
+    let u = usable as u64;
+    let max_local = if kind == 13 {
+        u.checked_sub(35)?
+    } else {
+        ((u.checked_sub(12)?) * 64 / 255).checked_sub(23)?
+    };
+    let min_local = ((u - 12) * 32 / 255).checked_sub(23)?;
+    if payload > u32::MAX as u64 {
+        return None;
+    }
+    if payload <= max_local {
+        return Some(((p - at + payload as usize).max(4), None));
+    }
+    let k = min_local + (payload - min_local) % (u - 4);
+    let local = if k <= max_local { k } else { min_local };
+    let at_ovfl = p + local as usize;
+    let first = page
+        .get(at_ovfl..at_ovfl + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
+    Some((at_ovfl + 4 - at, Some((first, payload - local))))
+}
+
+/// The 1-3-byte fragments of a b-tree page: the bytes of its cell content area in no cell
+/// and no freeblock. Only when every cell parses, none overlaps another, and their total is
+/// the page header's fragment count (as `PRAGMA integrity_check` checks): never a live byte.
+fn fragments(page: &[u8], hdr: usize, usable: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    let kind = *page.get(hdr)?;
+    let reported = *page.get(hdr + 7)? as usize;
+    if reported == 0 {
+        return Some(Vec::new());
+    }
+    let u16at = |i: usize| {
+        page.get(i..i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+    };
+    let header_len = if kind == 2 || kind == 5 { 12 } else { 8 };
+    let cells = u16at(hdr + 3)?;
+    let content = match u16at(hdr + 5)? {
+        0 => 65536,
+        n => n,
+    };
+    let mut used = Vec::new();
+    used.try_reserve_exact(cells + usable / 4).ok()?;
+    for i in 0..cells {
+        let at = u16at(hdr + header_len + 2 * i)?;
+        let (size, _) = cell_size(page, at, kind, usable)?;
+        used.push(at..at + size);
+    }
+    let mut block = u16at(hdr + 1)?;
+    while block != 0 {
+        let size = u16at(block + 2)?;
+        used.push(block..block + size);
+        if used.len() > cells + usable / 4 {
+            return None;
+        }
+        block = u16at(block)?;
+    }
+    used.sort_unstable_by_key(|r| r.start);
+    let mut out = Vec::new();
+    let mut at = content;
+    for r in used {
+        if r.start < at || r.end > usable {
+            return None; // overlaps, or outside the content area
+        }
+        if r.start > at {
+            out.push(at..r.start);
+        }
+        at = r.end;
+    }
+    if at < usable {
+        out.push(at..usable);
+    }
+    let total: usize = out.iter().map(|r| r.len()).sum();
+    (total == reported).then_some(out)
 }
 
 fn free_space(
@@ -1059,6 +1177,68 @@ mod tests {
         let before = s.clone();
         zero_free_space(&mut s, 0, 512);
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn fragments_are_zeroed_only_when_the_cells_account_for_them() {
+        // Table leaf, 512 bytes: cells at 400 (12 bytes), 415 (12) and 429 (83, to the end);
+        // fragments 412..415 and 427..429 (5 bytes, as the header says).
+        let mut p = vec![0xAAu8; 512];
+        p[0] = 13;
+        p[1..3].copy_from_slice(&0u16.to_be_bytes());
+        p[3..5].copy_from_slice(&3u16.to_be_bytes());
+        p[5..7].copy_from_slice(&400u16.to_be_bytes());
+        p[7] = 5;
+        for (i, (at, payload)) in [(400usize, 10u8), (415, 10), (429, 81)].iter().enumerate() {
+            p[8 + 2 * i..10 + 2 * i].copy_from_slice(&(*at as u16).to_be_bytes());
+            p[*at] = *payload;
+            p[at + 1] = i as u8 + 1; // rowid
+            p[at + 2..at + 2 + *payload as usize].fill(0x11);
+        }
+        let mut q = p.clone();
+        zero_free_space(&mut q, 0, 512);
+        assert!(q[412..415].iter().all(|&b| b == 0) && q[427..429].iter().all(|&b| b == 0));
+        assert!(q[14..400].iter().all(|&b| b == 0), "gap");
+        let cells = |x: &[u8]| {
+            [
+                x[400..412].to_vec(),
+                x[415..427].to_vec(),
+                x[429..].to_vec(),
+            ]
+        };
+        assert_eq!(cells(&q), cells(&p));
+        // A count that does not match (or a cell that overlaps another): left as it is.
+        let mut r = p.clone();
+        r[7] = 4;
+        zero_free_space(&mut r, 0, 512);
+        assert!(r[412..415].iter().all(|&b| b == 0xAA));
+        let mut o = p.clone();
+        o[415] = 13; // the second cell now runs into the third
+        zero_free_space(&mut o, 0, 512);
+        assert!(o[427..429].iter().all(|&b| b == 0xAA));
+    }
+
+    #[test]
+    fn cell_sizes_follow_sqlite_for_local_and_overflowing_payloads() {
+        let usable = 4096;
+        let mut p = vec![0u8; 8192];
+        // Table leaf, payload 5000 (2-byte varint), rowid 7: local part M + (P - M) % (U - 4).
+        p[0..2].copy_from_slice(&[0x80 | (5000 >> 7) as u8, (5000 & 0x7f) as u8]);
+        p[2] = 7;
+        let min = (4096 - 12) * 32 / 255 - 23;
+        let local = min + (5000 - min) % (4096 - 4);
+        assert!(local <= 4096 - 35);
+        p[3 + local..3 + local + 4].copy_from_slice(&9u32.to_be_bytes());
+        assert_eq!(
+            cell_size(&p, 0, 13, usable),
+            Some((3 + local + 4, Some((9, (5000 - local) as u64))))
+        );
+        // Small cells take at least 4 bytes; a table interior cell is child + rowid.
+        assert_eq!(cell_size(&[0, 1, 0, 0], 0, 13, usable), Some((4, None)));
+        assert_eq!(
+            cell_size(&[0, 0, 0, 2, 0x81, 0], 0, 5, usable),
+            Some((6, None))
+        );
     }
 
     #[test]

@@ -558,3 +558,50 @@ fn a_full_temp_dir_while_spilling_fails_clearly_and_leaves_nothing() {
     assert_no_temp_files(dir.path());
     assert_alive(&conn);
 }
+
+/// Rows shrunk by 1-3 bytes leave their old last bytes in fragments inside the page (no
+/// freeblock holds fewer than 4 bytes): with secure_delete off a page copy keeps them.
+#[test]
+fn fragments_inside_pages_are_zeroed_in_the_stream() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA secure_delete = OFF;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO t SELECT i, 'row-' || i || '-' || substr(hex(zeroblob(40)), 1, 40 + i % 7)
+           || 'QZJ' FROM n;
+         UPDATE t SET v = substr(v, 1, length(v) - 3);",
+    )
+    .unwrap();
+    let contains = |bytes: &[u8]| bytes.windows(3).any(|w| w == b"QZJ");
+    let pages = dir.path().join("pages.db");
+    backup(&conn, &pages, r#""method": "pages""#);
+    assert!(
+        contains(&fs::read(&pages).unwrap()),
+        "a page copy keeps the fragments"
+    );
+    // The leaf pages' headers count fragment bytes (byte 7).
+    let copy = fs::read(&pages).unwrap();
+    let fragmented: usize = copy
+        .chunks(4096)
+        .skip(1)
+        .filter(|p| p[0] == 13)
+        .map(|p| p[7] as usize)
+        .sum();
+    assert!(fragmented > 100, "{fragmented} fragment bytes");
+    for name in ["s.db", "s.db.zst"] {
+        let dest = dir.path().join(name);
+        let report = backup(&conn, &dest, STREAM);
+        assert_eq!(report["method"], "stream", "{report}");
+        assert!(
+            !contains(&decompress_cli(&dest)),
+            "{name}: the shrunk rows' old bytes are in the backup"
+        );
+        let restored = check_restorable(&report, &dest, dir.path());
+        assert_eq!(digest(&restored), digest_conn(&conn, "main"));
+        fs::remove_file(restored).unwrap();
+    }
+}
