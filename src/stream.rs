@@ -12,8 +12,12 @@
 //!
 //! Free space: in every b-tree page the gap between the cell pointers and the cell content
 //! and the bodies of freeblocks are zeroed (a page copy would keep deleted rows there when
-//! `secure_delete` is off); free-list leaves are zeros, trunks keep only their list. The free
-//! list is read in the first pass (its trunk pages may come after their leaves).
+//! `secure_delete` is off), and so are fragments; free-list leaves are zeros, trunks keep only
+//! their list. The free list is read in the first pass (its trunk pages may come after their
+//! leaves). The unused end of an overflow chain's last page is known only from the cell that
+//! starts the chain, on a page that may come before or after it, through a chain of pointers
+//! in any order: one pass in page order cannot know it without holding pages back (unbounded),
+//! so `dbstat` lists those pages first (`Tails`: sorted, bounded, in the same transaction).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -398,6 +402,30 @@ pub struct FreeList {
     leaves: Vec<u32>,
 }
 
+/// Most overflow chains whose last page's unused end is tracked (8 bytes each in memory).
+const MAX_TAILS: usize = 2 << 20;
+
+/// The last page of each overflow chain whose end is unused, and how many bytes at its end
+/// are (`dbstat`'s `unused`), in page order: zeroed in the stream (they keep whatever the page
+/// held before, a deleted row's bytes when `secure_delete` is off).
+#[derive(Debug, Default, Clone)]
+pub struct Tails {
+    pages: Vec<(u32, u16)>,
+}
+
+impl Tails {
+    /// The unused bytes at the end of `pgno`, if it ends a chain (calls come in page order).
+    fn unused(&self, at: &mut usize, pgno: u32) -> Option<usize> {
+        while self.pages.get(*at).is_some_and(|&(p, _)| p < pgno) {
+            *at += 1;
+        }
+        match self.pages.get(*at) {
+            Some(&(p, unused)) if p == pgno => Some(unused as usize),
+            _ => None,
+        }
+    }
+}
+
 impl PageSink for Capture {
     fn write_page(&mut self, pgno: u32, page: &[u8]) -> std::result::Result<(), String> {
         self.remember_if_trunk(pgno, page);
@@ -446,6 +474,8 @@ pub struct Emit<O> {
     max_pending: usize,
     page1_confirmed: bool,
     free: FreeList,
+    tails: Tails,
+    tail_at: usize,
     pub out: O,
 }
 
@@ -467,6 +497,8 @@ impl<O: Out> Emit<O> {
             max_pending,
             page1_confirmed: false,
             free,
+            tails: Tails::default(),
+            tail_at: 0,
             out,
         };
         let mut first = emit.page1.clone();
@@ -482,6 +514,12 @@ impl<O: Out> Emit<O> {
         Ok(emit)
     }
 
+    /// Also zeroes the unused ends of these overflow pages.
+    pub fn with_tails(mut self, tails: Tails) -> Self {
+        self.tails = tails;
+        self
+    }
+
     /// Hands on page `next` with its free space zeroed.
     fn put_next(&mut self, mut page: Vec<u8>) -> std::result::Result<(), String> {
         let pgno = self.next;
@@ -491,6 +529,10 @@ impl<O: Out> Emit<O> {
         } else if let Some(&count) = self.free.trunks.get(&pgno) {
             if let Some(rest) = page.get_mut(8 + 4 * count as usize..usable) {
                 rest.fill(0);
+            }
+        } else if let Some(unused) = self.tails.unused(&mut self.tail_at, pgno) {
+            if let Some(end) = page.get_mut(usable.saturating_sub(unused)..usable) {
+                end.fill(0);
             }
         } else if !self.header.is_ptrmap(pgno) {
             zero_free_space(&mut page, 0, usable);
@@ -1020,10 +1062,69 @@ impl<'a> Source<'a> {
         Ok((capture.page1, free))
     }
 
+    /// The overflow chains' last pages and their unused ends, read with `dbstat` in the same
+    /// read transaction (one more read of the b-trees, no copy). Err: why they cannot be
+    /// tracked. A SQLite without `dbstat` gives none: their ends are left as they are.
+    pub fn overflow_tails(&self, usable: usize) -> Result<std::result::Result<Tails, String>> {
+        let (conn, schema) = match &self.own {
+            Some(reader) => (reader, "main"),
+            None => (self.caller, self.schema.as_str()),
+        };
+        let sql = format!(
+            "SELECT pageno, unused FROM dbstat({}) WHERE pagetype = 'overflow' AND unused > 0",
+            ffi::quote_literal(schema)
+        );
+        let mut pages: Vec<(u32, u16)> = Vec::new();
+        let mut why = None;
+        let read = conn.query_each(&sql, |row| {
+            let num = |i: usize| {
+                row.get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|v| v.parse::<i64>().ok())
+            };
+            let (Some(pgno), Some(unused)) = (num(0), num(1)) else {
+                return Ok(());
+            };
+            let (Ok(pgno), Ok(unused)) = (u32::try_from(pgno), u16::try_from(unused)) else {
+                return Ok(());
+            };
+            if usize::from(unused) + 4 > usable {
+                return Ok(());
+            }
+            if pages.len() >= MAX_TAILS || pages.try_reserve(1).is_err() {
+                why = Some(format!(
+                    "more than {MAX_TAILS} overflow chains are too many to track"
+                ));
+                return Err(Error::new(Kind::Io, "stop"));
+            }
+            pages.push((pgno, unused));
+            Ok(())
+        });
+        match (read, why) {
+            (_, Some(why)) => return Ok(Err(why)),
+            (Ok(()), None) => {}
+            (Err(e), None) if e.message.contains("no such table") => {
+                return Ok(Ok(Tails::default()))
+            }
+            (Err(e), None) => return Err(e.context("cannot read the overflow pages")),
+        }
+        pages.sort_unstable();
+        pages.dedup_by_key(|p| p.0);
+        Ok(Ok(Tails { pages }))
+    }
+
     /// A pass that hands the stream to `out`; returns `out` when every page went through.
-    pub fn emit<O: Out + 'static>(&self, page1: &[u8], free: &FreeList, out: O) -> Result<O> {
+    pub fn emit<O: Out + 'static>(
+        &self,
+        page1: &[u8],
+        free: &FreeList,
+        tails: &Tails,
+        out: O,
+    ) -> Result<O> {
         let emit = Emit::new(page1.to_vec(), free.clone(), PENDING_BYTES, out)
-            .map_err(|e| Error::new(Kind::Io, format!("cannot stream the database: {e}")))?;
+            .map_err(|e| Error::new(Kind::Io, format!("cannot stream the database: {e}")))?
+            .with_tails(tails.clone());
         let emit = Arc::new(Mutex::new(emit));
         self.pass(emit.clone())?;
         let mut emit = match Arc::try_unwrap(emit) {
@@ -1298,6 +1399,27 @@ mod tests {
         }
         capture.write_page(1, &wrong).unwrap();
         assert!(capture.free_list().unwrap_err().contains("add up"));
+    }
+
+    #[test]
+    fn the_unused_ends_of_overflow_chains_are_zeroed() {
+        let p1 = page1(512, 5);
+        let tails = Tails {
+            pages: vec![(3, 100), (5, 508)],
+        };
+        let mut emit = Emit::new(p1.clone(), FreeList::default(), 4096, VecOut(Vec::new()))
+            .unwrap()
+            .with_tails(tails);
+        for pgno in [4, 2, 5, 3] {
+            emit.write_page(pgno, &page(512, 0x77)).unwrap();
+        }
+        emit.write_page(1, &p1).unwrap();
+        emit.finish().unwrap();
+        let out = emit.out.0;
+        let at = |pgno: usize| &out[(pgno - 1) * 512..pgno * 512];
+        assert!(at(3)[..412].iter().all(|&b| b == 0x77) && at(3)[412..].iter().all(|&b| b == 0));
+        assert!(at(5)[..4].iter().all(|&b| b == 0x77) && at(5)[4..].iter().all(|&b| b == 0));
+        assert!(at(2).iter().chain(at(4)).all(|&b| b == 0x77));
     }
 
     #[test]

@@ -605,3 +605,46 @@ fn fragments_inside_pages_are_zeroed_in_the_stream() {
         fs::remove_file(restored).unwrap();
     }
 }
+
+/// A row updated to a shorter one that still overflows gets back, in the same transaction, the
+/// overflow pages it freed: their content is read, and the end of the chain's last page keeps
+/// the old row's bytes (secure_delete off). The stream zeroes the unused end.
+#[test]
+fn the_unused_end_of_a_rows_last_overflow_page_is_zeroed_in_the_stream() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    let conn = open(&db);
+    // 1 KiB pages: a 2023-byte value keeps 103 bytes in its cell and overflows into two pages,
+    // the second using 900 of its 1020 bytes.
+    conn.execute_batch(
+        "PRAGMA page_size = 1024;
+         PRAGMA journal_mode = WAL;
+         PRAGMA secure_delete = OFF;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
+         INSERT INTO t SELECT i, CAST(replace(hex(zeroblob(400)), '00', 'TAIL-MARKER') AS BLOB)
+           FROM n;
+         UPDATE t SET v = zeroblob(2021) || CAST('ok' AS BLOB);",
+    )
+    .unwrap();
+    let contains = |bytes: &[u8]| bytes.windows(11).any(|w| w == b"TAIL-MARKER");
+    let pages = dir.path().join("pages.db");
+    backup(&conn, &pages, r#""method": "pages""#);
+    assert!(
+        contains(&fs::read(&pages).unwrap()),
+        "a page copy keeps the old bytes"
+    );
+    for name in ["s.db", "s.db.gz"] {
+        let dest = dir.path().join(name);
+        let report = backup(&conn, &dest, STREAM);
+        assert_eq!(report["method"], "stream", "{report}");
+        assert!(report.get("fallback").is_none(), "{report}");
+        assert!(
+            !contains(&decompress_cli(&dest)),
+            "{name}: the old row's bytes are in the backup"
+        );
+        let restored = check_restorable(&report, &dest, dir.path());
+        assert_eq!(digest(&restored), digest_conn(&conn, "main"));
+        fs::remove_file(restored).unwrap();
+    }
+}
