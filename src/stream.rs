@@ -534,7 +534,15 @@ impl<O: Out> Emit<O> {
             if let Some(end) = page.get_mut(usable.saturating_sub(unused)..usable) {
                 end.fill(0);
             }
-        } else if !self.header.is_ptrmap(pgno) {
+        } else if self.header.is_ptrmap(pgno) {
+            // Entries for pages past the end (left by a truncation) and the bytes after the
+            // last entry hold nothing SQLite reads.
+            let live = self.header.page_count.saturating_sub(pgno) as usize;
+            let from = live.min(usable / 5) * 5;
+            if let Some(rest) = page.get_mut(from..usable) {
+                rest.fill(0);
+            }
+        } else {
             zero_free_space(&mut page, 0, usable);
         }
         self.out.put(&page)?;

@@ -648,3 +648,48 @@ fn the_unused_end_of_a_rows_last_overflow_page_is_zeroed_in_the_stream() {
         fs::remove_file(restored).unwrap();
     }
 }
+
+/// An auto-vacuum database that shrank keeps, on its pointer-map page, the entries of the
+/// pages it truncated: the stream zeroes what no page of the database uses.
+#[test]
+fn pointer_map_entries_past_the_end_are_zeroed_in_the_stream() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA page_size = 1024;
+         PRAGMA auto_vacuum = FULL;
+         PRAGMA journal_mode = WAL;
+         PRAGMA secure_delete = OFF;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+         INSERT INTO t SELECT i, randomblob(2000) FROM n;
+         DELETE FROM t WHERE id > 10;",
+    )
+    .unwrap();
+    // Page 2 is the pointer map: 5 bytes for each page after it.
+    let past_the_end = |file: &[u8]| {
+        let pages = file.len() / 1024;
+        file[1024 + 5 * (pages - 2)..2048]
+            .iter()
+            .filter(|&&b| b != 0)
+            .count()
+    };
+    let pages = dir.path().join("pages.db");
+    backup(&conn, &pages, r#""method": "pages""#);
+    assert!(
+        past_the_end(&fs::read(&pages).unwrap()) > 0,
+        "a page copy keeps them"
+    );
+    let dest = dir.path().join("s.db");
+    let report = backup(&conn, &dest, STREAM);
+    assert_eq!(report["method"], "stream", "{report}");
+    let stored = fs::read(&dest).unwrap();
+    assert_eq!(past_the_end(&stored), 0);
+    assert_eq!(
+        stored[1024..1024 + 5 * 8],
+        fs::read(&pages).unwrap()[1024..1024 + 5 * 8]
+    );
+    let restored = check_restorable(&report, &dest, dir.path());
+    assert_eq!(digest(&restored), digest_conn(&conn, "main"));
+}
