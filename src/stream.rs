@@ -1078,44 +1078,51 @@ impl<'a> Source<'a> {
             Some(reader) => (reader, "main"),
             None => (self.caller, self.schema.as_str()),
         };
-        let sql = format!(
-            "SELECT pageno, unused FROM dbstat({}) WHERE pagetype = 'overflow' AND unused > 0",
-            ffi::quote_literal(schema)
-        );
         let mut pages: Vec<(u32, u16)> = Vec::new();
-        let mut why = None;
-        let read = conn.query_each(&sql, |row| {
-            let num = |i: usize| {
-                row.get(i)
-                    .cloned()
-                    .flatten()
-                    .and_then(|v| v.parse::<i64>().ok())
+        // `temp.` when a table of the database is called dbstat (it hides the module).
+        for (i, table) in ["dbstat", "temp.dbstat"].into_iter().enumerate() {
+            let sql = format!(
+                "SELECT pageno, unused FROM {table}({}) WHERE pagetype = 'overflow' AND unused > 0",
+                ffi::quote_literal(schema)
+            );
+            pages.clear();
+            let mut why = None;
+            let read = conn.query_each(&sql, |row| {
+                let num = |i: usize| {
+                    row.get(i)
+                        .cloned()
+                        .flatten()
+                        .and_then(|v| v.parse::<i64>().ok())
+                };
+                let (Some(pgno), Some(unused)) = (num(0), num(1)) else {
+                    return Ok(());
+                };
+                let (Ok(pgno), Ok(unused)) = (u32::try_from(pgno), u16::try_from(unused)) else {
+                    return Ok(());
+                };
+                if usize::from(unused) + 4 > usable {
+                    return Ok(());
+                }
+                if pages.len() >= MAX_TAILS || pages.try_reserve(1).is_err() {
+                    why = Some(format!(
+                        "more than {MAX_TAILS} overflow chains are too many to track"
+                    ));
+                    return Err(Error::new(Kind::Io, "stop"));
+                }
+                pages.push((pgno, unused));
+                Ok(())
+            });
+            let unknown = |e: &Error| {
+                e.message.contains("no such table") || e.message.contains("not a function")
             };
-            let (Some(pgno), Some(unused)) = (num(0), num(1)) else {
-                return Ok(());
-            };
-            let (Ok(pgno), Ok(unused)) = (u32::try_from(pgno), u16::try_from(unused)) else {
-                return Ok(());
-            };
-            if usize::from(unused) + 4 > usable {
-                return Ok(());
+            match (read, why) {
+                (_, Some(why)) => return Ok(Err(why)),
+                (Ok(()), None) => break,
+                (Err(e), None) if unknown(&e) && i == 0 => {}
+                // No dbstat in this SQLite: the ends stay as they are (see README).
+                (Err(e), None) if unknown(&e) => return Ok(Ok(Tails::default())),
+                (Err(e), None) => return Err(e.context("cannot read the overflow pages")),
             }
-            if pages.len() >= MAX_TAILS || pages.try_reserve(1).is_err() {
-                why = Some(format!(
-                    "more than {MAX_TAILS} overflow chains are too many to track"
-                ));
-                return Err(Error::new(Kind::Io, "stop"));
-            }
-            pages.push((pgno, unused));
-            Ok(())
-        });
-        match (read, why) {
-            (_, Some(why)) => return Ok(Err(why)),
-            (Ok(()), None) => {}
-            (Err(e), None) if e.message.contains("no such table") => {
-                return Ok(Ok(Tails::default()))
-            }
-            (Err(e), None) => return Err(e.context("cannot read the overflow pages")),
         }
         pages.sort_unstable();
         pages.dedup_by_key(|p| p.0);
