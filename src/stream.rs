@@ -530,7 +530,12 @@ impl<O: Out> Emit<O> {
             if let Some(rest) = page.get_mut(8 + 4 * count as usize..usable) {
                 rest.fill(0);
             }
-        } else if let Some(unused) = self.tails.unused(&mut self.tail_at, pgno) {
+        } else if let Some(unused) = self
+            .tails
+            .unused(&mut self.tail_at, pgno)
+            .filter(|_| page.get(..4) == Some([0u8; 4].as_slice()))
+        {
+            // The last page of a chain (its next-page number is 0).
             if let Some(end) = page.get_mut(usable.saturating_sub(unused)..usable) {
                 end.fill(0);
             }
@@ -1425,16 +1430,31 @@ mod tests {
         let mut emit = Emit::new(p1.clone(), FreeList::default(), 4096, VecOut(Vec::new()))
             .unwrap()
             .with_tails(tails);
-        for pgno in [4, 2, 5, 3] {
-            emit.write_page(pgno, &page(512, 0x77)).unwrap();
-        }
+        let last = |fill: u8| {
+            let mut p = page(512, fill);
+            p[..4].fill(0); // next page: none
+            p
+        };
+        emit.write_page(4, &page(512, 0x77)).unwrap();
+        emit.write_page(2, &page(512, 0x77)).unwrap();
+        emit.write_page(5, &last(0x77)).unwrap();
+        emit.write_page(3, &last(0x77)).unwrap();
         emit.write_page(1, &p1).unwrap();
         emit.finish().unwrap();
         let out = emit.out.0;
         let at = |pgno: usize| &out[(pgno - 1) * 512..pgno * 512];
-        assert!(at(3)[..412].iter().all(|&b| b == 0x77) && at(3)[412..].iter().all(|&b| b == 0));
-        assert!(at(5)[..4].iter().all(|&b| b == 0x77) && at(5)[4..].iter().all(|&b| b == 0));
+        assert!(at(3)[4..412].iter().all(|&b| b == 0x77) && at(3)[412..].iter().all(|&b| b == 0));
+        assert!(at(5)[4..].iter().all(|&b| b == 0));
         assert!(at(2).iter().chain(at(4)).all(|&b| b == 0x77));
+        // A listed page that does not end a chain is left alone.
+        let tails = Tails {
+            pages: vec![(2, 100)],
+        };
+        let mut emit = Emit::new(page1(512, 2), FreeList::default(), 4096, VecOut(Vec::new()))
+            .unwrap()
+            .with_tails(tails);
+        emit.write_page(2, &page(512, 0x77)).unwrap();
+        assert!(emit.out.0[512..].iter().all(|&b| b == 0x77));
     }
 
     #[test]
