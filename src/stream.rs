@@ -140,20 +140,15 @@ fn varint(page: &[u8], at: usize) -> Option<(u64, usize)> {
 }
 
 /// The bytes the cell at `at` takes on a b-tree page of type `kind`, as SQLite allocates it
-/// (`cellSizePtr`), and the first overflow page and what the chain holds, if it has one.
-fn cell_size(
-    page: &[u8],
-    at: usize,
-    kind: u8,
-    usable: usize,
-) -> Option<(usize, Option<(u32, u64)>)> {
+/// (`cellSizePtr`).
+fn cell_size(page: &[u8], at: usize, kind: u8, usable: usize) -> Option<usize> {
     let mut p = at;
     if kind == 2 || kind == 5 {
         p += 4; // left child
     }
     if kind == 5 {
         let (_, n) = varint(page, p)?;
-        return Some((p + n - at, None));
+        return Some(p + n - at);
     }
     let (payload, n) = varint(page, p)?;
     p += n;
@@ -172,15 +167,12 @@ fn cell_size(
         return None;
     }
     if payload <= max_local {
-        return Some(((p - at + payload as usize).max(4), None));
+        return Some((p - at + payload as usize).max(4));
     }
     let k = min_local + (payload - min_local) % (u - 4);
     let local = if k <= max_local { k } else { min_local };
-    let at_ovfl = p + local as usize;
-    let first = page
-        .get(at_ovfl..at_ovfl + 4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
-    Some((at_ovfl + 4 - at, Some((first, payload - local))))
+    // The local part, then the first overflow page's number.
+    Some(p + local as usize + 4 - at)
 }
 
 /// The 1-3-byte fragments of a b-tree page: the bytes of its cell content area in no cell
@@ -206,7 +198,7 @@ fn fragments(page: &[u8], hdr: usize, usable: usize) -> Option<Vec<std::ops::Ran
     used.try_reserve_exact(cells + usable / 4).ok()?;
     for i in 0..cells {
         let at = u16at(hdr + header_len + 2 * i)?;
-        let (size, _) = cell_size(page, at, kind, usable)?;
+        let size = cell_size(page, at, kind, usable)?;
         used.push(at..at + size);
     }
     let mut block = u16at(hdr + 1)?;
@@ -1349,17 +1341,13 @@ mod tests {
         let min = (4096 - 12) * 32 / 255 - 23;
         let local = min + (5000 - min) % (4096 - 4);
         assert!(local <= 4096 - 35);
-        p[3 + local..3 + local + 4].copy_from_slice(&9u32.to_be_bytes());
-        assert_eq!(
-            cell_size(&p, 0, 13, usable),
-            Some((3 + local + 4, Some((9, (5000 - local) as u64))))
-        );
+        assert_eq!(cell_size(&p, 0, 13, usable), Some(3 + local + 4));
+        // Payload 4489: M + (P - M) % (U - 4) would pass the largest local part: M stays.
+        p[0..2].copy_from_slice(&[0x80 | (4489 >> 7) as u8, (4489 & 0x7f) as u8]);
+        assert_eq!(cell_size(&p, 0, 13, usable), Some(3 + min + 4));
         // Small cells take at least 4 bytes; a table interior cell is child + rowid.
-        assert_eq!(cell_size(&[0, 1, 0, 0], 0, 13, usable), Some((4, None)));
-        assert_eq!(
-            cell_size(&[0, 0, 0, 2, 0x81, 0], 0, 5, usable),
-            Some((6, None))
-        );
+        assert_eq!(cell_size(&[0, 1, 0, 0], 0, 13, usable), Some(4));
+        assert_eq!(cell_size(&[0, 0, 0, 2, 0x81, 0], 0, 5, usable), Some(6));
     }
 
     #[test]
