@@ -188,10 +188,13 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
         }
         sha256.set(Ok(hex));
     }
+    // A .gz/.zst backup records the hash in its trailer, at the end: the store gets none to
+    // wait for (S3 would hold parts back until it is known), unless it is known already.
+    let in_trailer = !req.if_changed && crate::trailer::carried_by(codec);
     let meta = PutMeta {
         // An encrypted backup's plaintext hash would let whoever reads the bucket test a
         // guess of its content: the store gets an empty one, which it does not record.
-        sha256: if recipients.is_some() {
+        sha256: if recipients.is_some() || in_trailer {
             crate::store::Sha256Cell::ready(String::new())
         } else {
             sha256.clone()
@@ -374,6 +377,16 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
             )))
         }
     };
+    // So do the unused ends of overflow chains' last pages (dbstat, same read transaction).
+    let tails = match source.overflow_tails(header.usable)? {
+        Ok(tails) => tails,
+        Err(why) => {
+            return Ok(Streamed::Instead(format!(
+                "the ends of the overflow pages cannot be zeroed ({why}): copied with \
+                 {instead} instead"
+            )))
+        }
+    };
     let first_pass_ms = ms_since(job.started);
     let mut timings = Timings::default();
     let bytes = u64::from(header.page_count) * header.page_size as u64;
@@ -409,7 +422,7 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
     if hash_first {
         crate::progress::phase("hashing", Some(bytes));
         let step = Instant::now();
-        let hex = hash_pass(&source, &page1, &free)?;
+        let hex = hash_pass(&source, &page1, &free, &tails)?;
         timings.hash = ms_since(step);
         if req.if_changed {
             let identity = req.identity_file.as_deref();
@@ -484,7 +497,7 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
         let copy_start = Instant::now();
         // A failed pass drops the writer, which ends the stream with an error.
         let streamed = source
-            .emit(&page1, &free, writer)
+            .emit(&page1, &free, &tails, writer)
             .map(|mut w| w.close(Ok(())));
         // The read transaction ends here, not when compression does: in rollback-journal
         // mode writers wait only for the copy.
@@ -575,6 +588,7 @@ fn hash_pass(
     source: &crate::stream::Source,
     page1: &[u8],
     free: &crate::stream::FreeList,
+    tails: &crate::stream::Tails,
 ) -> Result<String> {
     let pipe = crate::stream::Pipe::new(crate::stream::PIPE_BYTES, None);
     std::thread::scope(|scope| {
@@ -588,7 +602,7 @@ fn hash_pass(
             Ok(dbfile::hex(&sha2::Digest::finalize(reader.hasher)))
         })?;
         let streamed = source
-            .emit(page1, free, crate::stream::PipeWriter::new(&pipe))
+            .emit(page1, free, tails, crate::stream::PipeWriter::new(&pipe))
             .map(|mut w| w.close(Ok(())));
         let hashed = hasher
             .join()

@@ -12,8 +12,12 @@
 //!
 //! Free space: in every b-tree page the gap between the cell pointers and the cell content
 //! and the bodies of freeblocks are zeroed (a page copy would keep deleted rows there when
-//! `secure_delete` is off); free-list leaves are zeros, trunks keep only their list. The free
-//! list is read in the first pass (its trunk pages may come after their leaves).
+//! `secure_delete` is off), and so are fragments; free-list leaves are zeros, trunks keep only
+//! their list. The free list is read in the first pass (its trunk pages may come after their
+//! leaves). The unused end of an overflow chain's last page is known only from the cell that
+//! starts the chain, on a page that may come before or after it, through a chain of pointers
+//! in any order: one pass in page order cannot know it without holding pages back (unbounded),
+//! so `dbstat` lists those pages first (`Tails`: sorted, bounded, in the same transaction).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -103,6 +107,7 @@ impl Header {
 /// A page that does not hold together as a b-tree page is left as it is.
 pub fn zero_free_space(page: &mut [u8], hdr: usize, usable: usize) {
     if let Some((gap, blocks)) = free_space(page, hdr, usable) {
+        let frags = fragments(page, hdr, usable).unwrap_or_default();
         let mut zero = |r: std::ops::Range<usize>| {
             if let Some(b) = page.get_mut(r) {
                 b.fill(0)
@@ -112,7 +117,116 @@ pub fn zero_free_space(page: &mut [u8], hdr: usize, usable: usize) {
         for b in blocks {
             zero(b);
         }
+        for f in frags {
+            zero(f);
+        }
     }
+}
+
+/// A SQLite varint at `at`: its value and length.
+fn varint(page: &[u8], at: usize) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for i in 0..9 {
+        let b = *page.get(at + i)?;
+        if i == 8 {
+            return Some(((value << 8) | u64::from(b), 9));
+        }
+        value = (value << 7) | u64::from(b & 0x7f);
+        if b < 0x80 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// The bytes the cell at `at` takes on a b-tree page of type `kind`, as SQLite allocates it
+/// (`cellSizePtr`).
+fn cell_size(page: &[u8], at: usize, kind: u8, usable: usize) -> Option<usize> {
+    let mut p = at;
+    if kind == 2 || kind == 5 {
+        p += 4; // left child
+    }
+    if kind == 5 {
+        let (_, n) = varint(page, p)?;
+        return Some(p + n - at);
+    }
+    let (payload, n) = varint(page, p)?;
+    p += n;
+    if kind == 13 {
+        let (_, n) = varint(page, p)?;
+        p += n;
+    }
+    let u = usable as u64;
+    let max_local = if kind == 13 {
+        u.checked_sub(35)?
+    } else {
+        ((u.checked_sub(12)?) * 64 / 255).checked_sub(23)?
+    };
+    let min_local = ((u - 12) * 32 / 255).checked_sub(23)?;
+    if payload > u32::MAX as u64 {
+        return None;
+    }
+    if payload <= max_local {
+        return Some((p - at + payload as usize).max(4));
+    }
+    let k = min_local + (payload - min_local) % (u - 4);
+    let local = if k <= max_local { k } else { min_local };
+    // The local part, then the first overflow page's number.
+    Some(p + local as usize + 4 - at)
+}
+
+/// The 1-3-byte fragments of a b-tree page: the bytes of its cell content area in no cell
+/// and no freeblock. Only when every cell parses, none overlaps another, and their total is
+/// the page header's fragment count (as `PRAGMA integrity_check` checks): never a live byte.
+fn fragments(page: &[u8], hdr: usize, usable: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    let kind = *page.get(hdr)?;
+    let reported = *page.get(hdr + 7)? as usize;
+    if reported == 0 {
+        return Some(Vec::new());
+    }
+    let u16at = |i: usize| {
+        page.get(i..i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+    };
+    let header_len = if kind == 2 || kind == 5 { 12 } else { 8 };
+    let cells = u16at(hdr + 3)?;
+    let content = match u16at(hdr + 5)? {
+        0 => 65536,
+        n => n,
+    };
+    let mut used = Vec::new();
+    used.try_reserve_exact(cells + usable / 4).ok()?;
+    for i in 0..cells {
+        let at = u16at(hdr + header_len + 2 * i)?;
+        let size = cell_size(page, at, kind, usable)?;
+        used.push(at..at + size);
+    }
+    let mut block = u16at(hdr + 1)?;
+    while block != 0 {
+        let size = u16at(block + 2)?;
+        used.push(block..block + size);
+        if used.len() > cells + usable / 4 {
+            return None;
+        }
+        block = u16at(block)?;
+    }
+    used.sort_unstable_by_key(|r| r.start);
+    let mut out = Vec::new();
+    let mut at = content;
+    for r in used {
+        if r.start < at || r.end > usable {
+            return None; // overlaps, or outside the content area
+        }
+        if r.start > at {
+            out.push(at..r.start);
+        }
+        at = r.end;
+    }
+    if at < usable {
+        out.push(at..usable);
+    }
+    let total: usize = out.iter().map(|r| r.len()).sum();
+    (total == reported).then_some(out)
 }
 
 fn free_space(
@@ -280,6 +394,30 @@ pub struct FreeList {
     leaves: Vec<u32>,
 }
 
+/// Most overflow chains whose last page's unused end is tracked (8 bytes each in memory).
+const MAX_TAILS: usize = 2 << 20;
+
+/// The last page of each overflow chain whose end is unused, and how many bytes at its end
+/// are (`dbstat`'s `unused`), in page order: zeroed in the stream (they keep whatever the page
+/// held before, a deleted row's bytes when `secure_delete` is off).
+#[derive(Debug, Default, Clone)]
+pub struct Tails {
+    pages: Vec<(u32, u16)>,
+}
+
+impl Tails {
+    /// The unused bytes at the end of `pgno`, if it ends a chain (calls come in page order).
+    fn unused(&self, at: &mut usize, pgno: u32) -> Option<usize> {
+        while self.pages.get(*at).is_some_and(|&(p, _)| p < pgno) {
+            *at += 1;
+        }
+        match self.pages.get(*at) {
+            Some(&(p, unused)) if p == pgno => Some(unused as usize),
+            _ => None,
+        }
+    }
+}
+
 impl PageSink for Capture {
     fn write_page(&mut self, pgno: u32, page: &[u8]) -> std::result::Result<(), String> {
         self.remember_if_trunk(pgno, page);
@@ -328,6 +466,8 @@ pub struct Emit<O> {
     max_pending: usize,
     page1_confirmed: bool,
     free: FreeList,
+    tails: Tails,
+    tail_at: usize,
     pub out: O,
 }
 
@@ -349,6 +489,8 @@ impl<O: Out> Emit<O> {
             max_pending,
             page1_confirmed: false,
             free,
+            tails: Tails::default(),
+            tail_at: 0,
             out,
         };
         let mut first = emit.page1.clone();
@@ -364,6 +506,12 @@ impl<O: Out> Emit<O> {
         Ok(emit)
     }
 
+    /// Also zeroes the unused ends of these overflow pages.
+    pub fn with_tails(mut self, tails: Tails) -> Self {
+        self.tails = tails;
+        self
+    }
+
     /// Hands on page `next` with its free space zeroed.
     fn put_next(&mut self, mut page: Vec<u8>) -> std::result::Result<(), String> {
         let pgno = self.next;
@@ -374,7 +522,24 @@ impl<O: Out> Emit<O> {
             if let Some(rest) = page.get_mut(8 + 4 * count as usize..usable) {
                 rest.fill(0);
             }
-        } else if !self.header.is_ptrmap(pgno) {
+        } else if let Some(unused) = self
+            .tails
+            .unused(&mut self.tail_at, pgno)
+            .filter(|_| page.get(..4) == Some([0u8; 4].as_slice()))
+        {
+            // The last page of a chain (its next-page number is 0).
+            if let Some(end) = page.get_mut(usable.saturating_sub(unused)..usable) {
+                end.fill(0);
+            }
+        } else if self.header.is_ptrmap(pgno) {
+            // Entries for pages past the end (left by a truncation) and the bytes after the
+            // last entry hold nothing SQLite reads.
+            let live = self.header.page_count.saturating_sub(pgno) as usize;
+            let from = live.min(usable / 5) * 5;
+            if let Some(rest) = page.get_mut(from..usable) {
+                rest.fill(0);
+            }
+        } else {
             zero_free_space(&mut page, 0, usable);
         }
         self.out.put(&page)?;
@@ -902,10 +1067,76 @@ impl<'a> Source<'a> {
         Ok((capture.page1, free))
     }
 
+    /// The overflow chains' last pages and their unused ends, read with `dbstat` in the same
+    /// read transaction (one more read of the b-trees, no copy). Err: why they cannot be
+    /// tracked. A SQLite without `dbstat` gives none: their ends are left as they are.
+    pub fn overflow_tails(&self, usable: usize) -> Result<std::result::Result<Tails, String>> {
+        let (conn, schema) = match &self.own {
+            Some(reader) => (reader, "main"),
+            None => (self.caller, self.schema.as_str()),
+        };
+        let mut pages: Vec<(u32, u16)> = Vec::new();
+        // `temp.` when a table of the database is called dbstat (it hides the module).
+        for (i, table) in ["dbstat", "temp.dbstat"].into_iter().enumerate() {
+            let sql = format!(
+                "SELECT pageno, unused FROM {table}({}) WHERE pagetype = 'overflow' AND unused > 0",
+                ffi::quote_literal(schema)
+            );
+            pages.clear();
+            let mut why = None;
+            let read = conn.query_each(&sql, |row| {
+                let num = |i: usize| {
+                    row.get(i)
+                        .cloned()
+                        .flatten()
+                        .and_then(|v| v.parse::<i64>().ok())
+                };
+                let (Some(pgno), Some(unused)) = (num(0), num(1)) else {
+                    return Ok(());
+                };
+                let (Ok(pgno), Ok(unused)) = (u32::try_from(pgno), u16::try_from(unused)) else {
+                    return Ok(());
+                };
+                if usize::from(unused) + 4 > usable {
+                    return Ok(());
+                }
+                if pages.len() >= MAX_TAILS || pages.try_reserve(1).is_err() {
+                    why = Some(format!(
+                        "more than {MAX_TAILS} overflow chains are too many to track"
+                    ));
+                    return Err(Error::new(Kind::Io, "stop"));
+                }
+                pages.push((pgno, unused));
+                Ok(())
+            });
+            let unknown = |e: &Error| {
+                e.message.contains("no such table") || e.message.contains("not a function")
+            };
+            match (read, why) {
+                (_, Some(why)) => return Ok(Err(why)),
+                (Ok(()), None) => break,
+                (Err(e), None) if unknown(&e) && i == 0 => {}
+                // No dbstat in this SQLite: the ends stay as they are (see README).
+                (Err(e), None) if unknown(&e) => return Ok(Ok(Tails::default())),
+                (Err(e), None) => return Err(e.context("cannot read the overflow pages")),
+            }
+        }
+        pages.sort_unstable();
+        pages.dedup_by_key(|p| p.0);
+        Ok(Ok(Tails { pages }))
+    }
+
     /// A pass that hands the stream to `out`; returns `out` when every page went through.
-    pub fn emit<O: Out + 'static>(&self, page1: &[u8], free: &FreeList, out: O) -> Result<O> {
+    pub fn emit<O: Out + 'static>(
+        &self,
+        page1: &[u8],
+        free: &FreeList,
+        tails: &Tails,
+        out: O,
+    ) -> Result<O> {
         let emit = Emit::new(page1.to_vec(), free.clone(), PENDING_BYTES, out)
-            .map_err(|e| Error::new(Kind::Io, format!("cannot stream the database: {e}")))?;
+            .map_err(|e| Error::new(Kind::Io, format!("cannot stream the database: {e}")))?
+            .with_tails(tails.clone());
         let emit = Arc::new(Mutex::new(emit));
         self.pass(emit.clone())?;
         let mut emit = match Arc::try_unwrap(emit) {
@@ -1062,6 +1293,64 @@ mod tests {
     }
 
     #[test]
+    fn fragments_are_zeroed_only_when_the_cells_account_for_them() {
+        // Table leaf, 512 bytes: cells at 400 (12 bytes), 415 (12) and 429 (83, to the end);
+        // fragments 412..415 and 427..429 (5 bytes, as the header says).
+        let mut p = vec![0xAAu8; 512];
+        p[0] = 13;
+        p[1..3].copy_from_slice(&0u16.to_be_bytes());
+        p[3..5].copy_from_slice(&3u16.to_be_bytes());
+        p[5..7].copy_from_slice(&400u16.to_be_bytes());
+        p[7] = 5;
+        for (i, (at, payload)) in [(400usize, 10u8), (415, 10), (429, 81)].iter().enumerate() {
+            p[8 + 2 * i..10 + 2 * i].copy_from_slice(&(*at as u16).to_be_bytes());
+            p[*at] = *payload;
+            p[at + 1] = i as u8 + 1; // rowid
+            p[at + 2..at + 2 + *payload as usize].fill(0x11);
+        }
+        let mut q = p.clone();
+        zero_free_space(&mut q, 0, 512);
+        assert!(q[412..415].iter().all(|&b| b == 0) && q[427..429].iter().all(|&b| b == 0));
+        assert!(q[14..400].iter().all(|&b| b == 0), "gap");
+        let cells = |x: &[u8]| {
+            [
+                x[400..412].to_vec(),
+                x[415..427].to_vec(),
+                x[429..].to_vec(),
+            ]
+        };
+        assert_eq!(cells(&q), cells(&p));
+        // A count that does not match (or a cell that overlaps another): left as it is.
+        let mut r = p.clone();
+        r[7] = 4;
+        zero_free_space(&mut r, 0, 512);
+        assert!(r[412..415].iter().all(|&b| b == 0xAA));
+        let mut o = p.clone();
+        o[415] = 13; // the second cell now runs into the third
+        zero_free_space(&mut o, 0, 512);
+        assert!(o[427..429].iter().all(|&b| b == 0xAA));
+    }
+
+    #[test]
+    fn cell_sizes_follow_sqlite_for_local_and_overflowing_payloads() {
+        let usable = 4096;
+        let mut p = vec![0u8; 8192];
+        // Table leaf, payload 5000 (2-byte varint), rowid 7: local part M + (P - M) % (U - 4).
+        p[0..2].copy_from_slice(&[0x80 | (5000 >> 7) as u8, (5000 & 0x7f) as u8]);
+        p[2] = 7;
+        let min = (4096 - 12) * 32 / 255 - 23;
+        let local = min + (5000 - min) % (4096 - 4);
+        assert!(local <= 4096 - 35);
+        assert_eq!(cell_size(&p, 0, 13, usable), Some(3 + local + 4));
+        // Payload 4489: M + (P - M) % (U - 4) would pass the largest local part: M stays.
+        p[0..2].copy_from_slice(&[0x80 | (4489 >> 7) as u8, (4489 & 0x7f) as u8]);
+        assert_eq!(cell_size(&p, 0, 13, usable), Some(3 + min + 4));
+        // Small cells take at least 4 bytes; a table interior cell is child + rowid.
+        assert_eq!(cell_size(&[0, 1, 0, 0], 0, 13, usable), Some(4));
+        assert_eq!(cell_size(&[0, 0, 0, 2, 0x81, 0], 0, 5, usable), Some(6));
+    }
+
+    #[test]
     fn the_free_list_is_walked_from_page_one_and_its_pages_zeroed() {
         let ps = 512;
         let mut p1 = page1(ps, 8);
@@ -1118,6 +1407,42 @@ mod tests {
         }
         capture.write_page(1, &wrong).unwrap();
         assert!(capture.free_list().unwrap_err().contains("add up"));
+    }
+
+    #[test]
+    fn the_unused_ends_of_overflow_chains_are_zeroed() {
+        let p1 = page1(512, 5);
+        let tails = Tails {
+            pages: vec![(3, 100), (5, 508)],
+        };
+        let mut emit = Emit::new(p1.clone(), FreeList::default(), 4096, VecOut(Vec::new()))
+            .unwrap()
+            .with_tails(tails);
+        let last = |fill: u8| {
+            let mut p = page(512, fill);
+            p[..4].fill(0); // next page: none
+            p
+        };
+        emit.write_page(4, &page(512, 0x77)).unwrap();
+        emit.write_page(2, &page(512, 0x77)).unwrap();
+        emit.write_page(5, &last(0x77)).unwrap();
+        emit.write_page(3, &last(0x77)).unwrap();
+        emit.write_page(1, &p1).unwrap();
+        emit.finish().unwrap();
+        let out = emit.out.0;
+        let at = |pgno: usize| &out[(pgno - 1) * 512..pgno * 512];
+        assert!(at(3)[4..412].iter().all(|&b| b == 0x77) && at(3)[412..].iter().all(|&b| b == 0));
+        assert!(at(5)[4..].iter().all(|&b| b == 0));
+        assert!(at(2).iter().chain(at(4)).all(|&b| b == 0x77));
+        // A listed page that does not end a chain is left alone.
+        let tails = Tails {
+            pages: vec![(2, 100)],
+        };
+        let mut emit = Emit::new(page1(512, 2), FreeList::default(), 4096, VecOut(Vec::new()))
+            .unwrap()
+            .with_tails(tails);
+        emit.write_page(2, &page(512, 0x77)).unwrap();
+        assert!(emit.out.0[512..].iter().all(|&b| b == 0x77));
     }
 
     #[test]

@@ -518,3 +518,140 @@ fn a_full_temp_dir_while_spilling_fails_clearly_and_leaves_nothing() {
     assert_no_temp_files(dir.path());
     assert_alive(&conn);
 }
+
+/// Rows shrunk by 1-3 bytes leave their old last bytes in fragments inside the page (no
+/// freeblock holds fewer than 4 bytes): with secure_delete off a page copy keeps them.
+#[test]
+fn fragments_inside_pages_are_zeroed_in_the_stream() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA secure_delete = OFF;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO t SELECT i, 'row-' || i || '-' || substr(hex(zeroblob(40)), 1, 40 + i % 7)
+           || 'QZJ' FROM n;
+         UPDATE t SET v = substr(v, 1, length(v) - 3);",
+    )
+    .unwrap();
+    let contains = |bytes: &[u8]| bytes.windows(3).any(|w| w == b"QZJ");
+    let pages = dir.path().join("pages.db");
+    backup(&conn, &pages, r#""method": "pages""#);
+    assert!(
+        contains(&fs::read(&pages).unwrap()),
+        "a page copy keeps the fragments"
+    );
+    // The leaf pages' headers count fragment bytes (byte 7).
+    let copy = fs::read(&pages).unwrap();
+    let fragmented: usize = copy
+        .chunks(4096)
+        .skip(1)
+        .filter(|p| p[0] == 13)
+        .map(|p| p[7] as usize)
+        .sum();
+    assert!(fragmented > 100, "{fragmented} fragment bytes");
+    for name in ["s.db", "s.db.zst"] {
+        let dest = dir.path().join(name);
+        let report = backup(&conn, &dest, STREAM);
+        assert_eq!(report["method"], "stream", "{report}");
+        assert!(
+            !contains(&decompress_cli(&dest)),
+            "{name}: the shrunk rows' old bytes are in the backup"
+        );
+        let restored = check_restorable(&report, &dest, dir.path());
+        assert_eq!(digest(&restored), digest_conn(&conn, "main"));
+        fs::remove_file(restored).unwrap();
+    }
+}
+
+/// A row updated to a shorter one that still overflows gets back, in the same transaction, the
+/// overflow pages it freed: their content is read, and the end of the chain's last page keeps
+/// the old row's bytes (secure_delete off). The stream zeroes the unused end.
+#[test]
+fn the_unused_end_of_a_rows_last_overflow_page_is_zeroed_in_the_stream() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    let conn = open(&db);
+    // 1 KiB pages: a 2023-byte value keeps 103 bytes in its cell and overflows into two pages,
+    // the second using 900 of its 1020 bytes.
+    conn.execute_batch(
+        "PRAGMA page_size = 1024;
+         PRAGMA journal_mode = WAL;
+         PRAGMA secure_delete = OFF;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
+         INSERT INTO t SELECT i, CAST(replace(hex(zeroblob(400)), '00', 'TAIL-MARKER') AS BLOB)
+           FROM n;
+         UPDATE t SET v = zeroblob(2021) || CAST('ok' AS BLOB);
+         -- A table of that name hides the dbstat module the stream asks.
+         CREATE TABLE dbstat(x);",
+    )
+    .unwrap();
+    let contains = |bytes: &[u8]| bytes.windows(11).any(|w| w == b"TAIL-MARKER");
+    let pages = dir.path().join("pages.db");
+    backup(&conn, &pages, r#""method": "pages""#);
+    assert!(
+        contains(&fs::read(&pages).unwrap()),
+        "a page copy keeps the old bytes"
+    );
+    for name in ["s.db", "s.db.gz"] {
+        let dest = dir.path().join(name);
+        let report = backup(&conn, &dest, STREAM);
+        assert_eq!(report["method"], "stream", "{report}");
+        assert!(report.get("fallback").is_none(), "{report}");
+        assert!(
+            !contains(&decompress_cli(&dest)),
+            "{name}: the old row's bytes are in the backup"
+        );
+        let restored = check_restorable(&report, &dest, dir.path());
+        assert_eq!(digest(&restored), digest_conn(&conn, "main"));
+        fs::remove_file(restored).unwrap();
+    }
+}
+
+/// An auto-vacuum database that shrank keeps, on its pointer-map page, the entries of the
+/// pages it truncated: the stream zeroes what no page of the database uses.
+#[test]
+fn pointer_map_entries_past_the_end_are_zeroed_in_the_stream() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA page_size = 1024;
+         PRAGMA auto_vacuum = FULL;
+         PRAGMA journal_mode = WAL;
+         PRAGMA secure_delete = OFF;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+         INSERT INTO t SELECT i, randomblob(2000) FROM n;
+         DELETE FROM t WHERE id > 10;",
+    )
+    .unwrap();
+    // Page 2 is the pointer map: 5 bytes for each page after it.
+    let past_the_end = |file: &[u8]| {
+        let pages = file.len() / 1024;
+        file[1024 + 5 * (pages - 2)..2048]
+            .iter()
+            .filter(|&&b| b != 0)
+            .count()
+    };
+    let pages = dir.path().join("pages.db");
+    backup(&conn, &pages, r#""method": "pages""#);
+    assert!(
+        past_the_end(&fs::read(&pages).unwrap()) > 0,
+        "a page copy keeps them"
+    );
+    let dest = dir.path().join("s.db");
+    let report = backup(&conn, &dest, STREAM);
+    assert_eq!(report["method"], "stream", "{report}");
+    let stored = fs::read(&dest).unwrap();
+    assert_eq!(past_the_end(&stored), 0);
+    assert_eq!(
+        stored[1024..1024 + 5 * 8],
+        fs::read(&pages).unwrap()[1024..1024 + 5 * 8]
+    );
+    let restored = check_restorable(&report, &dest, dir.path());
+    assert_eq!(digest(&restored), digest_conn(&conn, "main"));
+}

@@ -294,3 +294,99 @@ fn encrypted_backups_carry_no_trailer() {
     let rows = list_rows(&conn, out.to_str().unwrap(), None);
     assert!(rows.iter().all(|r| r.sha256.is_none()), "{rows:?}");
 }
+
+#[test]
+fn s3_vacuum_and_pages_upload_in_one_pass_with_the_hash_in_the_trailer() {
+    let server = S3Server::start();
+    server.create_bucket("bkt");
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
+    let dir = tempdir();
+    let (conn, expected) = big_db(dir.path());
+    let mut opts = server.options_json();
+    opts["endpoint"] = proxy.endpoint().into();
+    opts["part_size"] = (5u64 << 20).into();
+    for method in ["vacuum", "pages"] {
+        opts["method"] = method.into();
+        for key in [format!("{method}.db.zst"), format!("{method}.db.gz")] {
+            proxy.clear_requests();
+            let report = to_s3(&conn, "bkt", &key, &opts);
+            assert_eq!(report["method"], method, "{report}");
+            assert!(report["parts"].as_u64().unwrap() >= 2, "{report}");
+            // The multipart upload is created at the first part, before the hash is known:
+            // no sha256 metadata on any request (it would have to wait for the hash).
+            let requests = proxy.requests();
+            assert!(requests.iter().any(|r| r.query.contains("uploads")));
+            for r in requests {
+                let signed = format!("{} {:?}", r.query, r.headers).to_ascii_lowercase();
+                assert!(!signed.contains("x-amz-meta-sha256"), "{method}: {r:?}");
+            }
+            let object = server.object_path("bkt", &key);
+            let (sha, size) = trailer_of(&fs::read(&object).unwrap()).expect("trailer");
+            assert_eq!(sha, report["sha256"].as_str().unwrap());
+            assert_eq!(size, report["bytes"].as_u64().unwrap());
+            let restored = dir.path().join("r.db");
+            fs::write(&restored, decompress_cli(&object)).unwrap();
+            assert_eq!(sha256_hex(&fs::read(&restored).unwrap()), sha);
+            assert_eq!(digest(&restored), expected);
+            fs::remove_file(&restored).unwrap();
+        }
+    }
+    // backup_list and if_changed find the hash in the trailer.
+    opts.as_object_mut().unwrap().remove("method");
+    let rows = list_rows(&conn, "s3://bkt", Some(&opts));
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows.iter().all(|r| r.sha256.is_some()), "{rows:?}");
+    opts["if_changed"] = true.into();
+    opts["method"] = "vacuum".into();
+    let again = to_s3(&conn, "bkt", "vacuum.db.zst", &opts);
+    assert_eq!(again["skipped"], true, "{again}");
+}
+
+#[test]
+fn prune_knows_one_pass_s3_backups_by_their_trailer_as_backup_list_does() {
+    let server = S3Server::start();
+    server.create_bucket("bkt");
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
+    let dir = tempdir();
+    let conn = wal_db(dir.path());
+    let mut opts = server.options_json();
+    opts["endpoint"] = proxy.endpoint().into();
+    for i in 1..=3 {
+        let report = to_s3(&conn, "bkt", &format!("app-{i}.db.zst"), &opts);
+        assert!(report["stored_bytes"].as_u64().unwrap() > 1024, "{report}");
+    }
+    // No sha256 metadata: backup_list calls them backups from their trailers.
+    let rows = list_rows(&conn, "s3://bkt", Some(&opts));
+    assert!(rows.iter().all(|r| r.sha256.is_some()), "{rows:?}");
+    let policy = merge(&opts, &json!({"keep_last": 1, "match": "app-*.db.zst"}));
+    for dry_run in [true, false] {
+        proxy.clear_requests();
+        let report = prune(
+            &conn,
+            "s3://bkt",
+            &merge(&policy, &json!({"dry_run": dry_run})),
+        );
+        assert_eq!(
+            names_of(&report["deleted"]),
+            ["app-2.db.zst", "app-1.db.zst"]
+        );
+        // Each one to delete is read once, a few bytes from its end (not its first 132 KiB).
+        let gets: Vec<_> = proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && !r.query.contains("list-type"))
+            .collect();
+        assert_eq!(gets.len(), 2, "{gets:?}");
+        for get in gets {
+            let range = get.header("range").expect("a ranged GET");
+            let (from, to) = range
+                .strip_prefix("bytes=")
+                .and_then(|r| r.split_once('-'))
+                .unwrap();
+            let (from, to) = (from.parse::<u64>().unwrap(), to.parse::<u64>().unwrap());
+            assert!(from > 0 && to - from < 128, "{range}");
+        }
+    }
+    let left = list_rows(&conn, "s3://bkt", Some(&opts));
+    assert_eq!(left.len(), 1, "{left:?}");
+}

@@ -328,6 +328,49 @@ impl Connection {
         result
     }
 
+    /// Runs a query and hands each row to `f` as it comes (nothing is collected).
+    pub fn query_each(
+        &self,
+        sql: &str,
+        mut f: impl FnMut(Vec<Option<String>>) -> Result<()>,
+    ) -> Result<()> {
+        let prepare = routine!(prepare_v2);
+        let step = routine!(step);
+        let finalize = routine!(finalize);
+        let column_count = routine!(column_count);
+        let column_text = routine!(column_text);
+        let text = cstring(sql, "SQL")?;
+        let mut stmt: *mut sqlite3_stmt = ptr::null_mut();
+        // SAFETY: -1 length reads to the NUL; stmt is finalized below on every path.
+        let rc = unsafe { prepare(self.db, text.as_ptr(), -1, &mut stmt, ptr::null_mut()) };
+        if rc != SQLITE_OK {
+            return Err(Error::new(sqlite_kind(rc), self.errmsg()));
+        }
+        let result = loop {
+            // SAFETY: stmt is a live prepared statement.
+            match unsafe { step(stmt) } {
+                SQLITE_ROW => {
+                    let n = unsafe { column_count(stmt) };
+                    let row = (0..n)
+                        .map(|i| {
+                            // SAFETY: i < column_count; text is valid until the next step.
+                            let p = unsafe { column_text(stmt, i) };
+                            (!p.is_null()).then(|| unsafe { owned_text(p.cast()) })
+                        })
+                        .collect();
+                    if let Err(e) = f(row) {
+                        break Err(e);
+                    }
+                }
+                SQLITE_DONE => break Ok(()),
+                rc => break Err(Error::new(sqlite_kind(rc), self.errmsg())),
+            }
+        };
+        // SAFETY: finalize exactly once.
+        unsafe { finalize(stmt) };
+        result
+    }
+
     /// The first column of the first row, as text.
     pub fn query_value(&self, sql: &str) -> Result<Option<String>> {
         Ok(self
