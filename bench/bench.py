@@ -62,6 +62,8 @@ LABELS = {
     "idle": "sqlite3 + .load, idle (SELECT 1)",
 }
 BACKUPS = ["s3_gz", "s3_zst", "s3_gz_vacuum", "s3_zst_vacuum", "file_zst_tmpfs", "file_gz"]
+# Backups at other settings than the defaults: shown, with no target.
+EXTRA_BACKUPS = ["s3_gz_level1", "s3_zst_level1"]
 VACUUM = "'{\"method\": \"vacuum\"}'"
 LEVEL1 = "'{\"level\": 1}'"
 RSS_TARGET_MIB = 64
@@ -644,7 +646,7 @@ class Bench:
                     {"step": k, "wall_s": median([x["wall_s"] for x in v]),
                      "rss_mib": median([x["rss_kib"] for x in v]) / 1024}
                     for k, v in steps.items()]
-            if name in BACKUPS + ["verify", "s3_gz_level1", "s3_zst_level1"]:
+            if name in BACKUPS + EXTRA_BACKUPS + ["verify"]:
                 em = median(vals(name, "elapsed_ms"))
                 s[name]["reported_elapsed_s"] = em / 1000 if em is not None else None
                 sp = [v for v in vals(name, "spilled_bytes") if v is not None]
@@ -688,7 +690,7 @@ class Bench:
             # extension's calls compare with it (the seed steps are other programs).
             c["rss_over_idle_mib"] = c["rss_mib"] - idle \
                 if c["rss_mib"] is not None and idle is not None \
-                and name in BACKUPS + ["verify"] else None
+                and name in BACKUPS + EXTRA_BACKUPS + ["verify"] else None
             c["x_gzip6_size"] = c["stored_bytes"] / gz6 \
                 if c["stored_bytes"] and gz6 and name in ("seed", "s3_gz", "file_gz", "s3_zst",
                                                           "s3_gz_vacuum", "s3_zst_vacuum",
@@ -1036,9 +1038,8 @@ class Bench:
                 (fm(xb) + " (vs download)" if xb is not None else "–")
             spread = "–" if c["wall_min_s"] is None else \
                 f"{fm(c['wall_min_s'])}–{fm(c['wall_max_s'])}"
-            cpu = c["server_cpu_s"] if name in ("seed", "s3_gz", "s3_zst", "verify",
-                                                "verify_seed", "s3_gz_level1",
-                                                "s3_zst_level1") else None
+            cpu = c["server_cpu_s"] if name in ["seed", "s3_gz", "s3_zst", "verify",
+                                                "verify_seed"] + EXTRA_BACKUPS else None
             L.append(f"| {label or c['label']}{err} | {fm(c['wall_s'])} | "
                      f"{spread} | {xb_txt} | "
                      f"{fm(c['x_floor'])} | {fm(c['rss_mib'], '.1f')} | "
