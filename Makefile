@@ -120,7 +120,7 @@ lint:
 # A benchmark against the cron pipeline (VACUUM INTO + gzip + aws s3 cp); see bench/README.md.
 # SIZE=1G: one size (default: 64M, 256M and 1G); SIZES=64M,1G; ROUNDS=3.
 bench: loadable-release tools
-	/usr/bin/python3 bench/bench.py $(if $(SIZE),--size $(SIZE)) $(if $(SIZES),--sizes $(SIZES)) $(if $(ROUNDS),--rounds $(ROUNDS))
+	/usr/bin/python3 bench/bench.py $(if $(SIZE),--size $(SIZE)) $(if $(SIZES),--sizes $(SIZES)) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(ONLY),--only $(ONLY)) $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

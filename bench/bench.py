@@ -43,14 +43,17 @@ DEFAULT_SIZES = "64M,256M,1G"
 BUCKET = "bench"
 
 # Contenders in the order of round 1; later rounds rotate it.
-CONTENDERS = ["seed", "s3_gz", "s3_zst", "s3_gz_vacuum", "s3_zst_vacuum", "file_zst_tmpfs",
-              "file_gz", "verify", "verify_seed", "floor", "idle"]
+CONTENDERS = ["seed", "s3_gz", "s3_zst", "s3_gz_vacuum", "s3_zst_vacuum", "s3_gz_level1",
+              "s3_zst_level1", "file_zst_tmpfs", "file_gz", "verify", "verify_seed", "floor",
+              "idle"]
 LABELS = {
     "seed": "seed: VACUUM INTO + gzip -6 + aws s3 cp",
     "s3_gz": "backup_to_s3 .gz (default: stream, the database is in WAL mode)",
     "s3_zst": "backup_to_s3 .zst (default: stream)",
     "s3_gz_vacuum": "backup_to_s3 .gz, method vacuum (the default before #14)",
     "s3_zst_vacuum": "backup_to_s3 .zst, method vacuum (the default before #14)",
+    "s3_gz_level1": "backup_to_s3 .gz, level 1 (extra row: not the default level 6)",
+    "s3_zst_level1": "backup_to_s3 .zst, level 1 (extra row: not the default level 3)",
     "file_zst_tmpfs": "backup_to_file .zst, temp_dir on a 64 MiB tmpfs",
     "file_gz": "backup_to_file .gz",
     "verify": "verify_backup (s3 .gz)",
@@ -59,7 +62,10 @@ LABELS = {
     "idle": "sqlite3 + .load, idle (SELECT 1)",
 }
 BACKUPS = ["s3_gz", "s3_zst", "s3_gz_vacuum", "s3_zst_vacuum", "file_zst_tmpfs", "file_gz"]
+# Backups at other settings than the defaults: shown, with no target.
+EXTRA_BACKUPS = ["s3_gz_level1", "s3_zst_level1"]
 VACUUM = "'{\"method\": \"vacuum\"}'"
+LEVEL1 = "'{\"level\": 1}'"
 RSS_TARGET_MIB = 64
 
 
@@ -168,8 +174,10 @@ class Runner:
         if check and rc != 0:
             raise CommandFailed(f"{' '.join(argv)} exited with {rc}: "
                                 f"{(stderr or stdout).strip()[:2000]}")
+        # CPU time of the process, all its threads (user + system): with the S3 server's, the
+        # CPU budget that bounds the wall time on this many cores.
         return {"wall_s": wall, "rss_kib": ru.ru_maxrss, "rc": rc,
-                "stdout": stdout, "stderr": stderr}
+                "cpu_s": ru.ru_utime + ru.ru_stime, "stdout": stdout, "stderr": stderr}
 
     def _timed_out(self, pid):
         self.expired = pid
@@ -268,6 +276,16 @@ class S3Server:
         for name in os.listdir(self.root):
             if name.startswith(".upload"):  # a multipart upload left by a failed run
                 os.remove(os.path.join(self.root, name))
+
+
+def machine_busy_s():
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            t = [int(x) for x in f.readline().split()[1:9]]
+        return (sum(t) - t[3] - t[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def median(xs):
@@ -392,7 +410,7 @@ class Bench:
 
     @staticmethod
     def step(name, r):
-        return {"step": name, "wall_s": r["wall_s"], "rss_kib": r["rss_kib"]}
+        return {"step": name, "wall_s": r["wall_s"], "rss_kib": r["rss_kib"], "cpu_s": r["cpu_s"]}
 
     def c_seed(self, db):
         snap = os.path.join(self.tmp, "seed.db")
@@ -412,6 +430,7 @@ class Bench:
                  self.step("aws s3 cp", s3)]
         return {"wall_s": sum(s["wall_s"] for s in steps),
                 "rss_kib": max(s["rss_kib"] for s in steps),
+                "cpu_s": sum(s["cpu_s"] for s in steps),
                 "stored_bytes": stored, "steps": steps}
 
     def c_backup_s3(self, db, key, opts=""):
@@ -421,9 +440,10 @@ class Bench:
         finally:
             self.server.delete(key)
         rep = r["report"]
-        res = {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"],
+        res = {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"], "cpu_s": r["cpu_s"],
                "stored_bytes": rep.get("stored_bytes"), "elapsed_ms": rep.get("elapsed_ms"),
                "parts": rep.get("parts"), "spilled_bytes": rep.get("spilled_bytes"),
+               "commit_ms": (rep.get("timings_ms") or {}).get("commit"),
                "method": rep.get("method")}
         if on_server != rep.get("stored_bytes"):
             res["warning"] = f"stored_bytes {rep.get('stored_bytes')} but the server holds {on_server}"
@@ -439,7 +459,7 @@ class Bench:
             rm(dest)
         rep = r["report"]
         return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"], "stored_bytes": stored,
-                "elapsed_ms": rep.get("elapsed_ms")}
+                "cpu_s": r["cpu_s"], "elapsed_ms": rep.get("elapsed_ms")}
 
     def c_file_zst_tmpfs(self, db):
         """The stream with temp_dir on a 64 MiB tmpfs: needs no temp space of the database's size."""
@@ -458,6 +478,7 @@ class Bench:
             rm(dest)
         rep = r["report"]
         return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"], "stored_bytes": stored,
+                "cpu_s": r["cpu_s"],
                 "elapsed_ms": rep.get("elapsed_ms"), "spilled_bytes": rep.get("spilled_bytes"),
                 "method": rep.get("method")}
 
@@ -466,7 +487,7 @@ class Bench:
         rep = r["report"]
         if not rep.get("ok"):
             raise CommandFailed(f"verify_backup did not report ok: {rep}")
-        return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"],
+        return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"], "cpu_s": r["cpu_s"],
                 "stored_bytes": rep.get("stored_bytes"), "elapsed_ms": rep.get("elapsed_ms")}
 
     def c_verify_seed(self, db):
@@ -488,6 +509,7 @@ class Bench:
                  self.step("PRAGMA integrity_check", s3)]
         return {"wall_s": sum(s["wall_s"] for s in steps),
                 "rss_kib": max(s["rss_kib"] for s in steps),
+                "cpu_s": sum(s["cpu_s"] for s in steps),
                 "stored_bytes": stored, "steps": steps}
 
     def c_floor(self, db):
@@ -504,12 +526,13 @@ class Bench:
         finally:
             rm(snap, zst)
         return {"wall_s": s1["wall_s"], "rss_kib": s1["rss_kib"], "snapshot_bytes": snap_bytes,
+                "cpu_s": s1["cpu_s"], "zstd3_t1_cpu_s": z["cpu_s"],
                 "zstd3_t1_s": z["wall_s"], "zstd3_bytes": zst_bytes,
                 "sha256sum_s": h["wall_s"]}
 
     def c_idle(self, db):
         r = self.runner.run(self.sql(db, "SELECT 1"))
-        return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"]}
+        return {"wall_s": r["wall_s"], "rss_kib": r["rss_kib"], "cpu_s": r["cpu_s"]}
 
     def contender(self, name, db):
         return {
@@ -518,6 +541,8 @@ class Bench:
             "s3_zst": lambda: self.c_backup_s3(db, "db.zst"),
             "s3_gz_vacuum": lambda: self.c_backup_s3(db, "db.gz", ", " + VACUUM),
             "s3_zst_vacuum": lambda: self.c_backup_s3(db, "db.zst", ", " + VACUUM),
+            "s3_gz_level1": lambda: self.c_backup_s3(db, "db.gz", ", " + LEVEL1),
+            "s3_zst_level1": lambda: self.c_backup_s3(db, "db.zst", ", " + LEVEL1),
             "file_zst_tmpfs": lambda: self.c_file_zst_tmpfs(db),
             "file_gz": lambda: self.c_file_gz(db),
             "verify": lambda: self.c_verify(db),
@@ -554,11 +579,17 @@ class Bench:
             this = {}
             for name in order:
                 cpu0 = self.server.cpu_s()
+                busy0 = machine_busy_s()
                 try:
                     res = self.contender(name, db)
                     cpu1 = self.server.cpu_s()
                     if cpu0 is not None and cpu1 is not None:
                         res["server_cpu_s"] = cpu1 - cpu0
+                    busy1 = machine_busy_s()
+                    if busy0 is not None and busy1 is not None:
+                        # Everything else the machine ran meanwhile (other users' load).
+                        res["others_cpu_s"] = max(0.0, busy1 - busy0 - res.get("cpu_s", 0)
+                                                  - res.get("server_cpu_s", 0))
                 except CommandFailed as e:
                     res = {"error": str(e)}
                     log(f"  {name:<12} ERROR: {e}")
@@ -603,6 +634,8 @@ class Bench:
                 "rss_mib": (median(vals(name, "rss_kib")) or 0) / 1024 or None,
                 "stored_bytes": median(vals(name, "stored_bytes")),
                 "server_cpu_s": median(vals(name, "server_cpu_s")),
+                "cpu_s": median(vals(name, "cpu_s")),
+                "others_cpu_s": median(vals(name, "others_cpu_s")),
             }
             if name in ("seed", "verify_seed"):
                 steps = {}
@@ -613,13 +646,16 @@ class Bench:
                     {"step": k, "wall_s": median([x["wall_s"] for x in v]),
                      "rss_mib": median([x["rss_kib"] for x in v]) / 1024}
                     for k, v in steps.items()]
-            if name in BACKUPS + ["verify"]:
+            if name in BACKUPS + EXTRA_BACKUPS + ["verify"]:
                 em = median(vals(name, "elapsed_ms"))
                 s[name]["reported_elapsed_s"] = em / 1000 if em is not None else None
                 sp = [v for v in vals(name, "spilled_bytes") if v is not None]
                 s[name]["peak_spilled_bytes"] = max(sp) if sp else None
+                cm = median(vals(name, "commit_ms"))
+                s[name]["commit_s"] = cm / 1000 if cm is not None else None
         fl = s["floor"]
         fl["zstd3_t1_s"] = median(vals("floor", "zstd3_t1_s"))
+        fl["zstd3_t1_cpu_s"] = median(vals("floor", "zstd3_t1_cpu_s"))
         fl["zstd3_bytes"] = median(vals("floor", "zstd3_bytes"))
         fl["sha256sum_s"] = median(vals("floor", "sha256sum_s"))
         fl["snapshot_bytes"] = median(vals("floor", "snapshot_bytes"))
@@ -645,7 +681,8 @@ class Bench:
                 else seed["wall_s"]
             c["x_baseline"] = w / base if w is not None and base else None
             fkey = {"s3_gz": "gzip", "file_gz": "gzip", "s3_zst": "zstd", "seed": "gzip",
-                    "s3_gz_vacuum": "gzip", "s3_zst_vacuum": "zstd",
+                    "s3_gz_vacuum": "gzip", "s3_zst_vacuum": "zstd", "s3_gz_level1": "gzip",
+                    "s3_zst_level1": "zstd",
                     "file_zst_tmpfs": "zstd"}.get(name)
             f = floors.get(fkey) if fkey else (snap_s if name == "floor" else None)
             c["x_floor"] = w / f if w is not None and f else None
@@ -653,10 +690,11 @@ class Bench:
             # extension's calls compare with it (the seed steps are other programs).
             c["rss_over_idle_mib"] = c["rss_mib"] - idle \
                 if c["rss_mib"] is not None and idle is not None \
-                and name in BACKUPS + ["verify"] else None
+                and name in BACKUPS + EXTRA_BACKUPS + ["verify"] else None
             c["x_gzip6_size"] = c["stored_bytes"] / gz6 \
                 if c["stored_bytes"] and gz6 and name in ("seed", "s3_gz", "file_gz", "s3_zst",
-                                                          "s3_gz_vacuum", "s3_zst_vacuum") \
+                                                          "s3_gz_vacuum", "s3_zst_vacuum",
+                                                          "s3_gz_level1", "s3_zst_level1") \
                 else None
         # #14: overlapped pipeline: max(snapshot alone, single-core zstd / cores).
         if snap_s is not None and fl["zstd3_t1_s"] is not None:
@@ -993,8 +1031,9 @@ class Bench:
                  + f"{self.args.rounds} rounds, {self.cores} cores")
         L.append("")
         L.append("| contender | wall s (median) | min–max | × seed | × floor | peak RSS MiB "
-                 "| RSS − idle MiB | stored MiB | ÷ gzip -6 size | s3s-fs CPU s |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "| RSS − idle MiB | stored MiB | ÷ gzip -6 size | CPU s | s3s-fs CPU s "
+                 "| others' CPU s |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         fm = self.fmt
 
         def row(name, label=None):
@@ -1006,26 +1045,27 @@ class Bench:
                 (fm(xb) + " (vs download)" if xb is not None else "–")
             spread = "–" if c["wall_min_s"] is None else \
                 f"{fm(c['wall_min_s'])}–{fm(c['wall_max_s'])}"
-            cpu = c["server_cpu_s"] if name in ("seed", "s3_gz", "s3_zst", "verify",
-                                                "verify_seed") else None
+            cpu = c["server_cpu_s"] if name in ["seed", "s3_gz", "s3_zst", "verify",
+                                                "verify_seed"] + EXTRA_BACKUPS else None
             L.append(f"| {label or c['label']}{err} | {fm(c['wall_s'])} | "
                      f"{spread} | {xb_txt} | "
                      f"{fm(c['x_floor'])} | {fm(c['rss_mib'], '.1f')} | "
                      f"{fm(c['rss_over_idle_mib'], '+.1f')} | {fm(stored, '.1f')} | "
-                     f"{fm(c['x_gzip6_size'], '.3f')} | {fm(cpu)} |")
+                     f"{fm(c['x_gzip6_size'], '.3f')} | {fm(c.get('cpu_s'))} | {fm(cpu)} | "
+                     f"{fm(c.get('others_cpu_s'))} |")
 
         row("seed")
         for st in s["seed"].get("steps", []):
             L.append(f"| &nbsp;&nbsp;↳ {st['step']} | {fm(st['wall_s'])} | | | | "
-                     f"{fm(st['rss_mib'], '.1f')} | | | | |")
-        for name in ("s3_gz", "s3_zst", "s3_gz_vacuum", "s3_zst_vacuum", "file_zst_tmpfs",
-                     "file_gz", "floor"):
+                     f"{fm(st['rss_mib'], '.1f')} | | | | | | |")
+        for name in ("s3_gz", "s3_zst", "s3_gz_vacuum", "s3_zst_vacuum", "s3_gz_level1",
+                     "s3_zst_level1", "file_zst_tmpfs", "file_gz", "floor"):
             row(name)
         row("verify")
         row("verify_seed")
         for st in s["verify_seed"].get("steps", []):
             L.append(f"| &nbsp;&nbsp;↳ {st['step']} | {fm(st['wall_s'])} | | | | "
-                     f"{fm(st['rss_mib'], '.1f')} | | | | |")
+                     f"{fm(st['rss_mib'], '.1f')} | | | | | | |")
         row("idle")
         L.append("")
         L.append(f"Floor formula: snapshot {fm(f['snapshot_s'])} s + single-core compression / "
@@ -1038,6 +1078,8 @@ class Bench:
                  f"In-process time reported by the extension (elapsed_ms): "
                  + ", ".join(f"{n} {fm(s[n].get('reported_elapsed_s'))} s"
                              for n in BACKUPS + ["verify"]) + ".")
+        L.append("")
+        L.append(self.budget_md(s))
         L.append("")
         L.append("| target | value | limit | result |")
         L.append("|---|---:|---:|---|")
@@ -1059,6 +1101,49 @@ class Bench:
             for n, e in errs:
                 L.append(f"- {n}: `{e[:500]}`")
         return "\n".join(L)
+
+    def budget_md(self, s):
+        """The CPU budget of the S3 rows: the CPU their process and s3s-fs used, spread over
+        every core with no idle moment, is the least wall time any overlap could give on this
+        machine. CompleteMultipartUpload comes after the last byte: s3s-fs re-reads and rewrites
+        the object on one thread while the backup waits, so that part cannot be spread. The
+        ratios are also given against the seed's CPU (its steps run one after another, each on
+        one core: on an idle machine its wall time is its CPU plus the server's), which other
+        users' load does not inflate the way it inflates the seed's wall time."""
+        fm = self.fmt
+        seed = s["seed"]
+        seed_cpu = (seed["cpu_s"] + (seed["server_cpu_s"] or 0.0)) \
+            if seed.get("cpu_s") is not None else None
+        if not seed["wall_s"] or not seed_cpu:
+            return ""
+        parts = [f"seed: {fm(seed['wall_s'])} s wall, {fm(seed['cpu_s'])} s CPU + "
+                 f"{fm(seed['server_cpu_s'] or 0.0)} s s3s-fs = **{fm(seed_cpu)} s**"]
+        for name, target in (("s3_zst", 0.10), ("s3_gz", 0.21), ("s3_zst_level1", None),
+                             ("s3_gz_level1", None), ("file_zst_tmpfs", None)):
+            c = s[name]
+            if c.get("cpu_s") is None:
+                continue
+            server = c.get("server_cpu_s") or 0.0
+            commit = c.get("commit_s") or 0.0
+            bound = (c["cpu_s"] + server - commit) / self.cores + commit
+            text = f"{name}: ({fm(c['cpu_s'])} s ours + {fm(server)} s s3s-fs"
+            text += f" − {fm(commit)} s commit) ÷ {self.cores} + {fm(commit)} s" if commit \
+                else f") ÷ {self.cores}"
+            text += (f" = **≥ {fm(bound)} s = {fm(bound / seed_cpu, '.3f')}× the seed's CPU** "
+                     f"({fm(bound / seed['wall_s'], '.3f')}× its wall; measured "
+                     f"{fm(c['x_baseline'], '.3f')}×")
+            text += f"; target {target}×)" if target is not None else ")"
+            parts.append(text)
+        fl = s["floor"]
+        if fl.get("cpu_s") is not None and fl.get("zstd3_t1_cpu_s") is not None:
+            ov = max(fl["cpu_s"], fl["zstd3_t1_cpu_s"] / self.cores)
+            parts.append(f"overlap target in CPU terms: 1.15 × max(snapshot {fm(fl['cpu_s'])} s, "
+                         f"zstd -3 -T1 {fm(fl['zstd3_t1_cpu_s'])} s ÷ {self.cores}) = "
+                         f"**{fm(1.15 * ov)} s**")
+        return ("CPU budget (user + system CPU of the process, all threads, and of s3s-fs "
+                "during it; with CompleteMultipartUpload, where s3s-fs rewrites the object on one "
+                "core while the backup waits, counted serially: the least wall time any overlap "
+                "could give on these cores): " + "; ".join(parts) + ".")
 
     def scaling_md(self, entries):
         if len(entries) < 2:

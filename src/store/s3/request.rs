@@ -208,11 +208,10 @@ impl Client {
         create_only: bool,
         target: &Target,
     ) -> Result<Option<String>> {
-        let signed = self.on_create(metadata);
-        let md5 = content_md5(body);
+        let mut signed = self.on_create(metadata);
+        signed.push(signed_md5(body));
         let sign = |c: &rusty_s3::Credentials| {
             Request::sign(self.bucket.put_object(Some(c), key), &signed)
-                .header("content-md5", md5.clone())
                 .body(body)
                 .create_only(create_only)
         };
@@ -253,12 +252,11 @@ impl Client {
     ) -> Result<String> {
         let number16 = u16::try_from(number)
             .map_err(|_| Error::usage(format!("{}: too many parts", target.url)))?;
-        let md5 = content_md5(body);
+        let mut signed = self.encryption.on_access.clone();
+        signed.push(signed_md5(body));
         let sign = |c: &rusty_s3::Credentials| {
             let action = self.bucket.upload_part(Some(c), key, number16, upload_id);
-            Request::sign(action, &self.encryption.on_access)
-                .header("content-md5", md5.clone())
-                .body(body)
+            Request::sign(action, &signed).body(body)
         };
         let reply = self.call_signed(sign, target)?;
         etag_of(&reply.headers).ok_or_else(|| {
@@ -333,6 +331,13 @@ impl Client {
         self.call_signed(sign, target)?;
         Ok(())
     }
+}
+
+/// `Content-MD5`, S3's integrity check of a body, as a signed header: the URLs are presigned
+/// (`UNSIGNED-PAYLOAD`), so over plain http an unsigned MD5 could be replaced along with the
+/// body; signed, a changed body fails the MD5 check and a changed MD5 the signature.
+fn signed_md5(body: &[u8]) -> Header {
+    ("content-md5", content_md5(body))
 }
 
 pub fn content_md5(body: &[u8]) -> String {
