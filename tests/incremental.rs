@@ -1560,3 +1560,358 @@ print(json.dumps(sorted(os.listdir(d + "/b"))))
     assert_eq!(lines[8], lines[10], "nothing left behind");
     assert_no_temp_files(&dir.path().join("b"));
 }
+
+// ---- method stream (#15 through the #14 page sink) ----
+
+/// Restores each taken backup and checks it is the database it was taken from, byte for byte.
+fn assert_each_restores(conn: &Connection, taken: &[Taken], dir: &Path) {
+    for t in taken {
+        let restored = restore(conn, &t.url, dir);
+        assert_eq!(sha_of(&restored), t.sha256, "{}", t.url);
+        assert_eq!(digest(&restored), t.digest, "{}", t.url);
+        fs::remove_file(restored).unwrap();
+    }
+}
+
+/// Mounts a tmpfs of `size` on a new directory; unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempdir();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_wal_or_memory_database_streams_by_default_and_each_step_restores_byte_for_byte() {
+    let (dir, conn) = setup();
+    let taken = chain(&conn, dir.path(), 4, "");
+    for t in &taken {
+        assert_eq!(t.out["method"], "stream", "{}", t.out);
+        assert_eq!(t.out["spilled_bytes"], 0, "{}", t.out);
+    }
+    assert_eq!(taken[3].out["kind"], "incremental", "{}", taken[3].out);
+    // Asked for by name, and method 'pages' still the page copy, in the same chain.
+    activity(&conn, 7);
+    let pattern = dir.path().join("b/app-%H%M.zst");
+    let mut more = Vec::new();
+    for (minute, method) in [(10, "stream"), (11, "pages")] {
+        if minute == 11 {
+            activity(&conn, 8);
+        }
+        let out = backup(
+            &conn,
+            &pattern,
+            &format!(
+                r#"{{"incremental": true, "match": "app-*", "now": "{}", "method": "{method}"}}"#,
+                at(minute)
+            ),
+        );
+        assert_eq!(out["method"], method, "{out}");
+        assert_eq!(out["kind"], "incremental", "{out}");
+        more.push(Taken {
+            url: out["destination"].as_str().unwrap().to_string(),
+            sha256: out["sha256"].as_str().unwrap().to_string(),
+            digest: digest_conn(&conn, "main"),
+            out,
+        });
+    }
+    assert_each_restores(&conn, &taken, dir.path());
+    assert_each_restores(&conn, &more, dir.path());
+    assert_no_temp_files_except(dir.path(), &["app.db-shm", "app.db-wal"]);
+
+    // A memory database streams too (the caller's connection, a first pass for page 1).
+    let mem = open_memory();
+    fill_sample(&mem, 500);
+    let b = dir.path().join("m");
+    fs::create_dir(&b).unwrap();
+    let mut taken = Vec::new();
+    for i in 0..3 {
+        if i > 0 {
+            activity(&mem, i);
+        }
+        let out = backup(
+            &mem,
+            &b.join("mem-%H%M.zst"),
+            &format!(r#"{{"incremental": true, "now": "{}"}}"#, at(i)),
+        );
+        assert_eq!(out["method"], "stream", "{out}");
+        assert_eq!(out["kind"], if i == 0 { "full" } else { "incremental" });
+        taken.push(Taken {
+            url: out["destination"].as_str().unwrap().to_string(),
+            sha256: out["sha256"].as_str().unwrap().to_string(),
+            digest: digest_conn(&mem, "main"),
+            out,
+        });
+    }
+    assert_each_restores(&mem, &taken, dir.path());
+}
+
+#[test]
+fn a_deleted_row_is_in_no_stored_byte_of_an_incremental_nor_of_its_restore() {
+    let (dir, conn) = setup();
+    conn.execute_batch("PRAGMA secure_delete = OFF").unwrap();
+    let pattern = dir.path().join("b/app-%H%M.db"); // uncompressed: the stored bytes as they are
+    let opts = |minute: u32| {
+        format!(
+            r#"{{"incremental": true, "match": "app-*", "now": "{}"}}"#,
+            at(minute)
+        )
+    };
+    let first = backup(&conn, &pattern, &opts(0));
+    assert_eq!(first["kind"], "full");
+    // Rows written and deleted between two backups: with secure_delete off their bytes stay
+    // in the pages' free space (and in free pages: the second table is dropped whole).
+    let marker = "DELETED-SECRET-7f3a9c";
+    conn.execute_batch(&format!(
+        "INSERT INTO orders (customer_id, total, status, note, payload)
+           VALUES (1, 1, 'open', '{marker}', zeroblob(10));
+         CREATE TABLE scratch(x);
+         INSERT INTO scratch VALUES ('{marker}' || hex(randomblob(2000)));
+         UPDATE customers SET score = score + 1 WHERE id = 5;"
+    ))
+    .unwrap();
+    conn.execute_batch(&format!(
+        "DELETE FROM orders WHERE note = '{marker}'; DROP TABLE scratch;"
+    ))
+    .unwrap();
+    let db_bytes = fs::read(dir.path().join("app.db")).unwrap();
+    let wal_bytes = fs::read(dir.path().join("app.db-wal")).unwrap_or_default();
+    assert!(
+        contains(&db_bytes, marker.as_bytes()) || contains(&wal_bytes, marker.as_bytes()),
+        "the deleted row's bytes are still in the source"
+    );
+    let second = backup(&conn, &pattern, &opts(1));
+    assert_eq!(second["kind"], "incremental", "{second}");
+    assert_eq!(second["method"], "stream", "{second}");
+    let object = fs::read(second["destination"].as_str().unwrap()).unwrap();
+    assert!(
+        !contains(&object, marker.as_bytes()),
+        "the incremental holds the deleted row"
+    );
+    let restored = restore(&conn, second["destination"].as_str().unwrap(), dir.path());
+    assert_eq!(sha_of(&restored), second["sha256"].as_str().unwrap());
+    assert!(
+        !contains(&fs::read(&restored).unwrap(), marker.as_bytes()),
+        "the restore holds the deleted row"
+    );
+    for f in files_under(&dir.path().join("b")) {
+        assert!(
+            !contains(&fs::read(&f).unwrap(), marker.as_bytes()),
+            "{} holds the deleted row",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn a_writer_in_another_process_during_an_incremental_stream_never_shows() {
+    use std::process::{Command, Stdio};
+    let dir = tempdir();
+    let db = dir.path().join("w.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+         INSERT INTO acct SELECT i, 100 FROM n;
+         CREATE TABLE pad(x BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+         INSERT INTO pad SELECT randomblob(100000) FROM n;",
+    )
+    .unwrap();
+    let b = dir.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let first = backup(
+        &conn,
+        &b.join("w-%H%M.zst"),
+        &format!(r#"{{"incremental": true, "now": "{}"}}"#, at(0)),
+    );
+    assert_eq!(first["kind"], "full");
+    // Transfers keep the total at 100000 in every committed state; some pad rows change.
+    let script: String = (0..400)
+        .map(|i| {
+            format!(
+                "BEGIN; UPDATE acct SET bal = bal - 1 WHERE id = {a}; \
+                 UPDATE acct SET bal = bal + 1 WHERE id = {b}; \
+                 UPDATE pad SET x = randomblob(100000) WHERE rowid = {p}; COMMIT;\n",
+                a = i % 1000 + 1,
+                b = (i * 7) % 1000 + 1,
+                p = i % 200 + 1
+            )
+        })
+        .collect();
+    let mut writer = Command::new(SQLITE3)
+        .arg(&db)
+        .arg(format!("PRAGMA busy_timeout = 10000;\n{script}"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut taken = Vec::new();
+    for i in 1..4 {
+        let out = backup(
+            &conn,
+            &b.join("w-%H%M.zst"),
+            &format!(r#"{{"incremental": true, "now": "{}"}}"#, at(i)),
+        );
+        assert_eq!(out["method"], "stream", "{out}");
+        taken.push(out);
+    }
+    assert!(writer.wait().unwrap().success());
+    for out in &taken {
+        let restored = restore(&conn, out["destination"].as_str().unwrap(), dir.path());
+        assert_eq!(sha_of(&restored), out["sha256"].as_str().unwrap(), "{out}");
+        let check = rusqlite::Connection::open(&restored).unwrap();
+        let total: i64 = check
+            .query_row("SELECT sum(bal) FROM acct", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(total, 100_000, "{out}");
+        assert_eq!(integrity(&restored), "ok");
+    }
+}
+
+#[test]
+fn kill_9_mid_incremental_stream_leaves_the_previous_chain_and_no_debris() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempdir();
+    let b = dir.path().join("b");
+    let tmp = dir.path().join("tmp");
+    fs::create_dir(&b).unwrap();
+    fs::create_dir(&tmp).unwrap();
+    let db = dir.path().join("k.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+         INSERT INTO blobs SELECT i, randomblob(100000) FROM n;",
+    )
+    .unwrap();
+    let options = |minute: u32| {
+        format!(
+            r#"{{"incremental": true, "match": "k-*", "now": "{}", "temp_dir": {}, "level": 19, "threads": 1}}"#,
+            at(minute),
+            serde_json::Value::from(tmp.to_str().unwrap())
+        )
+    };
+    let pattern = b.join("k-%H%M.zst");
+    let sql = |minute: u32| {
+        format!(
+            "SELECT backup_to_file({}, {})",
+            path_lit(&pattern),
+            lit(options(minute))
+        )
+    };
+    let first = call_json(&conn, &sql(0));
+    assert_eq!(first["kind"], "full");
+    assert_eq!(first["method"], "stream");
+    let before = list(&b);
+    conn.execute_batch("UPDATE blobs SET data = randomblob(100000) WHERE id % 2 = 0")
+        .unwrap();
+    let mut child = Command::new(SQLITE3)
+        .arg("-bail")
+        .arg("-cmd")
+        .arg(format!(".load {}", ext_load_name()))
+        .arg(&db)
+        .arg(sql(1))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Mid-stream: the process holds its unnamed temp files (page hashes, changed pages).
+    let pid = child.id();
+    let in_temp = || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(&tmp)))
+            })
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !in_temp() {
+        assert!(child.try_wait().unwrap().is_none(), "sqlite3 ended early");
+        assert!(Instant::now() < deadline, "no temp file after 30 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(list(&b), before, "killed mid-stream: nothing new stored");
+    assert_eq!(list(&tmp), Vec::<String>::new());
+    assert_no_temp_files(&b);
+    // The chain is whole; the next backup continues it.
+    let next = call_json(&conn, &sql(2));
+    assert_eq!(next["kind"], "incremental", "{next}");
+    assert_eq!(
+        next["base"],
+        name_of(first["destination"].as_str().unwrap())
+    );
+    let restored = restore(&conn, next["destination"].as_str().unwrap(), dir.path());
+    assert_eq!(sha_of(&restored), next["sha256"].as_str().unwrap());
+    assert_eq!(list(&tmp), Vec::<String>::new());
+}
+
+#[test]
+fn a_database_much_larger_than_temp_dir_backs_up_incrementally() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let tmpfs = Tmpfs::mount("8m");
+    let dir = tempdir();
+    let db = dir.path().join("big.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 700)
+         INSERT INTO blobs SELECT i, randomblob(100000) FROM n;
+         PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    assert!(fs::metadata(&db).unwrap().len() > 64 << 20);
+    let b = dir.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let run = |minute: u32| {
+        backup(
+            &conn,
+            &b.join("big-%H%M.zst"),
+            &format!(
+                r#"{{"incremental": true, "now": "{}", "temp_dir": {}}}"#,
+                at(minute),
+                serde_json::Value::from(tmpfs.0.path().to_str().unwrap())
+            ),
+        )
+    };
+    let first = run(0);
+    assert_eq!(first["kind"], "full", "{first}");
+    assert_eq!(first["method"], "stream", "{first}");
+    conn.execute_batch("UPDATE blobs SET data = randomblob(100000) WHERE id IN (3, 300)")
+        .unwrap();
+    let second = run(1);
+    assert_eq!(second["kind"], "incremental", "{second}");
+    assert_eq!(second["spilled_bytes"], 0, "{second}");
+    let changed = second["changed_pages"].as_u64().unwrap();
+    assert!(changed < 200, "{second}");
+    assert_eq!(list(tmpfs.0.path()), Vec::<String>::new());
+    let restored = restore(&conn, second["destination"].as_str().unwrap(), dir.path());
+    assert_eq!(sha_of(&restored), second["sha256"].as_str().unwrap());
+}
