@@ -1915,3 +1915,42 @@ fn a_database_much_larger_than_temp_dir_backs_up_incrementally() {
     let restored = restore(&conn, second["destination"].as_str().unwrap(), dir.path());
     assert_eq!(sha_of(&restored), second["sha256"].as_str().unwrap());
 }
+
+#[test]
+fn a_rollback_journal_database_streams_when_asked_and_spills_rather_than_wait() {
+    let dir = tempdir();
+    let db = dir.path().join("rj.db");
+    make_sample_db(&db, Journal::Rollback, 3000);
+    let conn = open(&db);
+    let b = dir.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let mut taken = Vec::new();
+    for (i, method) in [(0, Some("stream")), (1, Some("stream")), (2, None)] {
+        if i > 0 {
+            activity(&conn, i);
+        }
+        let method = method.map_or(String::new(), |m| format!(r#", "method": "{m}""#));
+        let out = backup(
+            &conn,
+            &b.join("rj-%H%M.zst"),
+            &format!(r#"{{"incremental": true, "now": "{}"{method}}}"#, at(i)),
+        );
+        taken.push(Taken {
+            url: out["destination"].as_str().unwrap().to_string(),
+            sha256: out["sha256"].as_str().unwrap().to_string(),
+            digest: digest_conn(&conn, "main"),
+            out,
+        });
+    }
+    for t in &taken[..2] {
+        assert_eq!(t.out["method"], "stream", "{}", t.out);
+        // The copy never waited for the hashing: what it had not taken yet was set aside.
+        assert!(t.out["spilled_bytes"].is_u64(), "{}", t.out);
+    }
+    assert_eq!(taken[1].out["kind"], "incremental");
+    // Not asked for: a rollback-journal file keeps the page copy.
+    assert_eq!(taken[2].out["method"], "pages", "{}", taken[2].out);
+    assert_eq!(taken[2].out["kind"], "incremental");
+    assert_each_restores(&conn, &taken, dir.path());
+    assert_no_temp_files_except(dir.path(), &[]);
+}

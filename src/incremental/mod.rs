@@ -744,10 +744,11 @@ fn stream_run(ctx: &Ctx, base: &mut Base, predict: bool) -> Result<Streamed> {
 
     if known_full.is_none() || hash_first {
         let step = Instant::now();
-        crate::progress::phase("taking a snapshot and hashing pages", Some(bytes));
+        let meter = crate::progress::phase("taking a snapshot and hashing pages", Some(bytes));
         let tally = Tally::new(page_size as usize, view.base_map, known_full.is_none(), dir)
             .map_err(temp_fail(dir))?;
-        let (tallied, copy_ms) = tally_pass(&source, &page1, &free, tally, spill.clone(), dir)?;
+        let (tallied, copy_ms) =
+            tally_pass(&source, &page1, &free, tally, meter, spill.clone(), dir)?;
         timings.snapshot = first_pass_ms + copy_ms;
         timings.hash = ms_since(step).saturating_sub(copy_ms);
         if tallied.bytes != bytes {
@@ -841,12 +842,16 @@ fn tally_pass(
     page1: &[u8],
     free: &crate::stream::FreeList,
     tally: Tally,
+    meter: crate::progress::Meter,
     spill: Option<std::path::PathBuf>,
     dir: &Path,
 ) -> Result<(tally::Tallied, u64)> {
     let pipe = crate::stream::Pipe::new(crate::stream::PIPE_BYTES, spill);
     std::thread::scope(|scope| {
-        let mut reader = crate::stream::PipeReader::new(&pipe);
+        let mut reader = Metered {
+            inner: crate::stream::PipeReader::new(&pipe),
+            meter,
+        };
         let mut tally = tally;
         let worker = crate::threads::spawn_scoped(scope, "backup-hash", move || {
             let mut buf = vec![0u8; 1 << 18];
