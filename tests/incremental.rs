@@ -84,6 +84,18 @@ struct Taken {
     out: Value,
 }
 
+impl Taken {
+    /// A backup's result, with the digest of the database it was taken from (now).
+    fn of(conn: &Connection, out: Value) -> Taken {
+        Taken {
+            url: out["destination"].as_str().unwrap().to_string(),
+            sha256: out["sha256"].as_str().unwrap().to_string(),
+            digest: digest_conn(conn, "main"),
+            out,
+        }
+    }
+}
+
 /// A chain of `n` backups of `conn` in `dir/b`, one codec after another, with activity between.
 fn chain(conn: &Connection, dir: &Path, n: u32, extra: &str) -> Vec<Taken> {
     let exts = ["zst", "gz", "db"];
@@ -102,12 +114,7 @@ fn chain(conn: &Connection, dir: &Path, n: u32, extra: &str) -> Vec<Taken> {
                 at(i)
             ),
         );
-        taken.push(Taken {
-            url: out["destination"].as_str().unwrap().to_string(),
-            sha256: out["sha256"].as_str().unwrap().to_string(),
-            digest: digest_conn(conn, "main"),
-            out,
-        });
+        taken.push(Taken::of(conn, out));
     }
     taken
 }
@@ -855,12 +862,7 @@ fn sealed_chain(
             &sealed_options(public, key, i, extra),
         );
         assert_eq!(out["encrypted"], true, "{out}");
-        taken.push(Taken {
-            url: out["destination"].as_str().unwrap().to_string(),
-            sha256: out["sha256"].as_str().unwrap().to_string(),
-            digest: digest_conn(conn, "main"),
-            out,
-        });
+        taken.push(Taken::of(conn, out));
     }
     taken
 }
@@ -1625,12 +1627,7 @@ fn a_wal_or_memory_database_streams_by_default_and_each_step_restores_byte_for_b
         );
         assert_eq!(out["method"], method, "{out}");
         assert_eq!(out["kind"], "incremental", "{out}");
-        more.push(Taken {
-            url: out["destination"].as_str().unwrap().to_string(),
-            sha256: out["sha256"].as_str().unwrap().to_string(),
-            digest: digest_conn(&conn, "main"),
-            out,
-        });
+        more.push(Taken::of(&conn, out));
     }
     assert_each_restores(&conn, &taken, dir.path());
     assert_each_restores(&conn, &more, dir.path());
@@ -1653,12 +1650,7 @@ fn a_wal_or_memory_database_streams_by_default_and_each_step_restores_byte_for_b
         );
         assert_eq!(out["method"], "stream", "{out}");
         assert_eq!(out["kind"], if i == 0 { "full" } else { "incremental" });
-        taken.push(Taken {
-            url: out["destination"].as_str().unwrap().to_string(),
-            sha256: out["sha256"].as_str().unwrap().to_string(),
-            digest: digest_conn(&mem, "main"),
-            out,
-        });
+        taken.push(Taken::of(&mem, out));
     }
     assert_each_restores(&mem, &taken, dir.path());
 }
@@ -1935,12 +1927,7 @@ fn a_rollback_journal_database_streams_when_asked_and_spills_rather_than_wait() 
             &b.join("rj-%H%M.zst"),
             &format!(r#"{{"incremental": true, "now": "{}"{method}}}"#, at(i)),
         );
-        taken.push(Taken {
-            url: out["destination"].as_str().unwrap().to_string(),
-            sha256: out["sha256"].as_str().unwrap().to_string(),
-            digest: digest_conn(&conn, "main"),
-            out,
-        });
+        taken.push(Taken::of(&conn, out));
     }
     for t in &taken[..2] {
         assert_eq!(t.out["method"], "stream", "{}", t.out);
