@@ -423,9 +423,19 @@ fn if_changed_skips_an_unchanged_database_and_full_every_policies() {
         fifth["full_reason"],
         "the chain would store more than a new full backup"
     );
-    // full_every 1: every backup is full.
+    // full_every 1: every backup is full; with if_changed, the hash pass comes first, then
+    // the full one's pass in the same read transaction.
     activity(&conn, 3);
     assert_eq!(run(64, r#", "full_every": 1"#)["kind"], "full");
+    activity(&conn, 4);
+    let hashed_first = run(65, r#", "full_every": 1, "if_changed": true"#);
+    assert_eq!(hashed_first["kind"], "full", "{hashed_first}");
+    // A full one decided before the pass, after it, and after a hash pass: each restores.
+    for out in [&third, &fifth, &hashed_first] {
+        assert_eq!(out["method"], "stream", "{out}");
+        let restored = restore(&conn, out["destination"].as_str().unwrap(), dir.path());
+        assert_eq!(sha_of(&restored), out["sha256"].as_str().unwrap(), "{out}");
+    }
 }
 
 #[test]
