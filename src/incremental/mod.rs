@@ -3,10 +3,12 @@
 //! newest backup of the series. Every backup has a page list beside it (`<name>.pages`, see
 //! `format`), so the next run compares page hashes without downloading any backup data.
 //!
-//! Pipeline: page copy (the online backup API keeps page numbers, VACUUM INTO does not) →
-//! hash each page (blake3) and the whole (sha256) → skip if unchanged (`if_changed`) → full
-//! or incremental by policy → page list, then the object (a kill between leaves a page list
-//! without its backup, which is never counted and which the next run removes).
+//! Pipeline: the pages in order (the online backup API keeps page numbers, VACUUM INTO does
+//! not) — streamed through the page sink (method `stream`, see `stream_run`: nothing kept but
+//! the changed pages) or a page copy in temp_dir (method `pages`, `copy_run`) → hash each page
+//! (blake3) and the whole (sha256) → skip if unchanged (`if_changed`) → full or incremental by
+//! policy → page list, then the object (a kill between leaves a page list without its backup,
+//! which is never counted and which the next run removes).
 
 pub mod chain;
 pub mod format;
