@@ -749,7 +749,7 @@ fn stream_run(ctx: &Ctx, base: &mut Base, predict: bool) -> Result<Streamed> {
         let meter = crate::progress::phase("taking a snapshot and hashing pages", Some(bytes));
         let tally = Tally::new(page_size as usize, view.base_map, known_full.is_none(), dir)
             .map_err(temp_fail(dir))?;
-        let (tallied, copy_ms) =
+        let (tallied, copy_ms, spilled) =
             tally_pass(&source, &page1, &free, tally, meter, spill.clone(), dir)?;
         timings.snapshot = first_pass_ms + copy_ms;
         timings.hash = ms_since(step).saturating_sub(copy_ms);
@@ -775,7 +775,7 @@ fn stream_run(ctx: &Ctx, base: &mut Base, predict: bool) -> Result<Streamed> {
         if header.kind == Kind::Incremental {
             // What is left comes from temp files: the read transaction ends here.
             drop(source);
-            report.spilled_bytes = Some(0);
+            report.spilled_bytes = Some(spilled);
             let step = Instant::now();
             let list_bytes = ctx.store_page_list(&header, &tallied.map, &tallied.changed)?;
             let stored = (|| {
@@ -809,6 +809,7 @@ fn stream_run(ctx: &Ctx, base: &mut Base, predict: bool) -> Result<Streamed> {
         };
         let known = Some(tallied.sha256);
         drop(tallied);
+        report.spilled_bytes = Some(spilled);
         let done = full_pass(
             ctx, source, &page1, &free, report, timings, spill, meta_sha, known, why_full,
         )?;
@@ -837,8 +838,8 @@ fn stream_length(got: u64, bytes: u64) -> Error {
     )
 }
 
-/// One pass of the stream into `tally` on another thread. Returns what it tallied and how
-/// long the copy took.
+/// One pass of the stream into `tally` on another thread. Returns what it tallied, how long
+/// the copy took and the bytes it spilled (rollback-journal mode).
 fn tally_pass(
     source: &crate::stream::Source,
     page1: &[u8],
@@ -847,7 +848,7 @@ fn tally_pass(
     meter: crate::progress::Meter,
     spill: Option<std::path::PathBuf>,
     dir: &Path,
-) -> Result<(tally::Tallied, u64)> {
+) -> Result<(tally::Tallied, u64, u64)> {
     let pipe = crate::stream::Pipe::new(crate::stream::PIPE_BYTES, spill);
     std::thread::scope(|scope| {
         let mut reader = Metered {
@@ -875,7 +876,7 @@ fn tally_pass(
             .join()
             .map_err(|_| Error::new(ErrorKind::Io, "the hashing thread failed"))?;
         match (streamed, joined) {
-            (Ok(()), Ok(t)) => Ok((t, copy_ms)),
+            (Ok(()), Ok(t)) => Ok((t, copy_ms, pipe.spilled().0)),
             // The hashing side stopped first (its temp files): that is the cause.
             (Err(e), Err(w)) if e.message.contains("compression stopped") => Err(temp_fail(dir)(w)),
             (Err(e), _) => Err(e),
@@ -994,7 +995,7 @@ fn full_pass(
     };
     timings.snapshot += copy_ms;
     timings.compress = ms_since(step);
-    report.spilled_bytes = Some(pipe.spilled().0);
+    report.spilled_bytes = Some(report.spilled_bytes.unwrap_or(0) + pipe.spilled().0);
     let view_header = Header {
         kind: Kind::Full,
         page_size,
