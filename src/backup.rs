@@ -302,7 +302,7 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
 /// anyone up: WAL databases (readers never block writers) and databases that are not a file
 /// of the default VFS (memory, temp, memdb). A rollback-journal file keeps `vacuum`: there the
 /// stream would have to spill what compression has not taken yet (see README).
-fn stream_by_default(conn: &Connection, schema: &str) -> bool {
+pub(crate) fn stream_by_default(conn: &Connection, schema: &str) -> bool {
     if !crate::ffi::page_sink::available() {
         return false;
     }

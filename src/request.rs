@@ -132,15 +132,8 @@ fn incremental(opts: &BackupOptions) -> Result<Option<crate::incremental::Option
     }
     if opts.method == Some(Method::Vacuum) {
         return Err(Error::usage(
-            "option 'incremental' compares pages by number, which only method 'pages' keeps \
+            "option 'incremental' compares pages by number, which only methods 'pages' and 'stream' keep \
              (VACUUM INTO renumbers them): drop method 'vacuum'",
-        ));
-    }
-    // Said rather than ignored: an incremental backup copies the pages into a temp file.
-    if opts.method == Some(Method::Stream) {
-        return Err(Error::usage(
-            "option 'incremental' takes its snapshot with method 'pages' (a copy in temp_dir), \
-             not 'stream': drop method 'stream'",
         ));
     }
     let full_every = match &opts.full_every {

@@ -84,6 +84,18 @@ struct Taken {
     out: Value,
 }
 
+impl Taken {
+    /// A backup's result, with the digest of the database it was taken from (now).
+    fn of(conn: &Connection, out: Value) -> Taken {
+        Taken {
+            url: out["destination"].as_str().unwrap().to_string(),
+            sha256: out["sha256"].as_str().unwrap().to_string(),
+            digest: digest_conn(conn, "main"),
+            out,
+        }
+    }
+}
+
 /// A chain of `n` backups of `conn` in `dir/b`, one codec after another, with activity between.
 fn chain(conn: &Connection, dir: &Path, n: u32, extra: &str) -> Vec<Taken> {
     let exts = ["zst", "gz", "db"];
@@ -102,12 +114,7 @@ fn chain(conn: &Connection, dir: &Path, n: u32, extra: &str) -> Vec<Taken> {
                 at(i)
             ),
         );
-        taken.push(Taken {
-            url: out["destination"].as_str().unwrap().to_string(),
-            sha256: out["sha256"].as_str().unwrap().to_string(),
-            digest: digest_conn(conn, "main"),
-            out,
-        });
+        taken.push(Taken::of(conn, out));
     }
     taken
 }
@@ -416,9 +423,19 @@ fn if_changed_skips_an_unchanged_database_and_full_every_policies() {
         fifth["full_reason"],
         "the chain would store more than a new full backup"
     );
-    // full_every 1: every backup is full.
+    // full_every 1: every backup is full; with if_changed, the hash pass comes first, then
+    // the full one's pass in the same read transaction.
     activity(&conn, 3);
     assert_eq!(run(64, r#", "full_every": 1"#)["kind"], "full");
+    activity(&conn, 4);
+    let hashed_first = run(65, r#", "full_every": 1, "if_changed": true"#);
+    assert_eq!(hashed_first["kind"], "full", "{hashed_first}");
+    // A full one decided before the pass, after it, and after a hash pass: each restores.
+    for out in [&third, &fifth, &hashed_first] {
+        assert_eq!(out["method"], "stream", "{out}");
+        let restored = restore(&conn, out["destination"].as_str().unwrap(), dir.path());
+        assert_eq!(sha_of(&restored), out["sha256"].as_str().unwrap(), "{out}");
+    }
 }
 
 #[test]
@@ -455,11 +472,6 @@ fn bad_options_are_refused_before_any_work() {
             "a.zst",
             r#"{"incremental": true, "method": "vacuum"}"#,
             "drop method 'vacuum'",
-        ),
-        (
-            "a.zst",
-            r#"{"incremental": true, "method": "stream"}"#,
-            "drop method 'stream'",
         ),
         (
             "a.zst.age",
@@ -860,12 +872,7 @@ fn sealed_chain(
             &sealed_options(public, key, i, extra),
         );
         assert_eq!(out["encrypted"], true, "{out}");
-        taken.push(Taken {
-            url: out["destination"].as_str().unwrap().to_string(),
-            sha256: out["sha256"].as_str().unwrap().to_string(),
-            digest: digest_conn(conn, "main"),
-            out,
-        });
+        taken.push(Taken::of(conn, out));
     }
     taken
 }
@@ -1367,7 +1374,8 @@ fn an_encrypted_s3_chain_stores_no_hash_in_the_clear() {
     }
     assert_nothing_in_the_clear(server.root(), &restored);
 
-    // The check sees the server's metadata files: a plain backup's sha256 is found there.
+    // The check sees what the server keeps: a plain backup's sha256 is found there (its
+    // page list, and the trailer of its object: the full one streams).
     server.create_bucket("plain");
     let mut opts = s3.clone();
     opts["incremental"] = true.into();
@@ -1393,7 +1401,7 @@ fn an_encrypted_s3_chain_stores_no_hash_in_the_clear() {
     assert!(
         found
             .iter()
-            .any(|f| f.contains("metadata") && f.contains(&format!("holds sha256 {sha}"))),
+            .any(|f| f.contains("p.zst holds") && f.contains(&format!("holds sha256 {sha}"))),
         "{found:#?}"
     );
 }
@@ -1563,4 +1571,435 @@ print(json.dumps(sorted(os.listdir(d + "/b"))))
     );
     assert_eq!(lines[8], lines[10], "nothing left behind");
     assert_no_temp_files(&dir.path().join("b"));
+}
+
+// ---- method stream (#15 through the #14 page sink) ----
+
+/// Restores each taken backup and checks it is the database it was taken from, byte for byte.
+fn assert_each_restores(conn: &Connection, taken: &[Taken], dir: &Path) {
+    for t in taken {
+        let restored = restore(conn, &t.url, dir);
+        assert_eq!(sha_of(&restored), t.sha256, "{}", t.url);
+        assert_eq!(digest(&restored), t.digest, "{}", t.url);
+        fs::remove_file(restored).unwrap();
+    }
+}
+
+/// Mounts a tmpfs of `size` on a new directory; unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempdir();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_wal_or_memory_database_streams_by_default_and_each_step_restores_byte_for_byte() {
+    let (dir, conn) = setup();
+    let taken = chain(&conn, dir.path(), 4, "");
+    for t in &taken {
+        assert_eq!(t.out["method"], "stream", "{}", t.out);
+        assert_eq!(t.out["spilled_bytes"], 0, "{}", t.out);
+    }
+    assert_eq!(taken[3].out["kind"], "incremental", "{}", taken[3].out);
+    // Asked for by name, and method 'pages' still the page copy, in the same chain.
+    activity(&conn, 7);
+    let pattern = dir.path().join("b/app-%H%M.zst");
+    let mut more = Vec::new();
+    for (minute, method) in [(10, "stream"), (11, "pages")] {
+        if minute == 11 {
+            activity(&conn, 8);
+        }
+        let out = backup(
+            &conn,
+            &pattern,
+            &format!(
+                r#"{{"incremental": true, "match": "app-*", "now": "{}", "method": "{method}"}}"#,
+                at(minute)
+            ),
+        );
+        assert_eq!(out["method"], method, "{out}");
+        assert_eq!(out["kind"], "incremental", "{out}");
+        more.push(Taken::of(&conn, out));
+    }
+    assert_each_restores(&conn, &taken, dir.path());
+    assert_each_restores(&conn, &more, dir.path());
+    assert_no_temp_files_except(dir.path(), &["app.db-shm", "app.db-wal"]);
+
+    // A memory database streams too (the caller's connection, a first pass for page 1).
+    let mem = open_memory();
+    fill_sample(&mem, 500);
+    let b = dir.path().join("m");
+    fs::create_dir(&b).unwrap();
+    let mut taken = Vec::new();
+    for i in 0..3 {
+        if i > 0 {
+            activity(&mem, i);
+        }
+        let out = backup(
+            &mem,
+            &b.join("mem-%H%M.zst"),
+            &format!(r#"{{"incremental": true, "now": "{}"}}"#, at(i)),
+        );
+        assert_eq!(out["method"], "stream", "{out}");
+        assert_eq!(out["kind"], if i == 0 { "full" } else { "incremental" });
+        taken.push(Taken::of(&mem, out));
+    }
+    assert_each_restores(&mem, &taken, dir.path());
+}
+
+#[test]
+fn a_deleted_row_is_in_no_stored_byte_of_an_incremental_nor_of_its_restore() {
+    let (dir, conn) = setup();
+    conn.execute_batch("PRAGMA secure_delete = OFF").unwrap();
+    let pattern = dir.path().join("b/app-%H%M.db"); // uncompressed: the stored bytes as they are
+    let opts = |minute: u32| {
+        format!(
+            r#"{{"incremental": true, "match": "app-*", "now": "{}"}}"#,
+            at(minute)
+        )
+    };
+    let first = backup(&conn, &pattern, &opts(0));
+    assert_eq!(first["kind"], "full");
+    // Rows written and deleted between two backups: with secure_delete off their bytes stay
+    // in the pages' free space (and in free pages: the second table is dropped whole).
+    let marker = "DELETED-SECRET-7f3a9c";
+    conn.execute_batch(&format!(
+        "INSERT INTO orders (customer_id, total, status, note, payload)
+           VALUES (1, 1, 'open', '{marker}', zeroblob(10));
+         CREATE TABLE scratch(x);
+         INSERT INTO scratch VALUES ('{marker}' || hex(randomblob(2000)));
+         UPDATE customers SET score = score + 1 WHERE id = 5;"
+    ))
+    .unwrap();
+    conn.execute_batch(&format!(
+        "DELETE FROM orders WHERE note = '{marker}'; DROP TABLE scratch;"
+    ))
+    .unwrap();
+    let db_bytes = fs::read(dir.path().join("app.db")).unwrap();
+    let wal_bytes = fs::read(dir.path().join("app.db-wal")).unwrap_or_default();
+    assert!(
+        contains(&db_bytes, marker.as_bytes()) || contains(&wal_bytes, marker.as_bytes()),
+        "the deleted row's bytes are still in the source"
+    );
+    let second = backup(&conn, &pattern, &opts(1));
+    assert_eq!(second["kind"], "incremental", "{second}");
+    assert_eq!(second["method"], "stream", "{second}");
+    let object = fs::read(second["destination"].as_str().unwrap()).unwrap();
+    assert!(
+        !contains(&object, marker.as_bytes()),
+        "the incremental holds the deleted row"
+    );
+    let restored = restore(&conn, second["destination"].as_str().unwrap(), dir.path());
+    assert_eq!(sha_of(&restored), second["sha256"].as_str().unwrap());
+    assert!(
+        !contains(&fs::read(&restored).unwrap(), marker.as_bytes()),
+        "the restore holds the deleted row"
+    );
+    for f in files_under(&dir.path().join("b")) {
+        assert!(
+            !contains(&fs::read(&f).unwrap(), marker.as_bytes()),
+            "{} holds the deleted row",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn a_writer_in_another_process_during_an_incremental_stream_never_shows() {
+    use std::process::{Command, Stdio};
+    let dir = tempdir();
+    let db = dir.path().join("w.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+         INSERT INTO acct SELECT i, 100 FROM n;
+         CREATE TABLE pad(x BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+         INSERT INTO pad SELECT randomblob(100000) FROM n;",
+    )
+    .unwrap();
+    let b = dir.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let first = backup(
+        &conn,
+        &b.join("w-%H%M.zst"),
+        &format!(r#"{{"incremental": true, "now": "{}"}}"#, at(0)),
+    );
+    assert_eq!(first["kind"], "full");
+    // Transfers keep the total at 100000 in every committed state; some pad rows change.
+    let script: String = (0..400)
+        .map(|i| {
+            format!(
+                "BEGIN; UPDATE acct SET bal = bal - 1 WHERE id = {a}; \
+                 UPDATE acct SET bal = bal + 1 WHERE id = {b}; \
+                 UPDATE pad SET x = randomblob(100000) WHERE rowid = {p}; COMMIT;\n",
+                a = i % 1000 + 1,
+                b = (i * 7) % 1000 + 1,
+                p = i % 200 + 1
+            )
+        })
+        .collect();
+    let mut writer = Command::new(SQLITE3)
+        .arg(&db)
+        .arg(format!("PRAGMA busy_timeout = 10000;\n{script}"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut taken = Vec::new();
+    for i in 1..4 {
+        let out = backup(
+            &conn,
+            &b.join("w-%H%M.zst"),
+            &format!(r#"{{"incremental": true, "now": "{}"}}"#, at(i)),
+        );
+        assert_eq!(out["method"], "stream", "{out}");
+        taken.push(out);
+    }
+    assert!(writer.wait().unwrap().success());
+    for out in &taken {
+        let restored = restore(&conn, out["destination"].as_str().unwrap(), dir.path());
+        assert_eq!(sha_of(&restored), out["sha256"].as_str().unwrap(), "{out}");
+        let check = rusqlite::Connection::open(&restored).unwrap();
+        let total: i64 = check
+            .query_row("SELECT sum(bal) FROM acct", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(total, 100_000, "{out}");
+        assert_eq!(integrity(&restored), "ok");
+    }
+}
+
+#[test]
+fn kill_9_mid_incremental_stream_leaves_the_previous_chain_and_no_debris() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempdir();
+    let b = dir.path().join("b");
+    let tmp = dir.path().join("tmp");
+    fs::create_dir(&b).unwrap();
+    fs::create_dir(&tmp).unwrap();
+    let db = dir.path().join("k.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+         INSERT INTO blobs SELECT i, randomblob(100000) FROM n;",
+    )
+    .unwrap();
+    let options = |minute: u32| {
+        format!(
+            r#"{{"incremental": true, "match": "k-*", "now": "{}", "temp_dir": {}, "level": 19, "threads": 1}}"#,
+            at(minute),
+            serde_json::Value::from(tmp.to_str().unwrap())
+        )
+    };
+    let pattern = b.join("k-%H%M.zst");
+    let sql = |minute: u32| {
+        format!(
+            "SELECT backup_to_file({}, {})",
+            path_lit(&pattern),
+            lit(options(minute))
+        )
+    };
+    let first = call_json(&conn, &sql(0));
+    assert_eq!(first["kind"], "full");
+    assert_eq!(first["method"], "stream");
+    let before = list(&b);
+    conn.execute_batch("UPDATE blobs SET data = randomblob(100000) WHERE id % 2 = 0")
+        .unwrap();
+    let mut child = Command::new(SQLITE3)
+        .arg("-bail")
+        .arg("-cmd")
+        .arg(format!(".load {}", ext_load_name()))
+        .arg(&db)
+        .arg(sql(1))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Mid-stream: the process holds its unnamed temp files (page hashes, changed pages).
+    let pid = child.id();
+    let in_temp = || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(&tmp)))
+            })
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !in_temp() {
+        assert!(child.try_wait().unwrap().is_none(), "sqlite3 ended early");
+        assert!(Instant::now() < deadline, "no temp file after 30 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(list(&b), before, "killed mid-stream: nothing new stored");
+    assert_eq!(list(&tmp), Vec::<String>::new());
+    assert_no_temp_files(&b);
+    // The chain is whole; the next backup continues it.
+    let next = call_json(&conn, &sql(2));
+    assert_eq!(next["kind"], "incremental", "{next}");
+    assert_eq!(
+        next["base"],
+        name_of(first["destination"].as_str().unwrap())
+    );
+    let restored = restore(&conn, next["destination"].as_str().unwrap(), dir.path());
+    assert_eq!(sha_of(&restored), next["sha256"].as_str().unwrap());
+    assert_eq!(list(&tmp), Vec::<String>::new());
+}
+
+#[test]
+fn a_database_much_larger_than_temp_dir_backs_up_incrementally() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let tmpfs = Tmpfs::mount("8m");
+    let dir = tempdir();
+    let db = dir.path().join("big.db");
+    let conn = open(&db);
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 700)
+         INSERT INTO blobs SELECT i, randomblob(100000) FROM n;
+         PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    assert!(fs::metadata(&db).unwrap().len() > 64 << 20);
+    let b = dir.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let run = |minute: u32| {
+        backup(
+            &conn,
+            &b.join("big-%H%M.zst"),
+            &format!(
+                r#"{{"incremental": true, "now": "{}", "temp_dir": {}}}"#,
+                at(minute),
+                serde_json::Value::from(tmpfs.0.path().to_str().unwrap())
+            ),
+        )
+    };
+    let first = run(0);
+    assert_eq!(first["kind"], "full", "{first}");
+    assert_eq!(first["method"], "stream", "{first}");
+    conn.execute_batch("UPDATE blobs SET data = randomblob(100000) WHERE id IN (3, 300)")
+        .unwrap();
+    let second = run(1);
+    assert_eq!(second["kind"], "incremental", "{second}");
+    assert_eq!(second["spilled_bytes"], 0, "{second}");
+    let changed = second["changed_pages"].as_u64().unwrap();
+    assert!(changed < 200, "{second}");
+    assert_eq!(list(tmpfs.0.path()), Vec::<String>::new());
+    let restored = restore(&conn, second["destination"].as_str().unwrap(), dir.path());
+    assert_eq!(sha_of(&restored), second["sha256"].as_str().unwrap());
+}
+
+#[test]
+fn a_rollback_journal_database_streams_when_asked_and_spills_rather_than_wait() {
+    let dir = tempdir();
+    let db = dir.path().join("rj.db");
+    make_sample_db(&db, Journal::Rollback, 3000);
+    let conn = open(&db);
+    let b = dir.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let mut taken = Vec::new();
+    for (i, method) in [(0, Some("stream")), (1, Some("stream")), (2, None)] {
+        if i > 0 {
+            activity(&conn, i);
+        }
+        let method = method.map_or(String::new(), |m| format!(r#", "method": "{m}""#));
+        let out = backup(
+            &conn,
+            &b.join("rj-%H%M.zst"),
+            &format!(r#"{{"incremental": true, "now": "{}"{method}}}"#, at(i)),
+        );
+        taken.push(Taken::of(&conn, out));
+    }
+    for t in &taken[..2] {
+        assert_eq!(t.out["method"], "stream", "{}", t.out);
+        // The copy never waited for the hashing: what it had not taken yet was set aside.
+        assert!(t.out["spilled_bytes"].is_u64(), "{}", t.out);
+    }
+    assert_eq!(taken[1].out["kind"], "incremental");
+    // Not asked for: a rollback-journal file keeps the page copy.
+    assert_eq!(taken[2].out["method"], "pages", "{}", taken[2].out);
+    assert_eq!(taken[2].out["kind"], "incremental");
+    assert_each_restores(&conn, &taken, dir.path());
+    assert_no_temp_files_except(dir.path(), &[]);
+}
+
+/// A row updated to a shorter long value (secure_delete off) leaves the old value's bytes at the
+/// end of its new overflow chain's last page: an incremental zeroes them as a full stream does.
+#[test]
+fn the_unused_end_of_an_overflow_chain_is_zeroed_in_an_incremental() {
+    let dir = tempdir();
+    let db = dir.path().join("o.db");
+    let conn = open(&db);
+    // 1 KiB pages; random padding so the changed pages stay well below a new full backup.
+    conn.execute_batch(
+        "PRAGMA page_size = 1024;
+         PRAGMA journal_mode = WAL;
+         PRAGMA secure_delete = OFF;
+         CREATE TABLE pad(x BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+         INSERT INTO pad SELECT randomblob(900) FROM n;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);",
+    )
+    .unwrap();
+    fs::create_dir(dir.path().join("b")).unwrap();
+    let pattern = dir.path().join("b/o-%H%M.db"); // uncompressed: the stored bytes as they are
+    let opts = |minute: u32| {
+        format!(
+            r#"{{"incremental": true, "match": "o-*", "now": "{}"}}"#,
+            at(minute)
+        )
+    };
+    assert_eq!(backup(&conn, &pattern, &opts(0))["kind"], "full");
+    // A 4400-byte value overflows into pages that the shorter one (2023 bytes) reuses.
+    conn.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
+         INSERT INTO t SELECT i, CAST(replace(hex(zeroblob(400)), '00', 'TAIL-MARKER') AS BLOB)
+           FROM n;
+         UPDATE t SET v = zeroblob(2021) || CAST('ok' AS BLOB);",
+    )
+    .unwrap();
+    let marker = b"TAIL-MARKER";
+    let second = backup(&conn, &pattern, &opts(1));
+    assert_eq!(second["kind"], "incremental", "{second}");
+    assert_eq!(second["method"], "stream", "{second}");
+    assert!(second.get("fallback").is_none(), "{second}");
+    for f in files_under(&dir.path().join("b")) {
+        assert!(
+            !contains(&fs::read(&f).unwrap(), marker),
+            "{} holds the old value's bytes",
+            f.display()
+        );
+    }
+    let restored = restore(&conn, second["destination"].as_str().unwrap(), dir.path());
+    assert_eq!(sha_of(&restored), second["sha256"].as_str().unwrap());
+    assert!(!contains(&fs::read(&restored).unwrap(), marker));
 }

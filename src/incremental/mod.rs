@@ -3,13 +3,16 @@
 //! newest backup of the series. Every backup has a page list beside it (`<name>.pages`, see
 //! `format`), so the next run compares page hashes without downloading any backup data.
 //!
-//! Pipeline: page copy (the online backup API keeps page numbers, VACUUM INTO does not) →
-//! hash each page (blake3) and the whole (sha256) → skip if unchanged (`if_changed`) → full
-//! or incremental by policy → page list, then the object (a kill between leaves a page list
-//! without its backup, which is never counted and which the next run removes).
+//! Pipeline: the pages in order (the online backup API keeps page numbers, VACUUM INTO does
+//! not) — streamed through the page sink (method `stream`, see `stream_run`: nothing kept but
+//! the changed pages) or a page copy in temp_dir (method `pages`, `copy_run`) → hash each page
+//! (blake3) and the whole (sha256) → skip if unchanged (`if_changed`) → full or incremental by
+//! policy → page list, then the object (a kill between leaves a page list without its backup,
+//! which is never counted and which the next run removes).
 
 pub mod chain;
 pub mod format;
+mod tally;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -30,6 +33,7 @@ use crate::snapshot::{self, Method};
 use crate::store::{Entry, PutMeta, Sha256Cell, Store};
 use crate::temp::{self, NamedTemp};
 use format::{Hash, Header, Kind, DELTA_MAGIC};
+use tally::Tally;
 
 /// How often a full backup is taken.
 #[derive(Debug, Clone)]
@@ -167,41 +171,7 @@ pub fn run(
         }
     };
 
-    let snap = snapshot::take(
-        conn,
-        &req.schema,
-        Some(Method::Pages),
-        req.busy_timeout_ms,
-        &req.temp_dir,
-    )?;
-    let mut timings = Timings {
-        snapshot: ms_since(started),
-        ..Timings::default()
-    };
-    let page_size = snap.page_size;
-    let page_count = snap.page_count;
-    let mut report = Report {
-        destination: store.url(name),
-        method: Method::Pages.name(),
-        fallback: None,
-        compression: codec.name(),
-        encrypted,
-        bytes: snap.bytes,
-        stored_bytes: 0,
-        sha256: String::new(),
-        page_size,
-        page_count,
-        elapsed_ms: 0,
-        timings_ms: Timings::default(),
-        etag: None,
-        parts: 0,
-        skipped: false,
-        same_as: None,
-        spilled_bytes: None,
-    };
-
-    // The base's page hashes, when its chain can be continued with this page size.
-    let (mut owned, mut why_full) = match previous {
+    let (owned, why_full) = match previous {
         None => (None, Some("the first backup of the series".to_string())),
         Some(Previous {
             chain: Ok(chain), ..
@@ -214,285 +184,878 @@ pub fn run(
             Some(format!("the newest backup {}: {why}", entry.url)),
         ),
     };
-    if let Some(head) = owned.as_ref().and_then(|(l, _)| chain::header_of(l)) {
-        if head.page_size != page_size {
-            why_full = Some(format!(
-                "the page size changed from {} to {page_size}",
-                head.page_size
-            ));
-            owned = None;
-        }
-    }
-    let links = owned.as_ref().map(|(l, _)| l.as_slice());
-    let base_header = links.and_then(chain::header_of).cloned();
-    let base_link = links
-        .and_then(|l| l.last())
-        .map(|l| l.name.clone())
-        .unwrap_or_default();
-    // Stored bytes of the chain's incrementals (objects and page lists), from the listing.
-    let chain_bytes: u64 = links
-        .map(|l| {
-            l.iter()
-                .skip(1)
-                .flat_map(|link| [link.name.clone(), format::pages_name(&link.name)])
-                .filter_map(|n| sizes.get(&n))
-                .sum()
-        })
-        .unwrap_or(0);
-    let full_header = links
-        .and_then(|l| l.first())
-        .map(|l| (l.name.clone(), l.list.header.clone()));
-    let base_map = match &mut owned {
-        Some((_, map)) => Some(map.finish()?),
-        None => None,
+    let mut base = Base { owned, why_full };
+    let ctx = Ctx {
+        conn,
+        store,
+        name,
+        pages_name,
+        req,
+        opts,
+        codec,
+        level,
+        recipients,
+        sizes,
+        started,
     };
-
-    let step = Instant::now();
-    let hashed = hash_pages(&snap.file, page_size, page_count, base_map, &req.temp_dir)?;
-    timings.hash = ms_since(step);
-    report.sha256 = dbfile::hex(&hashed.sha256);
-
-    if req.if_changed {
-        let same = match &base_header {
-            Some(h) => (h.sha256 == hashed.sha256).then(|| store.url(&base_link)),
-            None => crate::backup::newest_with_same_content(
-                store,
-                &req.series,
-                &report.sha256,
-                req.identity_file.as_deref(),
-            )?,
+    // Method `stream` where a plain backup streams by default (WAL, memory), or when asked.
+    let streaming = match req.method {
+        Some(Method::Stream) => true,
+        Some(_) => false,
+        None => crate::backup::stream_by_default(conn, &req.schema),
+    };
+    let mut fallback = None;
+    if streaming {
+        // Page 1 predicted from the source's (no first pass); when the copy commits another
+        // page 1, nothing was stored yet: again with the first pass.
+        let streamed = match stream_run(&ctx, &mut base, true) {
+            Err(e) if e.message.contains(crate::stream::PAGE1_CHANGED) => {
+                stream_run(&ctx, &mut base, false)
+            }
+            other => other,
         };
-        if let Some(same) = same {
-            report.skipped = true;
-            report.same_as = Some(same);
-            report.elapsed_ms = ms_since(started);
-            report.timings_ms = timings;
-            return Ok((report, None));
+        match streamed? {
+            Streamed::Done(done) => return Ok(*done),
+            Streamed::Instead(why) => fallback = Some(why),
         }
     }
+    copy_run(&ctx, &mut base, fallback)
+}
 
-    // Full or incremental, by policy.
-    let changed = hashed.changed_count;
-    if let (Some(base), Some((full_name, full))) = (&base_header, &full_header) {
-        why_full = match &opts.full_every {
+/// One incremental backup's settings, resolved.
+struct Ctx<'a> {
+    conn: &'a Connection,
+    store: &'a dyn Store,
+    name: &'a str,
+    pages_name: String,
+    req: &'a Request,
+    opts: &'a Options,
+    codec: Codec,
+    level: u32,
+    recipients: Option<&'a crate::crypt::Recipients>,
+    /// Every name in the location, with its stored size.
+    sizes: HashMap<String, u64>,
+    started: Instant,
+}
+
+/// The chain this backup may continue (its links and its base's page hashes), or why not.
+struct Base {
+    owned: Option<(Vec<chain::Link>, BaseMap)>,
+    why_full: Option<String>,
+}
+
+/// What the chain says once the snapshot's page size is known.
+struct ChainView<'m> {
+    why_full: Option<String>,
+    base_header: Option<Header>,
+    base_link: String,
+    /// Stored bytes of the chain's incrementals (objects and page lists), from the listing.
+    chain_bytes: u64,
+    full_header: Option<(String, Header)>,
+    /// The base's page hashes (16 bytes a page) and its page count.
+    base_map: Option<(&'m File, u64)>,
+}
+
+impl Base {
+    fn view(&mut self, ctx: &Ctx, page_size: u32) -> Result<ChainView<'_>> {
+        if let Some(head) = self.owned.as_ref().and_then(|(l, _)| chain::header_of(l)) {
+            if head.page_size != page_size {
+                self.why_full = Some(format!(
+                    "the page size changed from {} to {page_size}",
+                    head.page_size
+                ));
+                self.owned = None;
+            }
+        }
+        let links = self.owned.as_ref().map(|(l, _)| l.as_slice());
+        let base_header = links.and_then(chain::header_of).cloned();
+        let base_link = links
+            .and_then(|l| l.last())
+            .map(|l| l.name.clone())
+            .unwrap_or_default();
+        let chain_bytes: u64 = links
+            .map(|l| {
+                l.iter()
+                    .skip(1)
+                    .flat_map(|link| [link.name.clone(), format::pages_name(&link.name)])
+                    .filter_map(|n| ctx.sizes.get(&n))
+                    .sum()
+            })
+            .unwrap_or(0);
+        let full_header = links
+            .and_then(|l| l.first())
+            .map(|l| (l.name.clone(), l.list.header.clone()));
+        let why_full = self.why_full.clone();
+        let base_map = match &mut self.owned {
+            Some((_, map)) => Some(map.finish()?),
+            None => None,
+        };
+        Ok(ChainView {
+            why_full,
+            base_header,
+            base_link,
+            chain_bytes,
+            full_header,
+            base_map,
+        })
+    }
+}
+
+impl ChainView<'_> {
+    /// Why this backup is a full one: no chain to continue, or by policy (count, age, or,
+    /// once `changed` is known, the chain's size). None: an incremental.
+    fn why_full(&self, ctx: &Ctx, page_size: u32, changed: Option<u64>) -> Option<String> {
+        if self.why_full.is_some() {
+            return self.why_full.clone();
+        }
+        let (Some(base), Some((full_name, full))) = (&self.base_header, &self.full_header) else {
+            return Some("the first backup of the series".to_string());
+        };
+        match &ctx.opts.full_every {
             FullEvery::Count(n) if base.depth.saturating_add(1) >= *n => {
                 Some(format!("full_every {n}: the chain has {n} backups"))
             }
             FullEvery::Age(within)
                 if within
-                    .cutoff(req.time)
+                    .cutoff(ctx.req.time)
                     .is_none_or(|cut| cut.timestamp() >= full.time) =>
             {
                 Some("full_every: the chain's full backup is that old".to_string())
             }
             _ => {
                 // This one's stored size, estimated at the full's compression ratio.
-                let full_stored = sizes.get(full_name).copied().unwrap_or(0);
+                let changed = changed?;
+                let full_stored = ctx.sizes.get(full_name).copied().unwrap_or(0);
                 let estimate = changed
                     .saturating_mul(u64::from(page_size))
                     .saturating_mul(full_stored)
                     / full.bytes().max(1);
-                (chain_bytes.saturating_add(estimate) > full_stored)
+                (self.chain_bytes.saturating_add(estimate) > full_stored)
                     .then(|| "the chain would store more than a new full backup".to_string())
             }
+        }
+    }
+
+    /// The base backup that holds this very database, for `if_changed`.
+    fn same_as(&self, ctx: &Ctx, sha256: &[u8; 32]) -> Result<Option<String>> {
+        match &self.base_header {
+            Some(h) => Ok((h.sha256 == *sha256).then(|| ctx.store.url(&self.base_link))),
+            None => crate::backup::newest_with_same_content(
+                ctx.store,
+                &ctx.req.series,
+                &dbfile::hex(sha256),
+                ctx.req.identity_file.as_deref(),
+            ),
+        }
+    }
+
+    fn header(
+        &self,
+        ctx: &Ctx,
+        why_full: &Option<String>,
+        page_size: u32,
+        page_count: u64,
+        sha256: [u8; 32],
+        changed: u64,
+    ) -> Header {
+        let kind = if why_full.is_some() {
+            Kind::Full
+        } else {
+            Kind::Incremental
         };
-    }
-    let kind = if why_full.is_some() {
-        Kind::Full
-    } else {
-        Kind::Incremental
-    };
-    let (base, full, depth) = match (kind, &base_header, &full_header) {
-        (Kind::Incremental, Some(b), Some((f, _))) => {
-            (base_link.clone(), f.clone(), b.depth.saturating_add(1))
-        }
-        _ => (String::new(), name.to_string(), 0),
-    };
-    let header = Header {
-        kind,
-        page_size,
-        page_count,
-        sha256: hashed.sha256,
-        time: req.time.timestamp(),
-        depth,
-        name: name.to_string(),
-        base: base.clone(),
-        full: full.clone(),
-        entries: match kind {
-            Kind::Full => page_count,
-            Kind::Incremental => changed,
-        },
-    };
-
-    // The page list first: a backup is only counted once its object exists.
-    let step = Instant::now();
-    crate::progress::phase("storing the page list", None);
-    let list_meta = PutMeta {
-        sha256: Sha256Cell::ready(String::new()),
-        backup_time: req.time,
-        create_only: false,
-        temp_dir: req.temp_dir.clone(),
-    };
-    let mut upload = store.put(&pages_name, &list_meta)?;
-    let entries = match kind {
-        Kind::Full => Entries::new(&hashed.map, Kind::Full, page_count),
-        Kind::Incremental => Entries::new(&hashed.changed, Kind::Incremental, changed),
-    }
-    .map_err(|e| Error::io("cannot read the page hashes back from their temp file", e))?;
-    let mut counted = CountingWriter {
-        inner: &mut upload,
-        count: 0,
-    };
-    let list_fail = |e| Error::io(format!("cannot write {}", store.url(&pages_name)), e);
-    // Page hashes would let whoever reads the bucket test guesses of page content.
-    let written = match recipients {
-        None => format::write_page_list(&header, entries, &mut counted).map_err(list_fail),
-        Some(r) => crate::crypt::encrypt(r, &mut counted).and_then(|mut sealed| {
-            format::write_page_list(&header, entries, &mut sealed).map_err(list_fail)?;
-            sealed
-                .finish()
-                .map(drop)
-                .map_err(|e| Error::io("cannot finish encryption", e))
-        }),
-    };
-    let list_bytes = counted.count;
-    if let Err(e) = written {
-        upload.abort();
-        return Err(e);
-    }
-    upload.commit()?;
-
-    // Then the object; on failure the page list goes too.
-    let stored = store_object(
-        store,
-        name,
-        req,
-        codec,
-        level,
-        recipients,
-        &snap.file,
-        &header,
-        &hashed.changed,
-        changed,
-        &mut timings,
-    );
-    let (stored, count) = match stored {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = store.delete(&pages_name);
-            return Err(e);
-        }
-    };
-    timings.compress += ms_since(step).saturating_sub(timings.compress + timings.commit);
-    drop(snap);
-    report.destination = stored.url;
-    report.stored_bytes = count + list_bytes;
-    report.etag = stored.etag;
-    report.parts = stored.parts;
-    report.elapsed_ms = ms_since(started);
-    report.timings_ms = timings;
-    Ok((
-        report,
-        Some(Info {
-            kind: kind.name(),
-            base: (kind == Kind::Incremental).then_some(base),
-            full,
+        let (base, full, depth) = match (kind, &self.base_header, &self.full_header) {
+            (Kind::Incremental, Some(b), Some((f, _))) => {
+                (self.base_link.clone(), f.clone(), b.depth.saturating_add(1))
+            }
+            _ => (String::new(), ctx.name.to_string(), 0),
+        };
+        Header {
+            kind,
+            page_size,
+            page_count,
+            sha256,
+            time: ctx.req.time.timestamp(),
             depth,
-            changed_pages: match kind {
+            name: ctx.name.to_string(),
+            base,
+            full,
+            entries: match kind {
                 Kind::Full => page_count,
                 Kind::Incremental => changed,
             },
-            page_list_bytes: list_bytes,
-            full_reason: why_full,
-        }),
-    ))
+        }
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn store_object(
-    store: &dyn Store,
-    name: &str,
-    req: &Request,
+impl Ctx<'_> {
+    fn report(
+        &self,
+        method: Method,
+        fallback: Option<String>,
+        bytes: u64,
+        page_size: u32,
+        page_count: u64,
+    ) -> Report {
+        Report {
+            destination: self.store.url(self.name),
+            method: method.name(),
+            fallback,
+            compression: self.codec.name(),
+            encrypted: self.recipients.is_some(),
+            bytes,
+            stored_bytes: 0,
+            sha256: String::new(),
+            page_size,
+            page_count,
+            elapsed_ms: 0,
+            timings_ms: Timings::default(),
+            etag: None,
+            parts: 0,
+            skipped: false,
+            same_as: None,
+            spilled_bytes: None,
+        }
+    }
+
+    fn skipped(
+        &self,
+        mut report: Report,
+        timings: Timings,
+        same: String,
+    ) -> (Report, Option<Info>) {
+        report.skipped = true;
+        report.same_as = Some(same);
+        report.elapsed_ms = ms_since(self.started);
+        report.timings_ms = timings;
+        (report, None)
+    }
+
+    /// Stores and commits the page list (before the object: a backup is only counted once
+    /// its object exists). Returns its stored bytes.
+    fn store_page_list(&self, header: &Header, map: &File, changed: &File) -> Result<u64> {
+        crate::progress::phase("storing the page list", None);
+        let store = self.store;
+        let pages_name = &self.pages_name;
+        let list_meta = PutMeta {
+            sha256: Sha256Cell::ready(String::new()),
+            backup_time: self.req.time,
+            create_only: false,
+            temp_dir: self.req.temp_dir.clone(),
+        };
+        let mut upload = store.put(pages_name, &list_meta)?;
+        let entries = match header.kind {
+            Kind::Full => Entries::new(map, Kind::Full, header.page_count),
+            Kind::Incremental => Entries::new(changed, Kind::Incremental, header.entries),
+        }
+        .map_err(|e| Error::io("cannot read the page hashes back from their temp file", e))?;
+        let mut counted = CountingWriter {
+            inner: &mut upload,
+            count: 0,
+        };
+        let list_fail = |e| Error::io(format!("cannot write {}", store.url(pages_name)), e);
+        // Page hashes would let whoever reads the bucket test guesses of page content.
+        let written = match self.recipients {
+            None => format::write_page_list(header, entries, &mut counted).map_err(list_fail),
+            Some(r) => crate::crypt::encrypt(r, &mut counted).and_then(|mut sealed| {
+                format::write_page_list(header, entries, &mut sealed).map_err(list_fail)?;
+                sealed
+                    .finish()
+                    .map(drop)
+                    .map_err(|e| Error::io("cannot finish encryption", e))
+            }),
+        };
+        let list_bytes = counted.count;
+        if let Err(e) = written {
+            upload.abort();
+            return Err(e);
+        }
+        upload.commit()?;
+        Ok(list_bytes)
+    }
+
+    /// The object's metadata; `sha256` empty when not known before the upload (a streamed
+    /// full backup: its trailer records it).
+    fn object_meta(&self, sha256: String) -> PutMeta {
+        PutMeta {
+            // An encrypted backup's plaintext hash would let whoever reads the bucket test a
+            // guess of its content: the store gets an empty one, which it does not record.
+            sha256: Sha256Cell::ready(if self.recipients.is_some() {
+                String::new()
+            } else {
+                sha256
+            }),
+            backup_time: self.req.time,
+            create_only: true,
+            temp_dir: self.req.temp_dir.clone(),
+        }
+    }
+
+    /// Compresses `input` into a new object and commits it.
+    fn store_object(
+        &self,
+        header: &Header,
+        input: Box<dyn Read + Send + '_>,
+        timings: &mut Timings,
+    ) -> Result<(crate::store::Stored, u64)> {
+        let meta = self.object_meta(dbfile::hex(&header.sha256));
+        let step = Instant::now();
+        let upload = self.store.put(self.name, &meta)?;
+        let mut counted = CountingWriter {
+            inner: upload,
+            count: 0,
+        };
+        let meter = crate::progress::phase("compressing and storing", None);
+        let mut input = Metered {
+            inner: input,
+            meter,
+        };
+        let compressed = compress(
+            &mut input,
+            &mut counted,
+            self.codec,
+            self.level,
+            self.req.threads,
+            self.recipients,
+        );
+        drop(input);
+        let CountingWriter {
+            inner: upload,
+            count,
+        } = counted;
+        if let Err(e) = compressed.and_then(|_| crate::interrupt::check()) {
+            upload.abort();
+            return Err(e);
+        }
+        timings.compress = ms_since(step);
+        let step = Instant::now();
+        crate::progress::phase("committing", None);
+        let stored = upload.commit()?;
+        timings.commit = ms_since(step);
+        Ok((stored, count))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn done(
+        &self,
+        mut report: Report,
+        timings: Timings,
+        header: &Header,
+        why_full: Option<String>,
+        stored: crate::store::Stored,
+        count: u64,
+        list_bytes: u64,
+    ) -> (Report, Option<Info>) {
+        report.sha256 = dbfile::hex(&header.sha256);
+        report.destination = stored.url;
+        report.stored_bytes = count + list_bytes;
+        report.etag = stored.etag;
+        report.parts = stored.parts;
+        report.elapsed_ms = ms_since(self.started);
+        report.timings_ms = timings;
+        let kind = header.kind;
+        let info = Info {
+            kind: kind.name(),
+            base: (kind == Kind::Incremental).then(|| header.base.clone()),
+            full: header.full.clone(),
+            depth: header.depth,
+            changed_pages: header.entries,
+            page_list_bytes: list_bytes,
+            full_reason: why_full,
+        };
+        (report, Some(info))
+    }
+}
+
+/// Codec inside, age outside (a full one stays `age -d | zstd -d` restorable). Returns the
+/// bytes read.
+fn compress(
+    input: &mut (dyn Read + Send),
+    out: &mut dyn Write,
     codec: Codec,
     level: u32,
+    threads: usize,
     recipients: Option<&crate::crypt::Recipients>,
-    snap: &NamedTemp,
-    header: &Header,
-    changed: &File,
-    changed_count: u64,
-    timings: &mut Timings,
-) -> Result<(crate::store::Stored, u64)> {
-    let meta = PutMeta {
-        // An encrypted backup's plaintext hash would let whoever reads the bucket test a
-        // guess of its content: the store gets an empty one, which it does not record.
-        sha256: Sha256Cell::ready(if recipients.is_some() {
-            String::new()
-        } else {
-            dbfile::hex(&header.sha256)
-        }),
-        backup_time: req.time,
-        create_only: true,
-        temp_dir: req.temp_dir.clone(),
-    };
-    let file = snap
-        .reopen()
-        .map_err(|e| Error::io("cannot read the snapshot", e))?;
-    let mut first = Vec::new();
-    if header.kind == Kind::Incremental {
-        header
-            .write(DELTA_MAGIC, &mut first)
-            .map_err(|e| Error::io("cannot encode the header", e))?;
-    }
-    let step = Instant::now();
-    let upload = store.put(name, &meta)?;
-    let mut counted = CountingWriter {
-        inner: upload,
-        count: 0,
-    };
-    let meter = crate::progress::phase("compressing and storing", None);
-    let inner: Box<dyn Read + Send + '_> = match header.kind {
-        Kind::Full => Box::new(file),
-        Kind::Incremental => Box::new(Records {
-            file,
-            page_size: header.page_size as usize,
-            changed: Entries::new(changed, Kind::Incremental, changed_count)
-                .map_err(|e| Error::io("cannot read the changed pages' temp file", e))?,
-            buf: first,
-            at: 0,
-        }),
-    };
-    let mut input = Metered { inner, meter };
-    // Codec inside, age outside: a full one stays `age -d | zstd -d` restorable.
-    let compressed = match recipients {
-        None => codec::compress(&mut input, &mut counted, codec, level, req.threads),
-        Some(r) => crate::crypt::encrypt(r, &mut counted).and_then(|mut sealed| {
-            let read = codec::compress(&mut input, &mut sealed, codec, level, req.threads)?;
+) -> Result<u64> {
+    match recipients {
+        None => codec::compress(input, out, codec, level, threads),
+        Some(r) => crate::crypt::encrypt(r, out).and_then(|mut sealed| {
+            let read = codec::compress(input, &mut sealed, codec, level, threads)?;
             // The last chunk and its tag: without them the file does not decrypt.
             sealed
                 .finish()
                 .map_err(|e| Error::io("cannot finish encryption", e))?;
             Ok(read)
         }),
+    }
+}
+
+/// The header an incremental's object starts with.
+fn delta_head(header: &Header) -> Result<Vec<u8>> {
+    let mut first = Vec::new();
+    header
+        .write(DELTA_MAGIC, &mut first)
+        .map_err(|e| Error::io("cannot encode the header", e))?;
+    Ok(first)
+}
+
+/// Method `pages`: a page copy in temp_dir, hashed, then compressed (whole, or the changed
+/// pages read back from it).
+fn copy_run(
+    ctx: &Ctx,
+    base: &mut Base,
+    fallback: Option<String>,
+) -> Result<(Report, Option<Info>)> {
+    let req = ctx.req;
+    let snap = snapshot::take(
+        ctx.conn,
+        &req.schema,
+        Some(Method::Pages),
+        req.busy_timeout_ms,
+        &req.temp_dir,
+    )?;
+    let mut timings = Timings {
+        snapshot: ms_since(ctx.started),
+        ..Timings::default()
     };
-    drop(input);
+    let (page_size, page_count) = (snap.page_size, snap.page_count);
+    let mut report = ctx.report(Method::Pages, fallback, snap.bytes, page_size, page_count);
+    let view = base.view(ctx, page_size)?;
+
+    let step = Instant::now();
+    let hashed = hash_pages(
+        &snap.file,
+        page_size,
+        page_count,
+        view.base_map,
+        &req.temp_dir,
+    )?;
+    timings.hash = ms_since(step);
+    report.sha256 = dbfile::hex(&hashed.sha256);
+    if req.if_changed {
+        if let Some(same) = view.same_as(ctx, &hashed.sha256)? {
+            return Ok(ctx.skipped(report, timings, same));
+        }
+    }
+    let changed = hashed.changed_count;
+    let why_full = view.why_full(ctx, page_size, Some(changed));
+    let header = view.header(
+        ctx,
+        &why_full,
+        page_size,
+        page_count,
+        hashed.sha256,
+        changed,
+    );
+
+    let step = Instant::now();
+    let list_bytes = ctx.store_page_list(&header, &hashed.map, &hashed.changed)?;
+    // Then the object; on failure the page list goes too.
+    let stored = (|| {
+        let file = snap
+            .file
+            .reopen()
+            .map_err(|e| Error::io("cannot read the snapshot", e))?;
+        let input: Box<dyn Read + Send + '_> = match header.kind {
+            Kind::Full => Box::new(file),
+            Kind::Incremental => Box::new(Records {
+                file,
+                page_size: page_size as usize,
+                changed: Entries::new(&hashed.changed, Kind::Incremental, changed)
+                    .map_err(|e| Error::io("cannot read the changed pages' temp file", e))?,
+                buf: delta_head(&header)?,
+                at: 0,
+            }),
+        };
+        ctx.store_object(&header, input, &mut timings)
+    })();
+    let (stored, count) = match stored {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ctx.store.delete(&ctx.pages_name);
+            return Err(e);
+        }
+    };
+    timings.compress += ms_since(step).saturating_sub(timings.compress + timings.commit);
+    drop(snap);
+    Ok(ctx.done(
+        report, timings, &header, why_full, stored, count, list_bytes,
+    ))
+}
+
+enum Streamed {
+    Done(Box<(Report, Option<Info>)>),
+    /// The stream cannot zero the free pages: why, for the page copy instead.
+    Instead(String),
+}
+
+/// Method `stream`: the pages come through the page sink (the read transaction, page 1 and
+/// free-space zeroing of `stream`), hashed as they arrive on another thread; only the pages
+/// that differ from the base are kept (an unnamed temp file), then compressed. A full backup
+/// known before (first of a series, `full_every`) goes straight to compression in the same
+/// pass; one found out after (the chain would outgrow a full one) takes a second pass in the
+/// same read transaction. No copy of the database is written anywhere.
+fn stream_run(ctx: &Ctx, base: &mut Base, predict: bool) -> Result<Streamed> {
+    let req = ctx.req;
+    let source = crate::stream::Source::open(ctx.conn, &req.schema, req.busy_timeout_ms)?;
+    crate::progress::phase("taking a snapshot", None);
+    let predicted = if predict {
+        source.predicted_page1()?
+    } else {
+        None
+    };
+    let (page1, free) = match predicted {
+        Some(page1) => (page1, Ok(crate::stream::FreeList::default())),
+        None => source.capture()?,
+    };
+    let head =
+        crate::stream::Header::parse(&page1).map_err(|e| Error::new(ErrorKind::Corrupt, e))?;
+    // Free pages hold deleted data: the stream zeroes them, when it knows which they are.
+    let free = match free {
+        Ok(free) if head.page_count < 1 << 24 => free,
+        Ok(_) => {
+            return Ok(Streamed::Instead(format!(
+                "the database has {} pages, more than the stream tells apart: copied with \
+                 method 'pages' instead",
+                head.page_count
+            )))
+        }
+        Err(why) => {
+            return Ok(Streamed::Instead(format!(
+                "the free pages cannot be zeroed ({why}): copied with method 'pages' instead"
+            )))
+        }
+    };
+    // So do the unused ends of overflow chains' last pages (dbstat, same read transaction).
+    let tails = match source.overflow_tails(head.usable)? {
+        Ok(tails) => tails,
+        Err(why) => {
+            return Ok(Streamed::Instead(format!(
+                "the ends of the overflow pages cannot be zeroed ({why}): copied with method \
+                 'pages' instead"
+            )))
+        }
+    };
+    let first_pass_ms = ms_since(ctx.started);
+    let page_size = head.page_size as u32;
+    let page_count = u64::from(head.page_count);
+    let bytes = page_count * u64::from(page_size);
+    let mut report = ctx.report(Method::Stream, None, bytes, page_size, page_count);
+    let mut timings = Timings::default();
+    let view = base.view(ctx, page_size)?;
+    // In rollback-journal mode our read lock blocks every writer: the copy never waits for
+    // what reads the pipe, it spills instead (WAL, memory: it waits).
+    let spill = (source.is_own_file() && !head.wal).then(|| req.temp_dir.clone());
+    let dir = &req.temp_dir;
+    // The hash first when `if_changed` needs it, or when the store needs it before the
+    // upload (a raw backup to S3: metadata); a .gz/.zst object's trailer records it after.
+    let hash_first = req.if_changed
+        || (ctx.store.local_path(ctx.name).is_none()
+            && ctx.recipients.is_none()
+            && !crate::trailer::carried_by(ctx.codec));
+    let known_full = view.why_full(ctx, page_size, None);
+
+    if known_full.is_none() || hash_first {
+        let step = Instant::now();
+        let meter = crate::progress::phase("taking a snapshot and hashing pages", Some(bytes));
+        let tally = Tally::new(page_size as usize, view.base_map, known_full.is_none(), dir)
+            .map_err(temp_fail(dir))?;
+        let (tallied, copy_ms, spilled) = tally_pass(
+            &source,
+            &page1,
+            &free,
+            &tails,
+            tally,
+            meter,
+            spill.clone(),
+            dir,
+        )?;
+        timings.snapshot = first_pass_ms + copy_ms;
+        timings.hash = ms_since(step).saturating_sub(copy_ms);
+        if tallied.bytes != bytes {
+            return Err(stream_length(tallied.bytes, bytes));
+        }
+        report.sha256 = dbfile::hex(&tallied.sha256);
+        if req.if_changed {
+            if let Some(same) = view.same_as(ctx, &tallied.sha256)? {
+                return Ok(Streamed::Done(Box::new(ctx.skipped(report, timings, same))));
+            }
+        }
+        let changed = tallied.changed_count;
+        let why_full = known_full.or_else(|| view.why_full(ctx, page_size, Some(changed)));
+        let header = view.header(
+            ctx,
+            &why_full,
+            page_size,
+            page_count,
+            tallied.sha256,
+            changed,
+        );
+        if header.kind == Kind::Incremental {
+            // What is left comes from temp files: the read transaction ends here.
+            drop(source);
+            report.spilled_bytes = Some(spilled);
+            let step = Instant::now();
+            let list_bytes = ctx.store_page_list(&header, &tallied.map, &tallied.changed)?;
+            let stored = (|| {
+                let mut bodies = tallied
+                    .bodies
+                    .as_ref()
+                    .ok_or_else(|| Error::new(ErrorKind::Io, "the changed pages were not kept"))?;
+                bodies.seek(SeekFrom::Start(0)).map_err(temp_fail(dir))?;
+                let input = io::Cursor::new(delta_head(&header)?)
+                    .chain(BufReader::with_capacity(1 << 20, bodies));
+                ctx.store_object(&header, Box::new(input), &mut timings)
+            })();
+            let (stored, count) = match stored {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ctx.store.delete(&ctx.pages_name);
+                    return Err(e);
+                }
+            };
+            timings.compress += ms_since(step).saturating_sub(timings.compress + timings.commit);
+            let done = ctx.done(
+                report, timings, &header, why_full, stored, count, list_bytes,
+            );
+            return Ok(Streamed::Done(Box::new(done)));
+        }
+        // A full one after all: a second pass, in the same read transaction, to compression.
+        let meta_sha = if hash_first {
+            report.sha256.clone()
+        } else {
+            String::new()
+        };
+        let known = Some(tallied.sha256);
+        drop(tallied);
+        report.spilled_bytes = Some(spilled);
+        let done = full_pass(
+            ctx, source, &page1, &free, &tails, report, timings, spill, meta_sha, known, why_full,
+        )?;
+        return Ok(Streamed::Done(Box::new(done)));
+    }
+    timings.snapshot = first_pass_ms;
+    let done = full_pass(
+        ctx,
+        source,
+        &page1,
+        &free,
+        &tails,
+        report,
+        timings,
+        spill,
+        String::new(),
+        None,
+        known_full,
+    )?;
+    Ok(Streamed::Done(Box::new(done)))
+}
+
+fn stream_length(got: u64, bytes: u64) -> Error {
+    Error::new(
+        ErrorKind::Io,
+        format!("the stream had {got} bytes where the database has {bytes}"),
+    )
+}
+
+/// One pass of the stream into `tally` on another thread. Returns what it tallied, how long
+/// the copy took and the bytes it spilled (rollback-journal mode).
+#[allow(clippy::too_many_arguments)]
+fn tally_pass(
+    source: &crate::stream::Source,
+    page1: &[u8],
+    free: &crate::stream::FreeList,
+    tails: &crate::stream::Tails,
+    tally: Tally,
+    meter: crate::progress::Meter,
+    spill: Option<std::path::PathBuf>,
+    dir: &Path,
+) -> Result<(tally::Tallied, u64, u64)> {
+    let pipe = crate::stream::Pipe::new(crate::stream::PIPE_BYTES, spill);
+    std::thread::scope(|scope| {
+        let mut reader = Metered {
+            inner: crate::stream::PipeReader::new(&pipe),
+            meter,
+        };
+        let mut tally = tally;
+        let worker = crate::threads::spawn_scoped(scope, "backup-hash", move || {
+            let mut buf = vec![0u8; 1 << 18];
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                tally.write_all(buf.get(..n).unwrap_or_default())?;
+            }
+            tally.finish()
+        })?;
+        let start = Instant::now();
+        let streamed = source
+            .emit(page1, free, tails, crate::stream::PipeWriter::new(&pipe))
+            .map(|mut w| w.close(Ok(())));
+        let copy_ms = ms_since(start);
+        let joined = worker
+            .join()
+            .map_err(|_| Error::new(ErrorKind::Io, "the hashing thread failed"))?;
+        match (streamed, joined) {
+            (Ok(()), Ok(t)) => Ok((t, copy_ms, pipe.spilled().0)),
+            // The hashing side stopped first (its temp files): that is the cause.
+            (Err(e), Err(w)) if e.message.contains("compression stopped") => Err(temp_fail(dir)(w)),
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(w)) => Err(temp_fail(dir)(w)),
+        }
+    })
+}
+
+/// A full backup streamed: the pages go through the page sink and a pipe to compression on
+/// another thread, tallied (page hashes, sha256) on the way. The object is committed only
+/// after its page list. `known`: the sha256 of an earlier pass of the same transaction,
+/// which this one must match.
+#[allow(clippy::too_many_arguments)]
+fn full_pass(
+    ctx: &Ctx,
+    source: crate::stream::Source,
+    page1: &[u8],
+    free: &crate::stream::FreeList,
+    tails: &crate::stream::Tails,
+    mut report: Report,
+    mut timings: Timings,
+    spill: Option<std::path::PathBuf>,
+    meta_sha: String,
+    known: Option<[u8; 32]>,
+    why_full: Option<String>,
+) -> Result<(Report, Option<Info>)> {
+    let req = ctx.req;
+    let dir = &req.temp_dir;
+    let (page_size, page_count, bytes) = (report.page_size, report.page_count, report.bytes);
+    let pipe = crate::stream::Pipe::new(crate::stream::PIPE_BYTES, spill);
+    let mut tally = Tally::new(page_size as usize, None, false, dir).map_err(temp_fail(dir))?;
+    let step = Instant::now();
+    let upload = ctx.store.put(ctx.name, &ctx.object_meta(meta_sha))?;
+    let meter = crate::progress::phase("compressing and storing", Some(bytes));
+    let (codec, level, threads, recipients) = (ctx.codec, ctx.level, req.threads, ctx.recipients);
+    let (streamed, (compressed, counted)) = std::thread::scope(|scope| -> Result<_> {
+        let reader = crate::stream::PipeReader::new(&pipe);
+        let tally = &mut tally;
+        let worker = crate::threads::spawn_scoped(scope, "backup-stream", move || {
+            let mut input = tally::TallyReader {
+                inner: Metered {
+                    inner: reader,
+                    meter,
+                },
+                tally,
+            };
+            let mut counted = CountingWriter {
+                inner: upload,
+                count: 0,
+            };
+            let result = compress(&mut input, &mut counted, codec, level, threads, recipients);
+            // The trailer records the sha256 after the last block, as for any streamed backup.
+            let result = result.and_then(|read| {
+                if recipients.is_none() {
+                    let hex = dbfile::hex(&input.tally.sha256());
+                    if let Some(trailer) = crate::trailer::encode(codec, &hex, read) {
+                        counted
+                            .write_all(&trailer)
+                            .map_err(|e| Error::io("cannot write the backup", e))?;
+                    }
+                }
+                Ok(read)
+            });
+            (result, counted)
+        })?;
+        let copy_start = Instant::now();
+        // A failed pass drops the writer, which ends the stream with an error.
+        let streamed = source
+            .emit(page1, free, tails, crate::stream::PipeWriter::new(&pipe))
+            .map(|mut w| w.close(Ok(())));
+        // The read transaction ends here, not when compression does.
+        drop(source);
+        let copy_ms = ms_since(copy_start);
+        let mut interrupted = Ok(());
+        while !worker.is_finished() {
+            if interrupted.is_ok() {
+                if let Err(e) = crate::interrupt::check() {
+                    pipe.abort();
+                    interrupted = Err(e);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let joined = worker
+            .join()
+            .map_err(|_| Error::new(ErrorKind::Io, "the compression thread failed"))?;
+        interrupted?;
+        Ok((streamed.map(|()| copy_ms), joined))
+    })?;
     let CountingWriter {
         inner: upload,
         count,
     } = counted;
-    if let Err(e) = compressed {
-        upload.abort();
-        return Err(e);
-    }
-    if let Err(e) = crate::interrupt::check() {
-        upload.abort();
-        return Err(e);
-    }
+    let tallied = tally.finish().map_err(temp_fail(dir));
+    let checked = match (streamed, compressed, tallied) {
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        (Ok(copy_ms), Ok(read), Ok(t)) => {
+            if read != bytes || t.bytes != bytes {
+                Err(stream_length(read, bytes))
+            } else if known.is_some_and(|k| k != t.sha256) {
+                Err(Error::new(
+                    ErrorKind::Io,
+                    "the database changed between the hash and the copy (this should not \
+                     happen within one read transaction): nothing was stored, try again",
+                ))
+            } else {
+                Ok((copy_ms, t))
+            }
+        }
+    };
+    let (copy_ms, tallied) = match checked.and_then(|c| crate::interrupt::check().map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            upload.abort();
+            return Err(e);
+        }
+    };
+    timings.snapshot += copy_ms;
     timings.compress = ms_since(step);
+    report.spilled_bytes = Some(report.spilled_bytes.unwrap_or(0) + pipe.spilled().0);
+    let view_header = Header {
+        kind: Kind::Full,
+        page_size,
+        page_count,
+        sha256: tallied.sha256,
+        time: req.time.timestamp(),
+        depth: 0,
+        name: ctx.name.to_string(),
+        base: String::new(),
+        full: ctx.name.to_string(),
+        entries: page_count,
+    };
+    let list_bytes = match ctx.store_page_list(&view_header, &tallied.map, &tallied.changed) {
+        Ok(n) => n,
+        Err(e) => {
+            upload.abort();
+            return Err(e);
+        }
+    };
     let step = Instant::now();
     crate::progress::phase("committing", None);
-    let stored = upload.commit()?;
+    let stored = match upload.commit() {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ctx.store.delete(&ctx.pages_name);
+            return Err(e);
+        }
+    };
     timings.commit = ms_since(step);
-    Ok((stored, count))
+    Ok(ctx.done(
+        report,
+        timings,
+        &view_header,
+        why_full,
+        stored,
+        count,
+        list_bytes,
+    ))
 }
 
 /// Removes page lists of the series whose backup is gone (a run killed between the two
@@ -594,7 +1157,8 @@ impl BaseMap {
 
     fn flush(&mut self) -> Result<()> {
         if !self.pending.is_empty() {
-            write_at(&self.file, &self.pending, self.pending_at).map_err(temp_fail(&self.dir))?;
+            temp::write_all_at(&self.file, &self.pending, self.pending_at)
+                .map_err(temp_fail(&self.dir))?;
             self.pending.clear();
         }
         Ok(())
@@ -1114,7 +1678,7 @@ impl Apply<'_> {
 
     fn write(&self, page: u32, bytes: &[u8]) -> Result<()> {
         let offset = u64::from(page.saturating_sub(1)) * self.page_size as u64;
-        write_at(self.file, bytes, offset).map_err(|e| {
+        temp::write_all_at(self.file, bytes, offset).map_err(|e| {
             Error::io(
                 format!("cannot write a temp file in {}", self.dir.display()),
                 e,
@@ -1223,25 +1787,6 @@ impl Apply<'_> {
         drop(reader);
         Ok((counted.count, codec))
     }
-}
-
-/// Writes `buf` at `offset` of a file shared by threads (no seek position involved).
-#[cfg(unix)]
-fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
-    while !buf.is_empty() {
-        let n = std::os::windows::fs::FileExt::seek_write(file, buf, offset)?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        buf = buf.get(n..).unwrap_or_default();
-        offset += n as u64;
-    }
-    Ok(())
 }
 
 struct CountingReader<R> {
