@@ -493,32 +493,7 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
             });
             (result, counted, hex)
         })?;
-        let writer = crate::stream::PipeWriter::new(&pipe);
-        let copy_start = Instant::now();
-        // A failed pass drops the writer, which ends the stream with an error.
-        let streamed = source
-            .emit(&page1, &free, &tails, writer)
-            .map(|mut w| w.close(Ok(())));
-        // The read transaction ends here, not when compression does: in rollback-journal
-        // mode writers wait only for the copy.
-        drop(source);
-        let copy_ms = ms_since(copy_start);
-        // Compression finishes on its thread; interrupts are this thread's to see.
-        let mut interrupted = Ok(());
-        while !worker.is_finished() {
-            if interrupted.is_ok() {
-                if let Err(e) = crate::interrupt::check() {
-                    pipe.abort();
-                    interrupted = Err(e);
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let joined = worker
-            .join()
-            .map_err(|_| Error::new(Kind::Io, "the compression thread failed"))?;
-        interrupted?;
-        Ok((streamed.map(|_| copy_ms), joined))
+        source.stream_to(&page1, &free, &tails, &pipe, worker)
     })?;
     let (compressed, counted, hex) = compressed;
     let CountingWriter {

@@ -1147,6 +1147,43 @@ impl<'a> Source<'a> {
             .map_err(|e| Error::new(Kind::Io, format!("cannot stream the database: {e}")))?;
         Ok(emit.out)
     }
+
+    /// Streams the database into `pipe` on this thread (a backup from the calling connection
+    /// must run on the caller's thread), ends the read transaction (in rollback-journal mode
+    /// writers wait only for the copy, not for compression), then waits for `worker`, which
+    /// reads the pipe, seeing interrupts meanwhile. Returns the copy's milliseconds (or why it
+    /// failed) and what the worker returned.
+    pub fn stream_to<T>(
+        self,
+        page1: &[u8],
+        free: &FreeList,
+        tails: &Tails,
+        pipe: &Arc<Pipe>,
+        worker: std::thread::ScopedJoinHandle<'_, T>,
+    ) -> Result<(Result<u64>, T)> {
+        let start = std::time::Instant::now();
+        // A failed pass drops the writer, which ends the stream with an error.
+        let streamed = self
+            .emit(page1, free, tails, PipeWriter::new(pipe))
+            .map(|mut w| w.close(Ok(())));
+        drop(self);
+        let copy_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut interrupted = Ok(());
+        while !worker.is_finished() {
+            if interrupted.is_ok() {
+                if let Err(e) = crate::interrupt::check() {
+                    pipe.abort();
+                    interrupted = Err(e);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let joined = worker
+            .join()
+            .map_err(|_| Error::new(Kind::Io, "the compression thread failed"))?;
+        interrupted?;
+        Ok((streamed.map(|()| copy_ms), joined))
+    }
 }
 
 #[cfg(test)]

@@ -491,6 +491,14 @@ impl Ctx<'_> {
     }
 
     /// Compresses `input` into a new object and commits it.
+    /// The page list is stored before its object: when the object fails, the list goes too
+    /// (a kill between the two is cleaned up by the next run).
+    fn without_list_if_failed<T>(&self, stored: Result<T>) -> Result<T> {
+        stored.inspect_err(|_| {
+            let _ = self.store.delete(&self.pages_name);
+        })
+    }
+
     fn store_object(
         &self,
         header: &Header,
@@ -668,13 +676,7 @@ fn copy_run(
         };
         ctx.store_object(&header, input, &mut timings)
     })();
-    let (stored, count) = match stored {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = ctx.store.delete(&ctx.pages_name);
-            return Err(e);
-        }
-    };
+    let (stored, count) = ctx.without_list_if_failed(stored)?;
     timings.compress += ms_since(step).saturating_sub(timings.compress + timings.commit);
     drop(snap);
     Ok(ctx.done(
@@ -806,13 +808,7 @@ fn stream_run(ctx: &Ctx, base: &mut Base, predict: bool) -> Result<Streamed> {
                     .chain(BufReader::with_capacity(1 << 20, bodies));
                 ctx.store_object(&header, Box::new(input), &mut timings)
             })();
-            let (stored, count) = match stored {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = ctx.store.delete(&ctx.pages_name);
-                    return Err(e);
-                }
-            };
+            let (stored, count) = ctx.without_list_if_failed(stored)?;
             timings.compress += ms_since(step).saturating_sub(timings.compress + timings.commit);
             let done = ctx.done(
                 report, timings, &header, why_full, stored, count, list_bytes,
@@ -963,29 +959,7 @@ fn full_pass(
             });
             (result, counted)
         })?;
-        let copy_start = Instant::now();
-        // A failed pass drops the writer, which ends the stream with an error.
-        let streamed = source
-            .emit(page1, free, tails, crate::stream::PipeWriter::new(&pipe))
-            .map(|mut w| w.close(Ok(())));
-        // The read transaction ends here, not when compression does.
-        drop(source);
-        let copy_ms = ms_since(copy_start);
-        let mut interrupted = Ok(());
-        while !worker.is_finished() {
-            if interrupted.is_ok() {
-                if let Err(e) = crate::interrupt::check() {
-                    pipe.abort();
-                    interrupted = Err(e);
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let joined = worker
-            .join()
-            .map_err(|_| Error::new(ErrorKind::Io, "the compression thread failed"))?;
-        interrupted?;
-        Ok((streamed.map(|()| copy_ms), joined))
+        source.stream_to(page1, free, tails, &pipe, worker)
     })?;
     let CountingWriter {
         inner: upload,
@@ -1039,13 +1013,7 @@ fn full_pass(
     };
     let step = Instant::now();
     crate::progress::phase("committing", None);
-    let stored = match upload.commit() {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = ctx.store.delete(&ctx.pages_name);
-            return Err(e);
-        }
-    };
+    let stored = ctx.without_list_if_failed(upload.commit())?;
     timings.commit = ms_since(step);
     Ok(ctx.done(
         report,
