@@ -322,6 +322,39 @@ fn sqlite_3_31_loads_and_backs_up() {
     assert_eq!(out, "sqlite 3.31.0\nload ok\n1\n1\n1\n", "{out}");
 }
 
+/// 3.31.0 as the amalgamation builds by default has no `dbstat`: a stream of a database with
+/// overflow chains still streams (their unused ends stay as they are, as the README says),
+/// without a fallback, and verifies.
+#[test]
+fn a_sqlite_without_dbstat_still_streams() {
+    let host = old_sqlite_host("0.17.3", "3.31.0");
+    let dir = tempdir();
+    let backup = dir.path().join("a.db.zst");
+    let call = format!("backup_to_file({})", path_lit(&backup));
+    let out = run_host(
+        &host,
+        &dir.path().join("a.db"),
+        &[
+            "PRAGMA journal_mode = WAL",
+            "CREATE TABLE t(x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+             WHERE i < 20) INSERT INTO t SELECT randomblob(5000) FROM n",
+            "SELECT count(*) FROM dbstat",
+            &format!(
+                "SELECT r LIKE '%\"method\":\"stream\"%' AND r NOT LIKE '%fallback%' \
+                 FROM (SELECT {call} AS r)"
+            ),
+            &format!(
+                "SELECT verify_backup({}) LIKE '%\"ok\":true%'",
+                path_lit(&backup)
+            ),
+        ],
+    );
+    assert_eq!(
+        out, "sqlite 3.31.0\nload ok\nwal\nerror: no such table: dbstat\n1\n1\n",
+        "{out}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Two SQLite libraries in one process (issue #9 item 7)
 
