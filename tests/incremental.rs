@@ -2003,3 +2003,62 @@ fn the_unused_end_of_an_overflow_chain_is_zeroed_in_an_incremental() {
     assert_eq!(sha_of(&restored), second["sha256"].as_str().unwrap());
     assert!(!contains(&fs::read(&restored).unwrap(), marker));
 }
+
+/// A free list that does not add up to page 1's count (a damaged header): the stream cannot
+/// tell the free pages apart, so a plain backup takes VACUUM INTO and an incremental one the
+/// page copy, each saying why in `fallback`, and both still back up.
+#[test]
+fn a_free_list_the_stream_cannot_tell_apart_falls_back_and_says_why() {
+    let dir = tempdir();
+    let db = dir.path().join("f.db");
+    {
+        let conn = open(&db);
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE t(x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+             INSERT INTO t SELECT randomblob(3000) FROM n;
+             DELETE FROM t WHERE rowid > 100;
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        )
+        .unwrap();
+    }
+    // Page 1's total of free-list pages (offset 36), one more than the list holds.
+    let mut bytes = fs::read(&db).unwrap();
+    let count = u32::from_be_bytes(bytes[36..40].try_into().unwrap());
+    assert!(count > 0, "the database has free pages");
+    bytes[36..40].copy_from_slice(&(count + 1).to_be_bytes());
+    fs::write(&db, bytes).unwrap();
+    let conn = open(&db);
+    let why =
+        "the free pages cannot be zeroed (the free list does not add up to the header's count)";
+    let plain = call_json(
+        &conn,
+        &format!(
+            "SELECT backup_to_file({}, '{{\"method\": \"stream\"}}')",
+            path_lit(dir.path().join("plain.db.zst"))
+        ),
+    );
+    assert_eq!(plain["method"], "vacuum", "{plain}");
+    let fallback = plain["fallback"].as_str().unwrap_or_default();
+    assert!(fallback.starts_with(why), "{plain}");
+    assert!(
+        fallback.ends_with("copied with VACUUM INTO instead"),
+        "{plain}"
+    );
+    fs::create_dir(dir.path().join("b")).unwrap();
+    let pattern = dir.path().join("b/f-%H%M.db.zst");
+    let opts = format!(
+        r#"{{"incremental": true, "match": "f-*", "now": "{}"}}"#,
+        at(0)
+    );
+    let inc = backup(&conn, &pattern, &opts);
+    assert_eq!(inc["kind"], "full", "{inc}");
+    assert_eq!(inc["method"], "pages", "{inc}");
+    let fallback = inc["fallback"].as_str().unwrap_or_default();
+    assert!(fallback.starts_with(why), "{inc}");
+    assert!(
+        fallback.ends_with("copied with method 'pages' instead"),
+        "{inc}"
+    );
+}
