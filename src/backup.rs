@@ -345,47 +345,19 @@ enum Streamed {
 fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
     let req = job.req;
     let source = crate::stream::Source::open(job.conn, &req.schema, req.busy_timeout_ms)?;
-    crate::progress::phase("taking a snapshot", None);
-    let predicted = if predict {
-        source.predicted_page1()?
-    } else {
-        None
-    };
-    let (page1, free) = match predicted {
-        Some(page1) => (page1, Ok(crate::stream::FreeList::default())),
-        None => source.capture()?,
-    };
-    let header = crate::stream::Header::parse(&page1).map_err(|e| Error::new(Kind::Corrupt, e))?;
     let instead = if source.is_own_file() {
         "VACUUM INTO"
     } else {
         "the page copy"
     };
-    // Free pages hold deleted data: the stream zeroes them, when it knows which they are.
-    let free = match free {
-        Ok(free) if header.page_count < 1 << 24 => free,
-        Ok(_) => {
-            return Ok(Streamed::Instead(format!(
-                "the database has {} pages, more than the stream tells apart: copied with \
-                 {instead} instead",
-                header.page_count
-            )))
-        }
-        Err(why) => {
-            return Ok(Streamed::Instead(format!(
-                "the free pages cannot be zeroed ({why}): copied with {instead} instead"
-            )))
-        }
-    };
-    // So do the unused ends of overflow chains' last pages (dbstat, same read transaction).
-    let tails = match source.overflow_tails(header.usable)? {
-        Ok(tails) => tails,
-        Err(why) => {
-            return Ok(Streamed::Instead(format!(
-                "the ends of the overflow pages cannot be zeroed ({why}): copied with \
-                 {instead} instead"
-            )))
-        }
+    let crate::stream::Prepared {
+        page1,
+        header,
+        free,
+        tails,
+    } = match source.prepare(predict, instead)? {
+        Ok(prepared) => prepared,
+        Err(why) => return Ok(Streamed::Instead(why)),
     };
     let first_pass_ms = ms_since(job.started);
     let mut timings = Timings::default();

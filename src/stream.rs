@@ -386,6 +386,14 @@ impl Capture {
     }
 }
 
+/// What `Source::prepare` found for a streamed pass.
+pub struct Prepared {
+    pub page1: Vec<u8>,
+    pub header: Header,
+    pub free: FreeList,
+    pub tails: Tails,
+}
+
 /// Free pages: trunk pages (how many leaf numbers each holds) and leaf pages, zeroed in the
 /// stream (a trunk keeps its numbers).
 #[derive(Debug, Default, Clone)]
@@ -1065,6 +1073,60 @@ impl<'a> Source<'a> {
         Header::parse(&capture.page1).map_err(|e| Error::new(Kind::Corrupt, e))?;
         let free = capture.free_list();
         Ok((capture.page1, free))
+    }
+
+    /// What a streamed pass needs before it starts, in this read transaction: page 1 as the
+    /// copy commits it (`predict`: from the reader's shim, else a first pass), the free pages
+    /// and the overflow ends to zero. Err: the fallback message when the stream cannot tell
+    /// them apart (copied with `instead` then).
+    pub fn prepare(
+        &self,
+        predict: bool,
+        instead: &str,
+    ) -> Result<std::result::Result<Prepared, String>> {
+        crate::progress::phase("taking a snapshot", None);
+        let predicted = if predict {
+            self.predicted_page1()?
+        } else {
+            None
+        };
+        let (page1, free) = match predicted {
+            Some(page1) => (page1, Ok(FreeList::default())),
+            None => self.capture()?,
+        };
+        let header = Header::parse(&page1).map_err(|e| Error::new(Kind::Corrupt, e))?;
+        // Free pages hold deleted data: the stream zeroes them, when it knows which they are.
+        let free = match free {
+            Ok(free) if header.page_count < 1 << 24 => free,
+            Ok(_) => {
+                return Ok(Err(format!(
+                    "the database has {} pages, more than the stream tells apart: copied with \
+                     {instead} instead",
+                    header.page_count
+                )))
+            }
+            Err(why) => {
+                return Ok(Err(format!(
+                    "the free pages cannot be zeroed ({why}): copied with {instead} instead"
+                )))
+            }
+        };
+        // So do the unused ends of overflow chains' last pages (dbstat, same transaction).
+        let tails = match self.overflow_tails(header.usable)? {
+            Ok(tails) => tails,
+            Err(why) => {
+                return Ok(Err(format!(
+                    "the ends of the overflow pages cannot be zeroed ({why}): copied with \
+                     {instead} instead"
+                )))
+            }
+        };
+        Ok(Ok(Prepared {
+            page1,
+            header,
+            free,
+            tails,
+        }))
     }
 
     /// The overflow chains' last pages and their unused ends, read with `dbstat` in the same

@@ -699,43 +699,14 @@ enum Streamed {
 fn stream_run(ctx: &Ctx, base: &mut Base, predict: bool) -> Result<Streamed> {
     let req = ctx.req;
     let source = crate::stream::Source::open(ctx.conn, &req.schema, req.busy_timeout_ms)?;
-    crate::progress::phase("taking a snapshot", None);
-    let predicted = if predict {
-        source.predicted_page1()?
-    } else {
-        None
-    };
-    let (page1, free) = match predicted {
-        Some(page1) => (page1, Ok(crate::stream::FreeList::default())),
-        None => source.capture()?,
-    };
-    let head =
-        crate::stream::Header::parse(&page1).map_err(|e| Error::new(ErrorKind::Corrupt, e))?;
-    // Free pages hold deleted data: the stream zeroes them, when it knows which they are.
-    let free = match free {
-        Ok(free) if head.page_count < 1 << 24 => free,
-        Ok(_) => {
-            return Ok(Streamed::Instead(format!(
-                "the database has {} pages, more than the stream tells apart: copied with \
-                 method 'pages' instead",
-                head.page_count
-            )))
-        }
-        Err(why) => {
-            return Ok(Streamed::Instead(format!(
-                "the free pages cannot be zeroed ({why}): copied with method 'pages' instead"
-            )))
-        }
-    };
-    // So do the unused ends of overflow chains' last pages (dbstat, same read transaction).
-    let tails = match source.overflow_tails(head.usable)? {
-        Ok(tails) => tails,
-        Err(why) => {
-            return Ok(Streamed::Instead(format!(
-                "the ends of the overflow pages cannot be zeroed ({why}): copied with method \
-                 'pages' instead"
-            )))
-        }
+    let crate::stream::Prepared {
+        page1,
+        header: head,
+        free,
+        tails,
+    } = match source.prepare(predict, "method 'pages'")? {
+        Ok(prepared) => prepared,
+        Err(why) => return Ok(Streamed::Instead(why)),
     };
     let first_pass_ms = ms_since(ctx.started);
     let page_size = head.page_size as u32;
