@@ -72,6 +72,39 @@ pub struct Report {
     pub same_as: Option<String>,
 }
 
+impl Report {
+    /// A backup's report before anything is stored: what is backed up, and how.
+    pub(crate) fn begin(
+        destination: String,
+        method: Method,
+        codec: Codec,
+        encrypted: bool,
+        bytes: u64,
+        page_size: u32,
+        page_count: u64,
+    ) -> Report {
+        Report {
+            destination,
+            method: method.name(),
+            fallback: None,
+            spilled_bytes: None,
+            compression: codec.name(),
+            encrypted,
+            bytes,
+            stored_bytes: 0,
+            sha256: String::new(),
+            page_size,
+            page_count,
+            elapsed_ms: 0,
+            timings_ms: Timings::default(),
+            etag: None,
+            parts: 0,
+            skipped: false,
+            same_as: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
     pub snapshot: u64,
@@ -149,23 +182,16 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
             .map_err(|e| Error::io("cannot read the snapshot", e))
     };
     let mut report = Report {
-        destination: store.url(name),
-        method: snap.method.name(),
         fallback: stream_fallback.or_else(|| snap.fallback.clone()),
-        spilled_bytes: None,
-        compression: codec.name(),
-        encrypted: recipients.is_some(),
-        bytes: snap.bytes,
-        stored_bytes: 0,
-        sha256: String::new(),
-        page_size: snap.page_size,
-        page_count: snap.page_count,
-        elapsed_ms: 0,
-        timings_ms: Timings::default(),
-        etag: None,
-        parts: 0,
-        skipped: false,
-        same_as: None,
+        ..Report::begin(
+            store.url(name),
+            snap.method,
+            codec,
+            recipients.is_some(),
+            snap.bytes,
+            snap.page_size,
+            snap.page_count,
+        )
     };
 
     // With if_changed the hash comes first: an unchanged database is skipped without
@@ -363,23 +389,16 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
     let mut timings = Timings::default();
     let bytes = u64::from(header.page_count) * header.page_size as u64;
     let mut report = Report {
-        destination: job.store.url(job.name),
-        method: Method::Stream.name(),
-        fallback: None,
         spilled_bytes: Some(0),
-        compression: job.codec.name(),
-        encrypted: job.recipients.is_some(),
-        bytes,
-        stored_bytes: 0,
-        sha256: String::new(),
-        page_size: header.page_size as u32,
-        page_count: u64::from(header.page_count),
-        elapsed_ms: 0,
-        timings_ms: Timings::default(),
-        etag: None,
-        parts: 0,
-        skipped: false,
-        same_as: None,
+        ..Report::begin(
+            job.store.url(job.name),
+            Method::Stream,
+            job.codec,
+            job.recipients.is_some(),
+            bytes,
+            header.page_size as u32,
+            u64::from(header.page_count),
+        )
     };
     // The hash is known only once everything went through. `if_changed` needs it first: a
     // hash-only pass (no compression, nothing written) comes first then, in the same read

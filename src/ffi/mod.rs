@@ -292,40 +292,12 @@ impl Connection {
 
     /// Runs a query and returns every row as text columns (NULL as None).
     pub fn query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
-        let prepare = routine!(prepare_v2);
-        let step = routine!(step);
-        let finalize = routine!(finalize);
-        let column_count = routine!(column_count);
-        let column_text = routine!(column_text);
-        let text = cstring(sql, "SQL")?;
-        let mut stmt: *mut sqlite3_stmt = ptr::null_mut();
-        // SAFETY: -1 length reads to the NUL; stmt is finalized below on every path.
-        let rc = unsafe { prepare(self.db, text.as_ptr(), -1, &mut stmt, ptr::null_mut()) };
-        if rc != SQLITE_OK {
-            return Err(Error::new(sqlite_kind(rc), self.errmsg()));
-        }
         let mut rows = Vec::new();
-        let result = loop {
-            // SAFETY: stmt is a live prepared statement.
-            match unsafe { step(stmt) } {
-                SQLITE_ROW => {
-                    let n = unsafe { column_count(stmt) };
-                    let row = (0..n)
-                        .map(|i| {
-                            // SAFETY: i < column_count; text is valid until the next step.
-                            let p = unsafe { column_text(stmt, i) };
-                            (!p.is_null()).then(|| unsafe { owned_text(p.cast()) })
-                        })
-                        .collect();
-                    rows.push(row);
-                }
-                SQLITE_DONE => break Ok(rows),
-                rc => break Err(Error::new(sqlite_kind(rc), self.errmsg())),
-            }
-        };
-        // SAFETY: finalize exactly once.
-        unsafe { finalize(stmt) };
-        result
+        self.query_each(sql, |row| {
+            rows.push(row);
+            Ok(())
+        })?;
+        Ok(rows)
     }
 
     /// Runs a query and hands each row to `f` as it comes (nothing is collected).

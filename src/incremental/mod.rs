@@ -397,23 +397,16 @@ impl Ctx<'_> {
         page_count: u64,
     ) -> Report {
         Report {
-            destination: self.store.url(self.name),
-            method: method.name(),
             fallback,
-            compression: self.codec.name(),
-            encrypted: self.recipients.is_some(),
-            bytes,
-            stored_bytes: 0,
-            sha256: String::new(),
-            page_size,
-            page_count,
-            elapsed_ms: 0,
-            timings_ms: Timings::default(),
-            etag: None,
-            parts: 0,
-            skipped: false,
-            same_as: None,
-            spilled_bytes: None,
+            ..Report::begin(
+                self.store.url(self.name),
+                method,
+                self.codec,
+                self.recipients.is_some(),
+                bytes,
+                page_size,
+                page_count,
+            )
         }
     }
 
