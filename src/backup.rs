@@ -113,7 +113,7 @@ pub struct Timings {
     pub commit: u64,
 }
 
-fn ms_since(t: Instant) -> u64 {
+pub(crate) fn ms_since(t: Instant) -> u64 {
     t.elapsed().as_millis() as u64
 }
 
@@ -406,10 +406,13 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
     // before the upload starts). A .gz/.zst backup records it in its trailer, at the end: one
     // pass, the upload starting at once. (An encrypted backup records no hash at all.)
     let sha256 = Sha256Cell::default();
-    let hash_first = req.if_changed
-        || (job.store.local_path(job.name).is_none()
-            && job.recipients.is_none()
-            && !crate::trailer::carried_by(job.codec));
+    let hash_first = hash_first(
+        req.if_changed,
+        job.store,
+        job.name,
+        job.recipients.is_some(),
+        job.codec,
+    );
     if hash_first {
         crate::progress::phase("hashing", Some(bytes));
         let step = Instant::now();
@@ -499,10 +502,7 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
         (Ok(ms), Ok(read)) if read == bytes => ms,
         (Ok(_), Ok(read)) => {
             upload.abort();
-            return Err(Error::new(
-                Kind::Io,
-                format!("the stream had {read} bytes where the database has {bytes}"),
-            ));
+            return Err(stream_length(read, bytes));
         }
     };
     timings.snapshot = first_pass_ms + copy_ms;
@@ -540,13 +540,40 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
 
 /// Appends the trailer that records the database's sha256 and size after the last block (for
 /// codecs that have one; see `trailer`).
-fn append_trailer(out: &mut dyn Write, codec: Codec, sha256: &str, size: u64) -> Result<()> {
+pub(crate) fn append_trailer(
+    out: &mut dyn Write,
+    codec: Codec,
+    sha256: &str,
+    size: u64,
+) -> Result<()> {
     match crate::trailer::encode(codec, sha256, size) {
         Some(bytes) => out
             .write_all(&bytes)
             .map_err(|e| Error::io("cannot write the backup", e)),
         None => Ok(()),
     }
+}
+
+/// Whether a stream hashes before it compresses: `if_changed` needs the hash first, and so
+/// does a store that must send it before the upload (a raw backup to S3: metadata); a .gz/.zst
+/// object's trailer records it after, and an encrypted backup records none.
+pub(crate) fn hash_first(
+    if_changed: bool,
+    store: &dyn Store,
+    name: &str,
+    encrypted: bool,
+    codec: Codec,
+) -> bool {
+    if_changed
+        || (store.local_path(name).is_none() && !encrypted && !crate::trailer::carried_by(codec))
+}
+
+/// A stream that did not hand over as many bytes as the database has.
+pub(crate) fn stream_length(got: u64, bytes: u64) -> Error {
+    Error::new(
+        Kind::Io,
+        format!("the stream had {got} bytes where the database has {bytes}"),
+    )
 }
 
 /// The stream's sha256 alone: the copy on this thread, the hashing on another (they overlap).

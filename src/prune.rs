@@ -194,8 +194,7 @@ pub fn run(store: &dyn Store, req: &Request) -> Result<Report> {
         }
         // Our trailer marks it ours, as backup_list shows it: a few bytes from the end
         // instead of the first 132 KiB.
-        let compressed = crate::trailer::carried_by(codec::Codec::for_name(&entry.name));
-        if compressed && crate::trailer::read(store, &entry.name, entry.size).is_some() {
+        if crate::trailer::read(store, &entry.name, entry.size).is_some() {
             return true;
         }
         match sniff(store, entry) {

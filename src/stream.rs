@@ -408,9 +408,10 @@ const MAX_TAILS: usize = 2 << 20;
 /// The last page of each overflow chain whose end is unused, and how many bytes at its end
 /// are (`dbstat`'s `unused`), in page order: zeroed in the stream (they keep whatever the page
 /// held before, a deleted row's bytes when `secure_delete` is off).
+/// Shared: each pass of a backup holds it (up to 16 MiB), none copies it.
 #[derive(Debug, Default, Clone)]
 pub struct Tails {
-    pages: Vec<(u32, u16)>,
+    pages: Arc<[(u32, u16)]>,
 }
 
 impl Tails {
@@ -1185,7 +1186,9 @@ impl<'a> Source<'a> {
         }
         pages.sort_unstable();
         pages.dedup_by_key(|p| p.0);
-        Ok(Ok(Tails { pages }))
+        Ok(Ok(Tails {
+            pages: pages.into(),
+        }))
     }
 
     /// A pass that hands the stream to `out`; returns `out` when every page went through.
@@ -1512,7 +1515,7 @@ mod tests {
     fn the_unused_ends_of_overflow_chains_are_zeroed() {
         let p1 = page1(512, 5);
         let tails = Tails {
-            pages: vec![(3, 100), (5, 508)],
+            pages: vec![(3, 100), (5, 508)].into(),
         };
         let mut emit = Emit::new(p1.clone(), FreeList::default(), 4096, VecOut(Vec::new()))
             .unwrap()
@@ -1535,7 +1538,7 @@ mod tests {
         assert!(at(2).iter().chain(at(4)).all(|&b| b == 0x77));
         // A listed page that does not end a chain is left alone.
         let tails = Tails {
-            pages: vec![(2, 100)],
+            pages: vec![(2, 100)].into(),
         };
         let mut emit = Emit::new(page1(512, 2), FreeList::default(), 4096, VecOut(Vec::new()))
             .unwrap()

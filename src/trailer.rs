@@ -135,8 +135,9 @@ pub fn parse(tail: &[u8]) -> Option<Trailer> {
 /// has none or it cannot be read: the caller falls back to what it did before trailers.
 /// `size` is the stored size (from the listing or `head`).
 pub fn read(store: &dyn crate::store::Store, name: &str, size: u64) -> Option<Trailer> {
-    // An encrypted backup ends in ciphertext: nothing to find, so nothing to ask for.
-    if crate::crypt::wanted(name) {
+    // Only a .gz/.zst backup has one; an encrypted backup ends in ciphertext: nothing to find,
+    // so nothing to ask for.
+    if crate::crypt::wanted(name) || !carried_by(Codec::for_name(name)) {
         return None;
     }
     let tail = store.read_tail(name, size, TAIL_BYTES).ok()?;

@@ -74,9 +74,6 @@ pub fn fetch_checked(
     };
     let (encrypted, plain) = crypt::open(Box::new(&mut counted), identity, &url)?;
     let (codec, mut reader) = codec::decoder(plain)?;
-    let mut file = temp::named(dir, temp::Ext::Db)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     // The header first: a foreign file or a bomb of zeros stops here, before any real write.
     let head = read_head(&mut reader).map_err(|e| read_error(&url, codec, e))?;
     if crate::incremental::is_incremental(&head) {
@@ -113,6 +110,9 @@ pub fn fetch_checked(
     }
     let header = dbfile::parse(&head).map_err(|p| not_a_database(&url, codec, p))?;
     let limit = header.limit(entry.size);
+    let mut file = temp::named(dir, temp::Ext::Db)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
     hasher.update(&head);
     file.write_all(&head)
         .map_err(|e| Error::io(format!("cannot write a temp file in {}", dir.display()), e))?;

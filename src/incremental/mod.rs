@@ -23,7 +23,7 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::backup::{CountingWriter, Metered, Report, Request, Timings};
+use crate::backup::{ms_since, stream_length, CountingWriter, Metered, Report, Request, Timings};
 use crate::codec::{self, Codec};
 use crate::dbfile;
 use crate::error::{Error, Kind as ErrorKind, Result};
@@ -68,10 +68,6 @@ pub struct Info {
     /// Why a full backup was taken.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub full_reason: Option<String>,
-}
-
-fn ms_since(t: Instant) -> u64 {
-    t.elapsed().as_millis() as u64
 }
 
 /// The previous backup of the series, when there is one.
@@ -712,12 +708,13 @@ fn stream_run(ctx: &Ctx, base: &mut Base, predict: bool) -> Result<Streamed> {
     // what reads the pipe, it spills instead (WAL, memory: it waits).
     let spill = (source.is_own_file() && !head.wal).then(|| req.temp_dir.clone());
     let dir = &req.temp_dir;
-    // The hash first when `if_changed` needs it, or when the store needs it before the
-    // upload (a raw backup to S3: metadata); a .gz/.zst object's trailer records it after.
-    let hash_first = req.if_changed
-        || (ctx.store.local_path(ctx.name).is_none()
-            && ctx.recipients.is_none()
-            && !crate::trailer::carried_by(ctx.codec));
+    let hash_first = crate::backup::hash_first(
+        req.if_changed,
+        ctx.store,
+        ctx.name,
+        ctx.recipients.is_some(),
+        ctx.codec,
+    );
     let known_full = view.why_full(ctx, page_size, None);
 
     if known_full.is_none() || hash_first {
@@ -808,13 +805,6 @@ fn stream_run(ctx: &Ctx, base: &mut Base, predict: bool) -> Result<Streamed> {
         known_full,
     )?;
     Ok(Streamed::Done(Box::new(done)))
-}
-
-fn stream_length(got: u64, bytes: u64) -> Error {
-    Error::new(
-        ErrorKind::Io,
-        format!("the stream had {got} bytes where the database has {bytes}"),
-    )
 }
 
 /// One pass of the stream into `tally` on another thread. Returns what it tallied, how long
@@ -913,11 +903,7 @@ fn full_pass(
             let result = result.and_then(|read| {
                 if recipients.is_none() {
                     let hex = dbfile::hex(&input.tally.sha256());
-                    if let Some(trailer) = crate::trailer::encode(codec, &hex, read) {
-                        counted
-                            .write_all(&trailer)
-                            .map_err(|e| Error::io("cannot write the backup", e))?;
-                    }
+                    crate::backup::append_trailer(&mut counted, codec, &hex, read)?;
                 }
                 Ok(read)
             });
