@@ -405,7 +405,6 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
     // transaction. So does a raw backup to S3, whose hash only the metadata can carry (sent
     // before the upload starts). A .gz/.zst backup records it in its trailer, at the end: one
     // pass, the upload starting at once. (An encrypted backup records no hash at all.)
-    let sha256 = Sha256Cell::default();
     let hash_first = hash_first(
         req.if_changed,
         job.store,
@@ -413,6 +412,7 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
         job.recipients.is_some(),
         job.codec,
     );
+    let mut first = None;
     if hash_first {
         crate::progress::phase("hashing", Some(bytes));
         let step = Instant::now();
@@ -431,15 +431,16 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
                 return Ok(Streamed::Done(Box::new(report)));
             }
         }
-        sha256.set(Ok(hex));
+        first = Some(hex);
     }
     let meta = PutMeta {
         // Empty: not recorded as metadata (a store that would wait for it does not).
-        sha256: if job.recipients.is_some() || !hash_first {
-            Sha256Cell::ready(String::new())
-        } else {
-            sha256.clone()
-        },
+        sha256: Sha256Cell::ready(
+            first
+                .clone()
+                .filter(|_| job.recipients.is_none())
+                .unwrap_or_default(),
+        ),
         backup_time: req.time,
         create_only: req.create_only,
         temp_dir: req.temp_dir.clone(),
@@ -507,17 +508,13 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
     };
     timings.snapshot = first_pass_ms + copy_ms;
     timings.compress = ms_since(step);
-    if hash_first {
-        if sha256.wait()? != hex {
-            upload.abort();
-            return Err(Error::new(
-                Kind::Io,
-                "the database changed between the hash and the copy (this should not happen \
-                 within one read transaction): nothing was stored, try again",
-            ));
-        }
-    } else {
-        sha256.set(Ok(hex.clone()));
+    if first.is_some_and(|first| first != hex) {
+        upload.abort();
+        return Err(Error::new(
+            Kind::Io,
+            "the database changed between the hash and the copy (this should not happen \
+             within one read transaction): nothing was stored, try again",
+        ));
     }
     if let Err(e) = crate::interrupt::check() {
         upload.abort();
