@@ -267,17 +267,14 @@ pub fn run(conn: &Connection, store: &dyn Store, name: &str, req: &Request) -> R
             inner: &mut file,
             meter: crate::progress::phase("compressing and storing", Some(snap.bytes)),
         };
-        let compressed = match &recipients {
-            None => codec::compress(&mut metered, &mut counted, codec, level, req.threads),
-            Some(r) => crate::crypt::encrypt(r, &mut counted).and_then(|mut sealed| {
-                let read = codec::compress(&mut metered, &mut sealed, codec, level, req.threads)?;
-                // The last chunk and its tag: without them the file does not decrypt.
-                sealed
-                    .finish()
-                    .map_err(|e| Error::io("cannot finish encryption", e))?;
-                Ok(read)
-            }),
-        };
+        let compressed = compress(
+            &mut metered,
+            &mut counted,
+            codec,
+            level,
+            req.threads,
+            recipients.as_deref(),
+        );
         // The hash comes from the other thread; a trailer records it after the last block.
         let compressed = compressed.and_then(|read| {
             if recipients.is_some() || !crate::trailer::carried_by(codec) {
@@ -469,16 +466,14 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
                 inner: upload,
                 count: 0,
             };
-            let result = match &recipients {
-                None => codec::compress(&mut input, &mut counted, codec, level, threads),
-                Some(r) => crate::crypt::encrypt(r, &mut counted).and_then(|mut sealed| {
-                    let read = codec::compress(&mut input, &mut sealed, codec, level, threads)?;
-                    sealed
-                        .finish()
-                        .map_err(|e| Error::io("cannot finish encryption", e))?;
-                    Ok(read)
-                }),
-            };
+            let result = compress(
+                &mut input,
+                &mut counted,
+                codec,
+                level,
+                threads,
+                recipients.as_deref(),
+            );
             let hex = dbfile::hex(&sha2::Digest::finalize(input.hasher));
             let result = result.and_then(|read| {
                 if recipients.is_none() {
@@ -533,6 +528,29 @@ fn stream(job: &StreamJob, predict: bool) -> Result<Streamed> {
     report.elapsed_ms = ms_since(job.started);
     report.timings_ms = timings;
     Ok(Streamed::Done(Box::new(report)))
+}
+
+/// Compresses `input` into `out`, encrypted when there are recipients: codec inside, age
+/// outside (`age -d | zstd -d` restores a backup). Returns the bytes read.
+pub(crate) fn compress(
+    input: &mut (dyn io::Read + Send),
+    out: &mut dyn Write,
+    codec: Codec,
+    level: u32,
+    threads: usize,
+    recipients: Option<&crate::crypt::Recipients>,
+) -> Result<u64> {
+    match recipients {
+        None => codec::compress(input, out, codec, level, threads),
+        Some(r) => crate::crypt::encrypt(r, out).and_then(|mut sealed| {
+            let read = codec::compress(input, &mut sealed, codec, level, threads)?;
+            // The last chunk and its tag: without them the file does not decrypt.
+            sealed
+                .finish()
+                .map_err(|e| Error::io("cannot finish encryption", e))?;
+            Ok(read)
+        }),
+    }
 }
 
 /// Appends the trailer that records the database's sha256 and size after the last block (for

@@ -23,7 +23,9 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::backup::{ms_since, stream_length, CountingWriter, Metered, Report, Request, Timings};
+use crate::backup::{
+    compress, ms_since, stream_length, CountingWriter, Metered, Report, Request, Timings,
+};
 use crate::codec::{self, Codec};
 use crate::dbfile;
 use crate::error::{Error, Kind as ErrorKind, Result};
@@ -560,29 +562,6 @@ impl Ctx<'_> {
             full_reason: why_full,
         };
         (report, Some(info))
-    }
-}
-
-/// Codec inside, age outside (a full one stays `age -d | zstd -d` restorable). Returns the
-/// bytes read.
-fn compress(
-    input: &mut (dyn Read + Send),
-    out: &mut dyn Write,
-    codec: Codec,
-    level: u32,
-    threads: usize,
-    recipients: Option<&crate::crypt::Recipients>,
-) -> Result<u64> {
-    match recipients {
-        None => codec::compress(input, out, codec, level, threads),
-        Some(r) => crate::crypt::encrypt(r, out).and_then(|mut sealed| {
-            let read = codec::compress(input, &mut sealed, codec, level, threads)?;
-            // The last chunk and its tag: without them the file does not decrypt.
-            sealed
-                .finish()
-                .map_err(|e| Error::io("cannot finish encryption", e))?;
-            Ok(read)
-        }),
     }
 }
 
