@@ -6,7 +6,6 @@ mod common;
 
 use common::calls::*;
 use common::proxy::Proxy;
-use common::s3server::S3Server;
 use common::*;
 use serde_json::json;
 
@@ -17,8 +16,7 @@ const PART: u64 = 5 << 20;
 /// `Content-MD5` S3 checks it against must be, or over plain http both could be replaced.
 #[test]
 fn every_upload_signs_its_content_md5() {
-    let server = S3Server::start();
-    server.create_bucket("bkt");
+    let server = common::series::s3_server();
     let proxy = Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], server.port())));
     let dir = tempdir();
     let small_path = dir.path().join("small.db");

@@ -104,16 +104,22 @@ fn file_backups_end_in_a_trailer_that_every_decoder_skips() {
     );
 }
 
+/// An S3 server with bucket `bkt`, a recording proxy in front of it, and options that go
+/// through the proxy.
+fn proxied_s3() -> (S3Server, Proxy, serde_json::Value) {
+    let server = common::series::s3_server();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
+    let mut opts = server.options_json();
+    opts["endpoint"] = proxy.endpoint().into();
+    (server, proxy, opts)
+}
+
 #[test]
 fn s3_stream_reads_the_database_once_and_records_the_hash_in_the_trailer_only() {
-    let server = S3Server::start();
-    server.create_bucket("bkt");
-    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
+    let (server, proxy, mut opts) = proxied_s3();
     let dir = tempdir();
     let (conn, expected) = big_db(dir.path());
     conn.execute_batch("PRAGMA journal_mode = WAL").unwrap();
-    let mut opts = server.options_json();
-    opts["endpoint"] = proxy.endpoint().into();
     opts["part_size"] = (5u64 << 20).into();
     for key in ["big.db.zst", "big.db.gz"] {
         proxy.clear_requests();
@@ -297,13 +303,9 @@ fn encrypted_backups_carry_no_trailer() {
 
 #[test]
 fn s3_vacuum_and_pages_upload_in_one_pass_with_the_hash_in_the_trailer() {
-    let server = S3Server::start();
-    server.create_bucket("bkt");
-    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
+    let (server, proxy, mut opts) = proxied_s3();
     let dir = tempdir();
     let (conn, expected) = big_db(dir.path());
-    let mut opts = server.options_json();
-    opts["endpoint"] = proxy.endpoint().into();
     opts["part_size"] = (5u64 << 20).into();
     for method in ["vacuum", "pages"] {
         opts["method"] = method.into();
@@ -344,13 +346,9 @@ fn s3_vacuum_and_pages_upload_in_one_pass_with_the_hash_in_the_trailer() {
 
 #[test]
 fn prune_knows_one_pass_s3_backups_by_their_trailer_as_backup_list_does() {
-    let server = S3Server::start();
-    server.create_bucket("bkt");
-    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
+    let (_server, proxy, opts) = proxied_s3();
     let dir = tempdir();
     let conn = wal_db(dir.path());
-    let mut opts = server.options_json();
-    opts["endpoint"] = proxy.endpoint().into();
     for i in 1..=3 {
         let report = to_s3(&conn, "bkt", &format!("app-{i}.db.zst"), &opts);
         assert!(report["stored_bytes"].as_u64().unwrap() > 1024, "{report}");
