@@ -807,7 +807,6 @@ class Bench:
 
     def inc_floor(self, before, after):
         """Pages of `after` that differ from `before` (or are new), and zstd -3 of just them."""
-        ps = 4096
         with open(after, "rb") as f:
             f.seek(16)
             raw = int.from_bytes(f.read(2), "big")
@@ -832,7 +831,7 @@ class Bench:
             rm(out, zst)
         return {"pages": pages, "changed_pages": changed, "floor_bytes": floor}
 
-    def inc_backup(self, db, hour, timed=True):
+    def inc_backup(self, db, hour):
         now = (datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
                + datetime.timedelta(hours=hour)).strftime("%Y-%m-%dT%H:%M:%SZ")
         opts = json.dumps({"incremental": True, "full_every": 100, "now": now})
@@ -934,23 +933,20 @@ class Bench:
 
     def inc_summary(self, res):
         rounds = res["rounds"]
-
-        def med(xs):
-            return median([x for x in xs if x is not None])
         s = {
-            "changed_fraction": med([r["floor"]["changed_pages"] / max(r["floor"]["pages"], 1)
-                                     for r in rounds]),
-            "floor_bytes": med([r["floor"]["floor_bytes"] for r in rounds]),
-            "inc_stored_bytes": med([r["incremental"]["stored_bytes"] for r in rounds]),
-            "inc_wall_s": med([r["incremental"]["wall_s"] for r in rounds]),
-            "inc_rss_mib": med([r["incremental"]["rss_kib"] / 1024 for r in rounds]),
-            "full_wall_s": med([r["full"]["wall_s"] for r in rounds]),
-            "full_stored_bytes": med([r["full"]["stored_bytes"] for r in rounds]),
-            "full_rss_mib": med([r["full"]["rss_kib"] / 1024 for r in rounds]),
-            "restore_chain_s": med([p["chain"]["wall_s"] for p in res["restores"]]),
-            "restore_full_s": med([p["full"]["wall_s"] for p in res["restores"]]),
-            "restore_chain_rss_mib": med([p["chain"]["rss_kib"] / 1024 for p in res["restores"]]),
-            "restore_full_rss_mib": med([p["full"]["rss_kib"] / 1024 for p in res["restores"]]),
+            "changed_fraction": median([r["floor"]["changed_pages"] / max(r["floor"]["pages"], 1)
+                                        for r in rounds]),
+            "floor_bytes": median([r["floor"]["floor_bytes"] for r in rounds]),
+            "inc_stored_bytes": median([r["incremental"]["stored_bytes"] for r in rounds]),
+            "inc_wall_s": median([r["incremental"]["wall_s"] for r in rounds]),
+            "inc_rss_mib": median([r["incremental"]["rss_kib"] / 1024 for r in rounds]),
+            "full_wall_s": median([r["full"]["wall_s"] for r in rounds]),
+            "full_stored_bytes": median([r["full"]["stored_bytes"] for r in rounds]),
+            "full_rss_mib": median([r["full"]["rss_kib"] / 1024 for r in rounds]),
+            "restore_chain_s": median([p["chain"]["wall_s"] for p in res["restores"]]),
+            "restore_full_s": median([p["full"]["wall_s"] for p in res["restores"]]),
+            "restore_chain_rss_mib": median([p["chain"]["rss_kib"] / 1024 for p in res["restores"]]),
+            "restore_full_rss_mib": median([p["full"]["rss_kib"] / 1024 for p in res["restores"]]),
             "chain_depth": res.get("chain_depth"),
         }
         if s["inc_stored_bytes"] and s["floor_bytes"]:
