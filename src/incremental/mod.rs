@@ -533,6 +533,26 @@ impl Ctx<'_> {
         Ok((stored, count))
     }
 
+    /// The page list first, then the object `input` makes (a kill between the two leaves a
+    /// page list the next run cleans up; a failed object takes its list with it). Returns the
+    /// finished report.
+    fn store_list_then_object<'a>(
+        &self,
+        report: Report,
+        mut timings: Timings,
+        header: &Header,
+        why_full: Option<String>,
+        (map, changed): (&File, &File),
+        input: impl FnOnce() -> Result<Box<dyn Read + Send + 'a>>,
+    ) -> Result<(Report, Option<Info>)> {
+        let step = Instant::now();
+        let list_bytes = self.store_page_list(header, map, changed)?;
+        let stored = input().and_then(|input| self.store_object(header, input, &mut timings));
+        let (stored, count) = self.without_list_if_failed(stored)?;
+        timings.compress += ms_since(step).saturating_sub(timings.compress + timings.commit);
+        Ok(self.done(report, timings, header, why_full, stored, count, list_bytes))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn done(
         &self,
@@ -623,33 +643,32 @@ fn copy_run(
         changed,
     );
 
-    let step = Instant::now();
-    let list_bytes = ctx.store_page_list(&header, &hashed.map, &hashed.changed)?;
-    // Then the object; on failure the page list goes too.
-    let stored = (|| {
-        let file = snap
-            .file
-            .reopen()
-            .map_err(|e| Error::io("cannot read the snapshot", e))?;
-        let input: Box<dyn Read + Send + '_> = match header.kind {
-            Kind::Full => Box::new(file),
-            Kind::Incremental => Box::new(Records {
-                file,
-                page_size: page_size as usize,
-                changed: Entries::new(&hashed.changed, Kind::Incremental, changed)
-                    .map_err(|e| Error::io("cannot read the changed pages' temp file", e))?,
-                buf: delta_head(&header)?,
-                at: 0,
-            }),
-        };
-        ctx.store_object(&header, input, &mut timings)
-    })();
-    let (stored, count) = ctx.without_list_if_failed(stored)?;
-    timings.compress += ms_since(step).saturating_sub(timings.compress + timings.commit);
+    let done = ctx.store_list_then_object(
+        report,
+        timings,
+        &header,
+        why_full,
+        (&hashed.map, &hashed.changed),
+        || {
+            let file = snap
+                .file
+                .reopen()
+                .map_err(|e| Error::io("cannot read the snapshot", e))?;
+            Ok(match header.kind {
+                Kind::Full => Box::new(file),
+                Kind::Incremental => Box::new(Records {
+                    file,
+                    page_size: page_size as usize,
+                    changed: Entries::new(&hashed.changed, Kind::Incremental, changed)
+                        .map_err(|e| Error::io("cannot read the changed pages' temp file", e))?,
+                    buf: delta_head(&header)?,
+                    at: 0,
+                }),
+            })
+        },
+    )?;
     drop(snap);
-    Ok(ctx.done(
-        report, timings, &header, why_full, stored, count, list_bytes,
-    ))
+    Ok(done)
 }
 
 enum Streamed {
@@ -736,23 +755,23 @@ fn stream_run(ctx: &Ctx, base: &mut Base, predict: bool) -> Result<Streamed> {
             // What is left comes from temp files: the read transaction ends here.
             drop(source);
             report.spilled_bytes = Some(spilled);
-            let step = Instant::now();
-            let list_bytes = ctx.store_page_list(&header, &tallied.map, &tallied.changed)?;
-            let stored = (|| {
-                let mut bodies = tallied
-                    .bodies
-                    .as_ref()
-                    .ok_or_else(|| Error::new(ErrorKind::Io, "the changed pages were not kept"))?;
-                bodies.seek(SeekFrom::Start(0)).map_err(temp_fail(dir))?;
-                let input = io::Cursor::new(delta_head(&header)?)
-                    .chain(BufReader::with_capacity(1 << 20, bodies));
-                ctx.store_object(&header, Box::new(input), &mut timings)
-            })();
-            let (stored, count) = ctx.without_list_if_failed(stored)?;
-            timings.compress += ms_since(step).saturating_sub(timings.compress + timings.commit);
-            let done = ctx.done(
-                report, timings, &header, why_full, stored, count, list_bytes,
-            );
+            let done = ctx.store_list_then_object(
+                report,
+                timings,
+                &header,
+                why_full,
+                (&tallied.map, &tallied.changed),
+                || {
+                    let mut bodies = tallied.bodies.as_ref().ok_or_else(|| {
+                        Error::new(ErrorKind::Io, "the changed pages were not kept")
+                    })?;
+                    bodies.seek(SeekFrom::Start(0)).map_err(temp_fail(dir))?;
+                    Ok(Box::new(
+                        io::Cursor::new(delta_head(&header)?)
+                            .chain(BufReader::with_capacity(1 << 20, bodies)),
+                    ))
+                },
+            )?;
             return Ok(Streamed::Done(Box::new(done)));
         }
         // A full one after all: a second pass, in the same read transaction, to compression.
