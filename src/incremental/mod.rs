@@ -72,13 +72,6 @@ pub struct Info {
     pub full_reason: Option<String>,
 }
 
-/// The previous backup of the series, when there is one.
-struct Previous {
-    entry: Entry,
-    /// Its chain, or why it cannot be continued.
-    chain: std::result::Result<(Vec<chain::Link>, BaseMap), String>,
-}
-
 pub fn run(
     conn: &Connection,
     store: &dyn Store,
@@ -133,8 +126,8 @@ pub fn run(
         .into_iter()
         .filter(|e| format::owner_of(&e.name).is_none())
         .collect();
-    let previous = match crate::retention::newest(members) {
-        None => None,
+    let (owned, why_full) = match crate::retention::newest(members) {
+        None => (None, Some("the first backup of the series".to_string())),
         Some(entry) => {
             let chain = if sizes.contains_key(&format::pages_name(&entry.name)) {
                 let mut map = BaseMap::new(&req.temp_dir)?;
@@ -165,22 +158,14 @@ pub fn run(
             } else {
                 Err("it is not part of an incremental chain".to_string())
             };
-            Some(Previous { entry, chain })
+            match chain {
+                Ok(chain) => (Some(chain), None),
+                Err(why) => (
+                    None,
+                    Some(format!("the newest backup {}: {why}", entry.url)),
+                ),
+            }
         }
-    };
-
-    let (owned, why_full) = match previous {
-        None => (None, Some("the first backup of the series".to_string())),
-        Some(Previous {
-            chain: Ok(chain), ..
-        }) => (Some(chain), None),
-        Some(Previous {
-            entry,
-            chain: Err(why),
-        }) => (
-            None,
-            Some(format!("the newest backup {}: {why}", entry.url)),
-        ),
     };
     let mut base = Base { owned, why_full };
     let ctx = Ctx {
