@@ -1038,7 +1038,7 @@ struct BaseMap {
     /// The newest link's page count: the base's.
     count: Option<u64>,
     /// Pages whose hash a newer link gave.
-    seen: Vec<u64>,
+    seen: PageBits,
     /// Consecutive hashes not yet written, and the offset of the first.
     pending: Vec<u8>,
     pending_at: u64,
@@ -1050,7 +1050,7 @@ impl BaseMap {
             file: unnamed(dir)?,
             dir: dir.to_path_buf(),
             count: None,
-            seen: Vec::new(),
+            seen: PageBits::default(),
             pending: Vec::with_capacity(1 << 16),
             pending_at: 0,
         })
@@ -1088,13 +1088,11 @@ impl BaseMap {
         self.flush()?;
         if self.count.is_none() {
             let count = header.page_count;
-            within_budget(count.div_ceil(8), "map of the base's pages")?;
-            let words = usize::try_from(count.div_ceil(64))
-                .map_err(|_| Error::usage("the database has too many pages for this machine"))?;
-            self.seen
-                .try_reserve_exact(words)
-                .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page map"))?;
-            self.seen.resize(words, 0);
+            self.seen = PageBits::sized(
+                count,
+                "map of the base's pages",
+                Error::usage("the database has too many pages for this machine"),
+            )?;
             self.count = Some(count);
         }
         Ok(())
@@ -1102,18 +1100,10 @@ impl BaseMap {
 
     fn add(&mut self, page: u32, hash: &Hash) -> Result<()> {
         let i = u64::from(page.saturating_sub(1));
-        // Pages past the base's count are not in it.
-        let Some(word) = usize::try_from(i / 64)
-            .ok()
-            .and_then(|w| self.seen.get_mut(w))
-        else {
-            return Ok(());
-        };
-        let bit = 1u64 << (i % 64);
-        if *word & bit != 0 {
+        // Pages past the base's count are not in it; a page listed again is kept once.
+        if self.seen.set(i) != Some(true) {
             return Ok(());
         }
-        *word |= bit;
         let offset = i * format::HASH_LEN as u64;
         if self.pending.len() >= 1 << 16
             || (!self.pending.is_empty() && self.pending_at + self.pending.len() as u64 != offset)
@@ -1443,11 +1433,38 @@ pub fn rebuild(
 /// whether this link holds the page's final content (1) or a newer one does (0).
 const LINK_RECORD: usize = 4 + format::HASH_LEN + 1;
 
-fn bit(bits: &[u64], i: u64) -> bool {
-    usize::try_from(i / 64)
-        .ok()
-        .and_then(|w| bits.get(w))
-        .is_some_and(|w| w & (1 << (i % 64)) != 0)
+/// One bit a page (page `i + 1` at bit `i`), sized once from a page count within the memory
+/// budget.
+#[derive(Default)]
+struct PageBits(Vec<u64>);
+
+impl PageBits {
+    fn sized(count: u64, what: &str, too_many: Error) -> Result<PageBits> {
+        within_budget(count.div_ceil(8), what)?;
+        let words = usize::try_from(count.div_ceil(64)).map_err(|_| too_many)?;
+        let mut bits = Vec::new();
+        bits.try_reserve_exact(words)
+            .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page map"))?;
+        bits.resize(words, 0);
+        Ok(PageBits(bits))
+    }
+
+    fn get(&self, i: u64) -> bool {
+        usize::try_from(i / 64)
+            .ok()
+            .and_then(|w| self.0.get(w))
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Sets bit `i`: whether it was clear; None past the end.
+    fn set(&mut self, i: u64) -> Option<bool> {
+        let word = usize::try_from(i / 64)
+            .ok()
+            .and_then(|w| self.0.get_mut(w))?;
+        let clear = *word & (1 << (i % 64)) == 0;
+        *word |= 1 << (i % 64);
+        Some(clear)
+    }
 }
 
 /// Each link's page list, read newest first, into an unnamed temp file of its own, each entry
@@ -1457,7 +1474,7 @@ fn bit(bits: &[u64], i: u64) -> bool {
 struct LinkLists {
     dir: std::path::PathBuf,
     count: Option<u64>,
-    seen: Vec<u64>,
+    seen: PageBits,
     files: Vec<File>,
     writing: Option<io::BufWriter<File>>,
 }
@@ -1467,7 +1484,7 @@ impl LinkLists {
         Ok(LinkLists {
             dir: dir.to_path_buf(),
             count: None,
-            seen: Vec::new(),
+            seen: PageBits::default(),
             files: Vec::new(),
             writing: None,
         })
@@ -1484,7 +1501,7 @@ impl LinkLists {
     }
 
     /// The bitmap, the page count, and the files full first.
-    fn finish(mut self) -> Result<(Vec<u64>, u64, Vec<File>)> {
+    fn finish(mut self) -> Result<(PageBits, u64, Vec<File>)> {
         self.close()?;
         self.files.reverse();
         Ok((self.seen, self.count.unwrap_or(0), self.files))
@@ -1496,13 +1513,11 @@ impl format::Sink for LinkLists {
         self.close()?;
         if self.count.is_none() {
             let count = header.page_count;
-            within_budget(count.div_ceil(8), "map of the chain's pages")?;
-            let words = usize::try_from(count.div_ceil(64))
-                .map_err(|_| Error::corrupt("the chain has too many pages for this machine"))?;
-            self.seen
-                .try_reserve_exact(words)
-                .map_err(|_| Error::new(ErrorKind::Io, "out of memory for the page map"))?;
-            self.seen.resize(words, 0);
+            self.seen = PageBits::sized(
+                count,
+                "map of the chain's pages",
+                Error::corrupt("the chain has too many pages for this machine"),
+            )?;
             self.count = Some(count);
         }
         let file = unnamed(&self.dir)?;
@@ -1512,16 +1527,7 @@ impl format::Sink for LinkLists {
 
     fn entry(&mut self, page: u32, hash: &Hash) -> Result<()> {
         let i = u64::from(page.saturating_sub(1));
-        let mut mine = false;
-        if i < self.count.unwrap_or(0) {
-            if let Some(word) = usize::try_from(i / 64)
-                .ok()
-                .and_then(|w| self.seen.get_mut(w))
-            {
-                mine = *word & (1 << (i % 64)) == 0;
-                *word |= 1 << (i % 64);
-            }
-        }
+        let mine = i < self.count.unwrap_or(0) && self.seen.set(i) == Some(true);
         let Some(w) = self.writing.as_mut() else {
             return Ok(());
         };
@@ -1541,7 +1547,7 @@ struct Apply<'a> {
     dir: &'a Path,
     file: &'a File,
     /// Pages an incremental holds the final content of (1 bit each), below `count`.
-    seen: &'a [u64],
+    seen: &'a PageBits,
     count: u64,
     page_size: usize,
     stop: &'a std::sync::atomic::AtomicBool,
@@ -1612,7 +1618,7 @@ impl Apply<'_> {
             reader.read_exact(&mut page).map_err(|e| {
                 self.damaged(&full.name, format!("cannot read page {number} ({e})"))
             })?;
-            if number <= self.count && !bit(self.seen, number - 1) {
+            if number <= self.count && !self.seen.get(number - 1) {
                 self.write(u32::try_from(number).unwrap_or(u32::MAX), &page)?;
             }
         }
@@ -1999,7 +2005,7 @@ mod tests {
         );
         let (seen, count, files) = lists.finish().unwrap();
         assert_eq!(count, 5);
-        let owned: Vec<bool> = (0..5).map(|i| bit(&seen, i)).collect();
+        let owned: Vec<bool> = (0..5).map(|i| seen.get(i)).collect();
         assert_eq!(owned, [false, true, true, false, true]);
         // Full first; each record marked with whether it is the newest of its page.
         assert_eq!(files.len(), 3);
