@@ -107,7 +107,7 @@ impl Header {
 /// A page that does not hold together as a b-tree page is left as it is.
 pub fn zero_free_space(page: &mut [u8], hdr: usize, usable: usize) {
     if let Some((gap, blocks)) = free_space(page, hdr, usable) {
-        let frags = fragments(page, hdr, usable).unwrap_or_default();
+        let frags = fragments(page, hdr, usable, gap.end, &blocks).unwrap_or_default();
         let mut zero = |r: std::ops::Range<usize>| {
             if let Some(b) = page.get_mut(r) {
                 b.fill(0)
@@ -178,7 +178,14 @@ fn cell_size(page: &[u8], at: usize, kind: u8, usable: usize) -> Option<usize> {
 /// The 1-3-byte fragments of a b-tree page: the bytes of its cell content area in no cell
 /// and no freeblock. Only when every cell parses, none overlaps another, and their total is
 /// the page header's fragment count (as `PRAGMA integrity_check` checks): never a live byte.
-fn fragments(page: &[u8], hdr: usize, usable: usize) -> Option<Vec<std::ops::Range<usize>>> {
+/// `content` and `blocks` (freeblock bodies) are what `free_space` found and checked.
+fn fragments(
+    page: &[u8],
+    hdr: usize,
+    usable: usize,
+    content: usize,
+    blocks: &[std::ops::Range<usize>],
+) -> Option<Vec<std::ops::Range<usize>>> {
     let kind = *page.get(hdr)?;
     let reported = *page.get(hdr + 7)? as usize;
     if reported == 0 {
@@ -190,26 +197,15 @@ fn fragments(page: &[u8], hdr: usize, usable: usize) -> Option<Vec<std::ops::Ran
     };
     let header_len = if kind == 2 || kind == 5 { 12 } else { 8 };
     let cells = u16at(hdr + 3)?;
-    let content = match u16at(hdr + 5)? {
-        0 => 65536,
-        n => n,
-    };
     let mut used = Vec::new();
-    used.try_reserve_exact(cells + usable / 4).ok()?;
+    used.try_reserve_exact(cells + blocks.len()).ok()?;
     for i in 0..cells {
         let at = u16at(hdr + header_len + 2 * i)?;
         let size = cell_size(page, at, kind, usable)?;
         used.push(at..at + size);
     }
-    let mut block = u16at(hdr + 1)?;
-    while block != 0 {
-        let size = u16at(block + 2)?;
-        used.push(block..block + size);
-        if used.len() > cells + usable / 4 {
-            return None;
-        }
-        block = u16at(block)?;
-    }
+    // Freeblocks whole: their 4-byte headers are not fragments either.
+    used.extend(blocks.iter().map(|b| b.start - 4..b.end));
     used.sort_unstable_by_key(|r| r.start);
     let mut out = Vec::new();
     let mut at = content;
